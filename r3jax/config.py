@@ -1,0 +1,211 @@
+"""The one place where every run setting has its default, and the checks on it.
+
+Experiment files in configs/ start from `defaults()` and change what they need;
+`validate` rejects keys the defaults do not have (typos), so a run is a function
+of its config and nothing else.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+TASKS = ("caption", "vqa", "ita")
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def task_defaults(batch_size: int, max_len: int, weight: float = 1.0):
+  return ml_collections.ConfigDict(dict(
+      batch_size=batch_size,  # per-task examples in every global batch
+      max_len=max_len,        # decoder tokens for this task (prompt + target)
+      weight=weight,          # loss weight; each task loss is a token mean
+  ))
+
+
+def defaults() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # The embedded world (r3jax.world.WorldConfig fields).
+  c.world = dict(image_size=64, min_objects=1, max_objects=3,
+                 shapes=("circle", "square", "triangle"),
+                 colors=("red", "green", "blue", "yellow"),
+                 sizes=("small", "large"), grid=0,  # 0: max(3, max_objects)
+                 relation_axes=("horizontal",),
+                 n_captions=5, n_questions=6, n_ita=4)
+  c.data = dict(
+      dir=os.environ.get("R3JAX_DATA_DIR", "data"),
+      seed=0,
+      split_sizes=dict(train=20_000, validation=500, test=1_000),
+      read_threads=2,
+      prefetch=4,
+  )
+
+  c.tasks = ml_collections.ConfigDict(dict(
+      caption=task_defaults(32, 40),
+      vqa=task_defaults(32, 16),
+      ita=task_defaults(16, 40),
+  ))
+
+  c.model = dict(
+      encoder="mu",           # named ViT size: mu (tests), Ti, S, B, L
+      patch_size=8,
+      enc_overrides={},       # e.g. {"depth": 4} on top of the named size
+      dec_width=128, dec_depth=2, dec_heads=4, dec_mlp=512,
+      dtype="float32",        # compute dtype; parameters stay float32
+      remat=False,
+  )
+
+  c.optim = dict(
+      lr=1e-3, warmup_steps=100, end_lr_frac=0.01,
+      b1=0.9, b2=0.98, eps=1e-8,
+      weight_decay=0.05,
+      no_decay=r"(bias|scale|pos_embedding)$",  # regex over param paths
+      clip_norm=1.0,
+  )
+
+  c.total_steps = 1_000
+  c.log_every_steps = 10
+  c.ckpt_every_steps = 200
+  c.keep_ckpts = 2
+  c.eval_every_steps = 500
+  c.evals = dict(split="validation", max_examples=256, batch_size=64)
+  c.final_eval = dict(split="test", max_examples=-1, batch_size=128)
+
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  c.sharding_rules = [
+      ("act_batch", ("data", "fsdp")),
+      ("embed", "fsdp"),
+      ("mlp", "tensor"),
+      ("heads", "tensor"),
+      ("vocab", "tensor"),
+      ("act_heads", "tensor"),
+      ("act_mlp", "tensor"),
+  ]
+  c.compilation_cache_dir = os.environ.get(
+      "R3JAX_COMPILATION_CACHE", os.path.expanduser("~/.cache/r3jax/jax"))
+  c.progress_bar = True
+  return c
+
+
+def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
+  """Parses 'runlocal,seed=3' into typed values from the defaults in `spec`.
+
+  A bare name sets a bool to True; unknown names are an error.
+  """
+  out = ml_collections.ConfigDict(dict(spec))
+  for item in filter(None, (arg or "").split(",")):
+    key, eq, value = item.partition("=")
+    key = key.strip()
+    if key not in spec:
+      raise ValueError(f"unknown config argument {key!r}; known: {sorted(spec)}")
+    default = spec[key]
+    if not eq:
+      if not isinstance(default, bool):
+        raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
+      out[key] = True
+    elif isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"config argument {key!r} is a bool, got {value!r}")
+      out[key] = value.lower() in ("true", "1")
+    else:
+      out[key] = type(default)(value)
+  return out
+
+
+def _flat_keys(d: Mapping, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, Mapping) and k not in _OPEN_DICTS:
+      out.update(_flat_keys(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+# Sub-dicts whose keys are data, not schema.
+_OPEN_DICTS = ("enc_overrides", "tasks", "split_sizes")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first problem found in `config`."""
+  ref = _flat_keys(defaults().to_dict())
+  got = _flat_keys(config.to_dict())
+  for key in got:
+    if key not in ref:
+      near = difflib.get_close_matches(key, list(ref), n=1)
+      hint = f" (did you mean {near[0]!r}?)" if near else ""
+      raise ValueError(f"unknown config key {key!r}{hint}")
+  for key in ref:
+    if key not in got:
+      raise ValueError(f"config key {key!r} is missing")
+
+  if not config.tasks:
+    raise ValueError("config.tasks is empty: name at least one of "
+                     f"{TASKS}")
+  task_keys = set(task_defaults(1, 1))
+  for name, t in config.tasks.items():
+    if name not in TASKS:
+      raise ValueError(f"unknown task {name!r} in config.tasks; known: {TASKS}")
+    if set(t) != task_keys:
+      bad = sorted(set(t) ^ task_keys)
+      raise ValueError(f"config.tasks.{name} keys {bad} differ from "
+                       f"{sorted(task_keys)}")
+    if t.batch_size <= 0 or t.max_len < 3:
+      raise ValueError(f"config.tasks.{name}: batch_size must be > 0 and "
+                       f"max_len >= 3, got {t.batch_size}, {t.max_len}")
+  for split in config.data.split_sizes:
+    if split not in ("train", "validation", "test"):
+      raise ValueError(f"unknown split {split!r} in config.data.split_sizes")
+  for axis in config.mesh:
+    if axis not in MESH_AXES:
+      raise ValueError(f"unknown mesh axis {axis!r}; axes are {MESH_AXES}")
+  if sum(v == -1 for v in config.mesh.values()) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got {dict(config.mesh)}")
+  for name in ("total_steps", "log_every_steps", "ckpt_every_steps",
+               "eval_every_steps", "keep_ckpts"):
+    if config[name] <= 0:
+      raise ValueError(f"config.{name} must be > 0, got {config[name]}")
+  if config.model.dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"config.model.dtype must be float32 or bfloat16, got "
+                     f"{config.model.dtype!r}")
+
+
+def dump(config: ml_collections.ConfigDict, path: str) -> None:
+  with open(path, "w") as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+
+
+def select_tasks(c: ml_collections.ConfigDict, names) -> None:
+  """Keeps only the named tasks (their defaults as set in `defaults()`)."""
+  unknown = set(names) - set(c.tasks)
+  if unknown:
+    raise ValueError(f"unknown tasks {sorted(unknown)}; known: {sorted(c.tasks)}")
+  with c.unlocked():
+    c.tasks = ml_collections.ConfigDict(
+        {n: c.tasks[n].to_dict() for n in names})
+
+
+def runlocal(c: ml_collections.ConfigDict) -> None:
+  """Shrinks a config to a CPU smoke run of a few seconds."""
+  c.world.image_size = 32
+  c.model.patch_size = 8
+  c.model.update(dec_width=32, dec_depth=1, dec_heads=2, dec_mlp=64)
+  c.data.split_sizes = dict(train=64, validation=16, test=16)
+  for t in c.tasks.values():
+    t.batch_size = 8
+  c.total_steps = 4
+  c.log_every_steps = 1
+  c.ckpt_every_steps = 2
+  c.eval_every_steps = 2
+  c.evals.max_examples = 8
+  c.evals.batch_size = 8
+  c.final_eval.max_examples = 16
+  c.final_eval.batch_size = 16
+  c.optim.warmup_steps = 1

@@ -1,0 +1,107 @@
+"""Per-process grain pipelines that yield global, mesh-sharded task batches.
+
+Every task has its own stream over the same train split: shuffle (new order each
+epoch), repeat, then a seeded random map that draws one (question, target) pair
+and formats it. The global batch k of a task is rows k*B .. k*B+B-1 of that
+stream whatever the number of processes; process p reads only its rows, so the
+same config gives the same global batches on 1 host or on a pod.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from r3jax import sharding
+from r3jax.data import tasks as tasks_lib
+
+
+class _ProcessRows(grain.MapDataset):
+  """Row i of this process's stream is row (i//b)*B + p*b + i%b of the parent."""
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int,
+               local_batch: int, process_index: int):
+    super().__init__(parent)
+    self._g, self._b, self._p = global_batch, local_batch, process_index
+
+  def __len__(self) -> int:
+    return len(self._parents[0]) // self._g * self._b
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    k, j = divmod(index, self._b)
+    return self._parents[0][k * self._g + self._p * self._b + j]
+
+
+def _task_seed(seed: int, task: str) -> int:
+  return (seed * 1_000_003 + zlib.crc32(task.encode())) % (2**31)
+
+
+def task_dataset(source, tokenizer, task: str, max_len: int, global_batch: int,
+                 seed: int, process_index: int = 0,
+                 process_count: int = 1) -> grain.MapDataset:
+  """This process's batches (numpy dicts) of one task, random-access."""
+  if global_batch % process_count:
+    raise ValueError(f"config.tasks.{task}.batch_size={global_batch} is not "
+                     f"divisible by the {process_count} processes")
+  spec = tasks_lib.TASKS[task]
+  tseed = _task_seed(seed, task)
+
+  def fmt(record, rng):
+    question, target = spec.sample(record, rng)
+    out = tasks_lib.format_sequence(tokenizer, task, question, target, max_len)
+    out["image"] = np.asarray(record["image"], np.uint8)
+    return out
+
+  ds = grain.MapDataset.source(source).shuffle(seed=tseed).repeat()
+  ds = ds.random_map(fmt, seed=tseed + 1)
+  local = global_batch // process_count
+  ds = _ProcessRows(ds, global_batch, local, process_index)
+  return ds.batch(local, drop_remainder=True)
+
+
+class TrainData:
+  """Iterator over {task: {image, tokens, targets, loss_mask}} global arrays."""
+
+  def __init__(self, source, tokenizer, tasks_cfg: Mapping[str, Any], seed: int,
+               mesh: jax.sharding.Mesh, read_threads: int = 2,
+               prefetch: int = 4):
+    self._sharding = sharding.batch_sharding(mesh)
+    dp = mesh.shape["data"] * mesh.shape["fsdp"]
+    opts = grain.ReadOptions(num_threads=read_threads,
+                             prefetch_buffer_size=prefetch)
+    self._iters = {}
+    for name, t in sorted(tasks_cfg.items()):
+      if t.batch_size % dp:
+        raise ValueError(
+            f"config.tasks.{name}.batch_size={t.batch_size} is not divisible "
+            f"by the data-parallel size data*fsdp={dp}")
+      ds = task_dataset(source, tokenizer, name, t.max_len, t.batch_size, seed,
+                        jax.process_index(), jax.process_count())
+      self._iters[name] = ds.to_iter_dataset(opts).__iter__()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, dict[str, jax.Array]]:
+    return {name: self.to_global(next(it)) for name, it in self._iters.items()}
+
+  def to_global(self, local: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(self._sharding, v)
+            for k, v in local.items()}
+
+  def get_state(self) -> dict[str, Any]:
+    return {name: it.get_state() for name, it in self._iters.items()}
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    if set(state) != set(self._iters):
+      raise ValueError(f"data state has tasks {sorted(state)}, this run trains "
+                       f"{sorted(self._iters)}")
+    for name, it in self._iters.items():
+      it.set_state(state[name])

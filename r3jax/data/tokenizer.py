@@ -1,0 +1,116 @@
+"""Tokenizers: the protocol the model side relies on, and an exact word-level one.
+
+The world's language is finite, so a word vocabulary round-trips every
+sentence exactly; there is no subword noise between the verifier and the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Protocol
+
+from r3jax.world import WorldConfig, vocabulary
+
+PAD, EOS, SEP, UNK = "<pad>", "<eos>", "<sep>", "<unk>"
+SPECIALS = (PAD, EOS, SEP, UNK)
+TASKS = ("caption", "vqa", "ita", "reflect", "refine")
+
+
+class Tokenizer(Protocol):
+
+  @property
+  def vocab_size(self) -> int: ...
+
+  @property
+  def pad_id(self) -> int: ...
+
+  @property
+  def eos_id(self) -> int: ...
+
+  @property
+  def sep_id(self) -> int: ...
+
+  def task_id(self, name: str) -> int: ...
+
+  def encode(self, text: str) -> list[int]: ...
+
+  def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class WordTokenizer:
+  """Specials (<pad>=0, <eos>=1, <sep>=2, <unk>=3), task prompts, then words."""
+
+  def __init__(self, words: Sequence[str]):
+    tokens = list(SPECIALS) + [f"<{t}>" for t in TASKS] + list(words)
+    if len(set(tokens)) != len(tokens):
+      raise ValueError("duplicate tokens in the vocabulary")
+    if any(not w or any(c.isspace() for c in w) for w in words):
+      raise ValueError("words must be non-empty and contain no whitespace")
+    self.tokens = tuple(tokens)
+    self._ids = {t: i for i, t in enumerate(tokens)}
+    self._n_special = len(SPECIALS) + len(TASKS)
+
+  @classmethod
+  def from_world(cls, cfg: WorldConfig) -> WordTokenizer:
+    return cls(vocabulary(cfg))
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.tokens)
+
+  @property
+  def pad_id(self) -> int:
+    return self._ids[PAD]
+
+  @property
+  def eos_id(self) -> int:
+    return self._ids[EOS]
+
+  @property
+  def sep_id(self) -> int:
+    return self._ids[SEP]
+
+  @property
+  def unk_id(self) -> int:
+    return self._ids[UNK]
+
+  def task_id(self, name: str) -> int:
+    if name not in TASKS:
+      raise KeyError(f"unknown task {name!r}; known: {TASKS}")
+    return self._ids[f"<{name}>"]
+
+  def encode(self, text: str) -> list[int]:
+    return [self._ids.get(w, self.unk_id) for w in text.split()]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Words up to the first <eos>; other specials are dropped except <unk>.
+
+    <unk> stays visible (also for ids outside the vocabulary, e.g. from a
+    padded output layer) so an unknown word cannot pass as a valid caption.
+    """
+    words = []
+    for i in map(int, ids):
+      if i == self.eos_id:
+        break
+      if 0 <= i < self._n_special and i != self.unk_id:
+        continue
+      words.append(self.tokens[i] if 0 <= i < len(self.tokens) else UNK)
+    return " ".join(words)
+
+  def save(self, path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+      json.dump({"tokens": list(self.tokens)}, f, indent=0)
+    os.replace(tmp, path)  # readers never see a half-written file
+
+  @classmethod
+  def load(cls, path: str) -> WordTokenizer:
+    with open(path) as f:
+      tokens = json.load(f)["tokens"]
+    n = len(SPECIALS) + len(TASKS)
+    tok = cls(tokens[n:])
+    if tok.tokens != tuple(tokens):
+      raise ValueError(f"{path}: special tokens differ from {tok.tokens[:n]}")
+    return tok

@@ -1,0 +1,125 @@
+"""Model configuration and the named transformer sizes.
+
+A config is built either field by field (every field is keyword-only):
+
+  ModelConfig(vocab_size=1000, image_size=64, patch_size=8, enc_width=192,
+              enc_depth=12, enc_heads=3, enc_mlp=768, dec_width=192, dec_depth=4,
+              dec_heads=3, dec_mlp=768, max_len=32)
+
+or from named sizes plus overrides:
+
+  ModelConfig.from_names("Ti/8", decoder=dict(depth=4), vocab_size=1000,
+                         max_len=32, image_size=64)
+
+where the encoder name is a `VIT_SIZES` key with an optional "/<patch size>", and
+the decoder is a `VIT_SIZES` key, a dict overriding some of (width, depth, heads, mlp)
+of the encoder's size, or None for the encoder's size. `mlp` defaults to 4 * width
+when a dict changes the width but not the mlp. Other keywords set fields directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+# (width, depth, heads, mlp)
+VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "mu": (32, 2, 2, 64),
+    "Ti": (192, 12, 3, 768),
+    "S": (384, 12, 6, 1536),
+    "B": (768, 12, 12, 3072),
+    "L": (1024, 24, 16, 4096),
+}
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+  """Sizes of the ViT encoder and the text decoder.
+
+  `dtype` is the compute dtype; parameters are always float32. `max_len` bounds the
+  decoder sequence (learned positions and KV-cache length).
+  """
+  vocab_size: int
+  image_size: int = 64
+  patch_size: int = 8
+  enc_width: int
+  enc_depth: int
+  enc_heads: int
+  enc_mlp: int
+  dec_width: int
+  dec_depth: int
+  dec_heads: int
+  dec_mlp: int
+  max_len: int
+  dtype: str = "float32"
+  remat: bool = False
+
+  def __post_init__(self):
+    ints = ("vocab_size", "image_size", "patch_size", "enc_width", "enc_depth",
+            "enc_heads", "enc_mlp", "dec_width", "dec_depth", "dec_heads",
+            "dec_mlp", "max_len")
+    for name in ints:
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}.")
+    for part in ("enc", "dec"):
+      width = getattr(self, f"{part}_width")
+      heads = getattr(self, f"{part}_heads")
+      if width % heads:
+        raise ValueError(
+            f"ModelConfig.{part}_width={width} is not divisible by "
+            f"{part}_heads={heads}.")
+    if self.image_size % self.patch_size:
+      raise ValueError(
+          f"ModelConfig.image_size={self.image_size} is not divisible by "
+          f"patch_size={self.patch_size}.")
+    if self.dtype not in _DTYPES:
+      raise ValueError(
+          f"ModelConfig.dtype={self.dtype!r}; expected one of {sorted(_DTYPES)}.")
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(_DTYPES[self.dtype])
+
+  @property
+  def num_patches(self) -> int:
+    return (self.image_size // self.patch_size) ** 2
+
+  @classmethod
+  def from_names(cls, encoder: str, *,
+                 decoder: str | dict[str, int] | None = None,
+                 **overrides: Any) -> ModelConfig:
+    """Builds a config from named sizes; see the module docstring."""
+    name, _, patch = encoder.partition("/")
+    enc = dict(zip(("width", "depth", "heads", "mlp"), _size(name)))
+    if isinstance(decoder, str):
+      dec = dict(zip(("width", "depth", "heads", "mlp"), _size(decoder)))
+    else:
+      decoder = dict(decoder or {})
+      unknown = set(decoder) - {"width", "depth", "heads", "mlp"}
+      if unknown:
+        raise ValueError(f"Unknown decoder size keys {sorted(unknown)}; expected "
+                         "some of width, depth, heads, mlp.")
+      dec = dict(enc)
+      if "width" in decoder and "mlp" not in decoder:
+        dec["mlp"] = 4 * decoder["width"]
+      dec.update(decoder)
+    fields = {f"enc_{k}": v for k, v in enc.items()}
+    fields |= {f"dec_{k}": v for k, v in dec.items()}
+    if patch:
+      if not patch.isdigit():
+        raise ValueError(f"Bad patch size in encoder name {encoder!r}; "
+                         "expected e.g. 'B/16'.")
+      fields["patch_size"] = int(patch)
+    fields.update(overrides)
+    return cls(**fields)
+
+
+def _size(name: str) -> tuple[int, int, int, int]:
+  if name not in VIT_SIZES:
+    raise ValueError(f"Unknown size {name!r}; expected one of {list(VIT_SIZES)}.")
+  return VIT_SIZES[name]

@@ -1,0 +1,138 @@
+"""Text decoder: causal self-attention, cross-attention to image tokens, MLP.
+
+Dimensions:
+  B: batch              L: text length (teacher forcing)
+  S: tokens appended by one decode step     T: KV-cache length
+  P: image tokens       D: decoder width    N: heads    K: head dim
+  V: vocabulary
+
+Two paths share the parameters: `__call__` runs teacher forcing over a whole sequence;
+`step` appends S tokens to a per-layer KV cache (a plain pytree, so it can be carried
+through jax.lax.while_loop) and reuses cross-attention keys/values computed once per
+image by `cross_kv`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from r3jax.model.config import ModelConfig
+from r3jax.model.layers import (ACT_BxLxD, Attention, Dense, LayerNorm, Mlp,
+                                maybe_remat, param)
+from r3jax.sharding import constrain
+
+# One (k_BxPxNxK, v_BxPxNxK) pair per layer.
+CrossKV = list[tuple[jax.Array, jax.Array]]
+# One {"k": k_BxTxNxK, "v": v_BxTxNxK} dict per layer.
+Cache = list[dict[str, jax.Array]]
+
+
+class DecoderBlock(nnx.Module):
+
+  def __init__(self, width: int, heads: int, mlp: int, *, rngs: nnx.Rngs,
+               dtype: jnp.dtype):
+    self.ln_self = LayerNorm(width, rngs=rngs, dtype=dtype)
+    self.self_attn = Attention(width, heads, rngs=rngs, dtype=dtype)
+    self.ln_cross = LayerNorm(width, rngs=rngs, dtype=dtype)
+    self.cross_attn = Attention(width, heads, rngs=rngs, dtype=dtype)
+    self.ln_mlp = LayerNorm(width, rngs=rngs, dtype=dtype)
+    self.mlp = Mlp(width, mlp, rngs=rngs, dtype=dtype)
+
+  def __call__(self, x_BxLxD: jax.Array, img_BxPxD: jax.Array) -> jax.Array:
+    x_BxLxD = x_BxLxD + self.self_attn(self.ln_self(x_BxLxD), is_causal=True)
+    x_BxLxD = x_BxLxD + self.cross_attn(self.ln_cross(x_BxLxD), img_BxPxD)
+    x_BxLxD = x_BxLxD + self.mlp(self.ln_mlp(x_BxLxD))
+    return constrain(x_BxLxD, ACT_BxLxD)
+
+  def step(self, x_BxSxD: jax.Array, cross_kv: tuple[jax.Array, jax.Array],
+           cache: dict[str, jax.Array], start: int | jax.Array,
+           mask_1x1xSxT: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    h_BxSxD = self.ln_self(x_BxSxD)
+    k_BxSxNxK, v_BxSxNxK = self.self_attn.kv(h_BxSxD)
+    at = (0, start, 0, 0)
+    cache = {
+        "k": jax.lax.dynamic_update_slice(
+            cache["k"], k_BxSxNxK.astype(cache["k"].dtype), at),
+        "v": jax.lax.dynamic_update_slice(
+            cache["v"], v_BxSxNxK.astype(cache["v"].dtype), at),
+    }
+    x_BxSxD = x_BxSxD + self.self_attn.attend(h_BxSxD, cache["k"], cache["v"],
+                                              mask=mask_1x1xSxT)
+    x_BxSxD = x_BxSxD + self.cross_attn.attend(self.ln_cross(x_BxSxD), *cross_kv)
+    x_BxSxD = x_BxSxD + self.mlp(self.ln_mlp(x_BxSxD))
+    return constrain(x_BxSxD, ACT_BxLxD), cache
+
+
+class Decoder(nnx.Module):
+  """Tokens (+ image tokens at decoder width) to float32 next-token logits."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    dtype, width = cfg.compute_dtype, cfg.dec_width
+    self.dtype = dtype
+    self.max_len = cfg.max_len
+    self.remat = cfg.remat
+    self.tok_embed = param(rngs, nnx.initializers.normal(width ** -0.5),
+                           (cfg.vocab_size, width), ("vocab", "embed"))
+    self.pos_embed = param(rngs, nnx.initializers.normal(width ** -0.5),
+                           (cfg.max_len, width), ("pos", "embed"))
+    self.blocks = nnx.List([
+        DecoderBlock(width, cfg.dec_heads, cfg.dec_mlp, rngs=rngs, dtype=dtype)
+        for _ in range(cfg.dec_depth)])
+    self.ln_final = LayerNorm(width, rngs=rngs, dtype=dtype)
+    # Zero-initialised head (as in CapPa): training starts from uniform predictions.
+    self.head = Dense((width,), (cfg.vocab_size,), ("embed",), ("vocab",),
+                      rngs=rngs, dtype=dtype, kernel_init=nnx.initializers.zeros,
+                      out_dtype=jnp.float32)
+
+  def _embed(self, tokens_BxS: jax.Array, start: int | jax.Array) -> jax.Array:
+    pos_SxD = jax.lax.dynamic_slice_in_dim(self.pos_embed[...], start,
+                                           tokens_BxS.shape[1])
+    # Gather from a whole table: a gather from a vocab/embed-sharded table
+    # makes the partitioner replicate the batch-sharded result instead.
+    table_VxD = constrain(self.tok_embed[...], (None, None))
+    x_BxSxD = jnp.take(table_VxD, tokens_BxS, axis=0) + pos_SxD
+    return constrain(x_BxSxD.astype(self.dtype), ACT_BxLxD)
+
+  def _check_len(self, length: int, what: str):
+    if length > self.max_len:
+      raise ValueError(f"{what} {length} exceeds the model's max_len={self.max_len}.")
+
+  def __call__(self, img_BxPxD: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
+    """Teacher forcing at positions 0..L-1."""
+    self._check_len(tokens_BxL.shape[1], "Sequence length")
+    x_BxLxD = self._embed(tokens_BxL, 0)
+    img_BxPxD = img_BxPxD.astype(self.dtype)
+    apply = maybe_remat(self.remat)
+    for block in self.blocks:
+      x_BxLxD = apply(block, x_BxLxD, img_BxPxD)
+    return self.head(self.ln_final(x_BxLxD))
+
+  def cross_kv(self, img_BxPxD: jax.Array) -> CrossKV:
+    img_BxPxD = img_BxPxD.astype(self.dtype)
+    return [block.cross_attn.kv(img_BxPxD) for block in self.blocks]
+
+  def init_cache(self, batch: int, max_len: int) -> Cache:
+    self._check_len(max_len, "Cache length")
+    cache = []
+    for block in self.blocks:
+      heads, head_dim = block.self_attn.key.kernel.shape[1:]
+      zeros = jnp.zeros((batch, max_len, heads, head_dim), self.dtype)
+      cache.append({"k": zeros, "v": zeros})
+    return cache
+
+  def step(self, cross_kv: CrossKV, cache: Cache, tokens_BxS: jax.Array,
+           start: int | jax.Array) -> tuple[jax.Array, Cache]:
+    """Appends tokens at positions start..start+S-1; each attends to cache
+    positions <= its own. The caller keeps start + S <= T."""
+    num_new, cache_len = tokens_BxS.shape[1], cache[0]["k"].shape[1]
+    x_BxSxD = self._embed(tokens_BxS, start)
+    pos_S = start + jnp.arange(num_new)
+    mask_SxT = jnp.arange(cache_len)[None, :] <= pos_S[:, None]
+    new_cache = []
+    for block, kv, layer_cache in zip(self.blocks, cross_kv, cache):
+      x_BxSxD, layer_cache = block.step(x_BxSxD, kv, layer_cache, start,
+                                        mask_SxT[None, None])
+      new_cache.append(layer_cache)
+    return self.head(self.ln_final(x_BxSxD)), new_cache

@@ -1,0 +1,139 @@
+"""Building blocks shared by the image encoder and the text decoder.
+
+Dimensions:
+  B: batch             L: query length        S: key/value length
+  D: width             N: attention heads     K: head dim (D / N)
+  F: MLP hidden width
+
+Parameters are float32 and carry logical axis names (r3jax/sharding.py); compute runs
+in the module's `dtype`, but LayerNorm statistics and softmax run in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from r3jax.sharding import constrain
+
+Initializer = Callable[..., jax.Array]
+Names = Sequence[str | None]
+ACT_BxLxD = ("act_batch", "act_len", "act_embed")
+
+
+def param(rngs: nnx.Rngs, init: Initializer, shape: Sequence[int],
+          names: Names) -> nnx.Param:
+  """A float32 parameter annotated with its logical axis names."""
+  init = nnx.with_partitioning(init, tuple(names))
+  return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32))
+
+
+class Dense(nnx.Module):
+  """Contracts the trailing `len(in_shape)` dims of x with a (in..., out...) kernel."""
+
+  def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int],
+               in_names: Names, out_names: Names, *, rngs: nnx.Rngs,
+               dtype: jnp.dtype, kernel_init: Initializer | None = None,
+               out_dtype: jnp.dtype | None = None):
+    n_in, n_out = len(in_shape), len(out_shape)
+    if kernel_init is None:  # Xavier-uniform over the grouped in/out dims.
+      kernel_init = nnx.initializers.variance_scaling(
+          1.0, "fan_avg", "uniform", in_axis=tuple(range(n_in)),
+          out_axis=tuple(range(n_in, n_in + n_out)))
+    self.kernel = param(rngs, kernel_init, (*in_shape, *out_shape),
+                        (*in_names, *out_names))
+    self.bias = param(rngs, nnx.initializers.zeros, out_shape, out_names)
+    self.n_in = n_in
+    self.dtype = dtype
+    # The output head asks for float32 so that bfloat16 runs get full-precision logits.
+    self.out_dtype = out_dtype or dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                      axes=self.n_in, preferred_element_type=self.out_dtype)
+    return y + self.bias[...].astype(self.out_dtype)
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm over the last dim with float32 statistics."""
+
+  def __init__(self, width: int, *, rngs: nnx.Rngs, dtype: jnp.dtype,
+               eps: float = 1e-6):
+    self.scale = param(rngs, nnx.initializers.ones, (width,), ("embed",))
+    self.bias = param(rngs, nnx.initializers.zeros, (width,), ("embed",))
+    self.eps = eps
+    self.dtype = dtype
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    x = x_BxLxD.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
+
+
+class Mlp(nnx.Module):
+  """Two-layer GELU MLP."""
+
+  def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs, dtype: jnp.dtype):
+    self.fc1 = Dense((width,), (hidden,), ("embed",), ("mlp",), rngs=rngs,
+                     dtype=dtype)
+    self.fc2 = Dense((hidden,), (width,), ("mlp",), ("embed",), rngs=rngs,
+                     dtype=dtype)
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    h_BxLxF = jax.nn.gelu(self.fc1(x_BxLxD))
+    h_BxLxF = constrain(h_BxLxF, ("act_batch", "act_len", "act_mlp"))
+    return self.fc2(h_BxLxF)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention whose key/value projection can be computed separately, so
+  that decoding can cache k/v (self-attention) or reuse them (cross-attention)."""
+
+  def __init__(self, width: int, heads: int, *, rngs: nnx.Rngs, dtype: jnp.dtype):
+    head_dim = width // heads
+
+    def proj() -> Dense:
+      return Dense((width,), (heads, head_dim), ("embed",), ("heads", "kv"),
+                   rngs=rngs, dtype=dtype)
+
+    self.query, self.key, self.value = proj(), proj(), proj()
+    self.out = Dense((heads, head_dim), (width,), ("heads", "kv"), ("embed",),
+                     rngs=rngs, dtype=dtype)
+
+  def kv(self, x_BxSxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Keys and values, each B x S x N x K."""
+    return self.key(x_BxSxD), self.value(x_BxSxD)
+
+  def attend(self, x_BxLxD: jax.Array, k_BxSxNxK: jax.Array, v_BxSxNxK: jax.Array,
+             *, mask: jax.Array | None = None, is_causal: bool = False) -> jax.Array:
+    """Queries from x attend to the given keys/values.
+
+    `mask` (True = attend) broadcasts to B x N x L x S.
+    """
+    q_BxLxNxK = constrain(self.query(x_BxLxD),
+                          ("act_batch", "act_len", "act_heads", None))
+    y_BxLxNxK = jax.nn.dot_product_attention(
+        q_BxLxNxK, k_BxSxNxK.astype(q_BxLxNxK.dtype),
+        v_BxSxNxK.astype(q_BxLxNxK.dtype), mask=mask, is_causal=is_causal)
+    return self.out(y_BxLxNxK)
+
+  def __call__(self, x_BxLxD: jax.Array, ctx_BxSxD: jax.Array | None = None, *,
+               is_causal: bool = False) -> jax.Array:
+    """Self-attention, or cross-attention to `ctx_BxSxD` when given."""
+    k_BxSxNxK, v_BxSxNxK = self.kv(x_BxLxD if ctx_BxSxD is None else ctx_BxSxD)
+    return self.attend(x_BxLxD, k_BxSxNxK, v_BxSxNxK, is_causal=is_causal)
+
+
+def maybe_remat(remat: bool) -> Callable[..., jax.Array]:
+  """`apply(block, *args)` calls the block, rematerialised in the backward pass
+  when `remat` is set (trading compute for activation memory)."""
+
+  def apply(block: nnx.Module, *args: jax.Array) -> jax.Array:
+    return block(*args)
+
+  return nnx.remat(apply) if remat else apply

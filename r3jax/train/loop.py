@@ -1,0 +1,158 @@
+"""train_and_evaluate(config, workdir): the whole run, resumable at any point."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from r3jax import config as config_lib
+from r3jax import sharding
+from r3jax.data import pipeline
+from r3jax.train import checkpoint as ckpt_lib
+from r3jax.train import metrics as metrics_lib
+from r3jax.train import optim
+from r3jax.train import state as state_lib
+from r3jax.train import step as step_lib
+from r3jax.train import world_setup
+
+
+def build(config: ml_collections.ConfigDict,
+          devices: Sequence[jax.Device] | None = None):
+  """Everything a run or an evaluation needs, from the config alone."""
+  config_lib.validate(config)
+  if config.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  world = world_setup.load(config)
+  tx = optim.make(config.optim, config.total_steps)
+  setup, init_state = state_lib.create(world.make_model, tx, mesh,
+                                       config.sharding_rules, config.seed)
+  return mesh, world, setup, init_state
+
+
+def _truncate_metrics(workdir: str, step: int) -> None:
+  """Drops log rows past `step`: a resumed run rewrites them identically."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if jax.process_index() or not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+  with open(path, "w") as f:
+    f.writelines(rows)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: Sequence[jax.Device] | None = None,
+                       stop_after: int | None = None) -> dict[str, Any]:
+  """Trains to config.total_steps (or `stop_after` steps, for tests), saving and
+  resuming from `workdir`; returns the final evaluation (empty if stopped early)."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh, world, setup, init_state = build(config, devices)
+  if jax.process_index() == 0:
+    config_lib.dump(config, os.path.join(workdir, "config.json"))
+
+  data = pipeline.TrainData(world.train_source, world.tokenizer, config.tasks,
+                            config.seed, mesh, config.data.read_threads,
+                            config.data.prefetch)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                               config.keep_ckpts, config.ckpt_every_steps)
+  if ckpt.latest_step() is not None:
+    state, data_state = ckpt.restore(setup.abstract)
+    data.set_state(data_state)
+    _truncate_metrics(workdir, int(jax.device_get(state["step"])))
+  else:
+    state = init_state()
+  first = int(jax.device_get(state["step"]))
+
+  update = step_lib.make_update(
+      setup, {k: t.weight for k, t in config.tasks.items()},
+      optim.schedule(config.optim, config.total_steps))
+  evaluator = world.evaluator(setup, config.evals)
+  writer = metrics_lib.Writer(workdir)
+  examples_per_step = sum(t.batch_size for t in config.tasks.values())
+  last = config.total_steps if stop_after is None else min(
+      config.total_steps, first + stop_after)
+
+  bar = None
+  if config.progress_bar and jax.process_index() == 0:
+    from tqdm import tqdm
+    bar = tqdm(total=config.total_steps, initial=first, unit="step",
+               dynamic_ncols=True)
+  pending = None  # (step, measurements) fetched one step late
+  t0, timed_steps = time.perf_counter(), 0
+
+  def finish(pending):
+    step, m = pending
+    m = jax.device_get(m)
+    bad = [k for k, v in m.items() if not np.isfinite(v)]
+    if bad:
+      raise FloatingPointError(
+          f"non-finite {', '.join(bad)} at step {step}; the last checkpoint "
+          f"(step {ckpt.latest_step()}) is kept and nothing later is saved")
+    if step % config.log_every_steps == 0 or step == last:
+      dt = time.perf_counter() - t0
+      m["examples_per_sec"] = timed_steps * examples_per_step / max(dt, 1e-9)
+      writer.write(step, m)
+    if bar is not None:
+      bar.update(1)
+      bar.set_postfix(loss=f"{m['loss']:.3f}", refresh=False)
+
+  try:
+    with jax.set_mesh(mesh):
+      for step in range(first + 1, last + 1):
+        batch = next(data)
+        state, m = update(state, batch)
+        if pending is not None:
+          finish(pending)
+        pending = (step, m)
+        timed_steps += 1
+        if step % config.ckpt_every_steps == 0 or step == last:
+          finish(pending)
+          pending = None
+          ckpt.save(step, state, data.get_state(), force=step == last)
+        if step % config.eval_every_steps == 0 and step != last:
+          writer.write(step, evaluator.run(state["params"]))
+      if pending is not None:
+        finish(pending)
+    ckpt.wait()
+    result = {}
+    if last == config.total_steps:
+      final = world.evaluator(setup, config.final_eval)
+      result = final.run(state["params"])
+      writer.write(last, {f"final/{k}": v for k, v in result.items()})
+    result["train_seconds"] = time.perf_counter() - t0
+    return result
+  finally:
+    if bar is not None:
+      bar.close()
+    writer.close()
+    ckpt.close()
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        split: str = "test", step: int | None = None,
+                        devices: Sequence[jax.Device] | None = None
+                        ) -> dict[str, Any]:
+  """Evaluates a run's checkpoint (default: latest) on `split`."""
+  mesh, world, setup, _ = build(config, devices)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                               config.keep_ckpts, config.ckpt_every_steps)
+  try:
+    state, _ = ckpt.restore(setup.abstract, step)
+  finally:
+    ckpt.close()
+  eval_cfg = ml_collections.ConfigDict(config.final_eval.to_dict())
+  eval_cfg.split = split
+  t0 = time.perf_counter()
+  with jax.set_mesh(mesh):
+    result = world.evaluator(setup, eval_cfg).run(state["params"])
+  result["eval_seconds"] = time.perf_counter() - t0
+  return result

@@ -1,0 +1,38 @@
+"""Per-task losses, each a mean over that task's own target tokens.
+
+Never a token mean over the mixed batch: that would weight tasks by answer
+length (a caption has ~30 target tokens, a VQA answer 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def token_xent(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
+               mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Masked mean cross-entropy and masked next-token accuracy."""
+  xent_BxL = optax.softmax_cross_entropy_with_integer_labels(
+      logits_BxLxV.astype(jnp.float32), targets_BxL)
+  n = jnp.maximum(mask_BxL.sum(), 1.0)
+  correct_BxL = (logits_BxLxV.argmax(-1) == targets_BxL).astype(jnp.float32)
+  return (xent_BxL * mask_BxL).sum() / n, (correct_BxL * mask_BxL).sum() / n
+
+
+def task_losses(model, batch: Mapping[str, Mapping[str, jax.Array]]
+                ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """{task: loss} and {task: token accuracy}; one forward per task sub-batch."""
+  losses, accs = {}, {}
+  for name, b in batch.items():
+    logits = model(b["image"], b["tokens"])
+    losses[name], accs[name] = token_xent(logits, b["targets"], b["loss_mask"])
+  return losses, accs
+
+
+def weighted_total(losses: Mapping[str, jax.Array],
+                   weights: Mapping[str, float]) -> jax.Array:
+  return sum(weights[name] * loss for name, loss in losses.items())

@@ -1,0 +1,44 @@
+"""The jitted update: update(state, batch) -> (state, measurements)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from r3jax import sharding
+from r3jax.train import losses as losses_lib
+from r3jax.train.state import Setup, State
+
+
+def make_update(setup: Setup, weights: Mapping[str, float], schedule):
+  """Compiled step with donated state and explicit shardings.
+
+  Measurements are device scalars: per-task loss and token accuracy, the
+  weighted total, grad / param / update norms and the learning rate.
+  """
+  weights = dict(weights)
+
+  def update(state: State, batch):
+    with sharding.use_rules(setup.mesh, setup.rules):
+      def loss_fn(params):
+        losses, accs = losses_lib.task_losses(setup.model(params), batch)
+        return losses_lib.weighted_total(losses, weights), (losses, accs)
+
+      (total, (losses, accs)), grads = jax.value_and_grad(
+          loss_fn, has_aux=True)(state["params"])
+      updates, opt = setup.tx.update(grads, state["opt"], state["params"])
+      params = optax.apply_updates(state["params"], updates)
+    m = {"loss": total, "grad_norm": optax.global_norm(grads),
+         "param_norm": optax.global_norm(params),
+         "update_norm": optax.global_norm(updates),
+         "lr": jnp.asarray(schedule(state["step"]), jnp.float32)}
+    m.update({f"loss/{k}": v for k, v in losses.items()})
+    m.update({f"token_acc/{k}": v for k, v in accs.items()})
+    return {"step": state["step"] + 1, "params": params, "opt": opt}, m
+
+  repl = sharding.replicated(setup.mesh)
+  return jax.jit(update, donate_argnums=(0,),
+                 out_shardings=(setup.shardings, repl))

@@ -1,0 +1,90 @@
+"""The embedded world as a run sees it: dataset, tokenizer, model, evaluators."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from r3jax import world as world_lib
+from r3jax.data import world_tfds
+from r3jax.eval import evaluator as evaluator_lib
+from r3jax.eval import metrics as metrics_lib
+from r3jax.model import Model, ModelConfig
+
+
+def world_config(config: ml_collections.ConfigDict) -> world_lib.WorldConfig:
+  kw = config.world.to_dict()
+  kw["grid"] = kw["grid"] or None
+  return world_lib.WorldConfig(**kw)
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int,
+                 image_size: int) -> ModelConfig:
+  m = config.model
+  return ModelConfig.from_names(
+      f"{m.encoder}/{m.patch_size}",
+      decoder=dict(width=m.dec_width, depth=m.dec_depth, heads=m.dec_heads,
+                   mlp=m.dec_mlp),
+      vocab_size=vocab_size, image_size=image_size,
+      max_len=max(t.max_len for t in config.tasks.values()),
+      dtype=m.dtype, remat=m.remat, **{f"enc_{k}": v for k, v in
+                                        m.enc_overrides.items()})
+
+
+def make_caption_scorer(cfg: world_lib.WorldConfig):
+  def score(task, preds, items, records) -> dict:
+    refs = [r for _, _, r, _ in items]
+    out = metrics_lib.caption_metrics(preds, refs)
+    verdicts = [world_lib.verify(p, world_lib.scene_from_arrays(
+        records[i]["scene"], cfg), cfg) for p, (i, *_) in zip(preds, items)]
+    out.update(metrics_lib.mean_caption_scores(verdicts))
+    return out
+  return score
+
+
+@dataclasses.dataclass
+class World:
+  config: ml_collections.ConfigDict
+  world: world_lib.WorldConfig
+  builder: Any
+  tokenizer: Any
+  train_source: Any
+  make_model: Callable[[nnx.Rngs], Model]
+
+  def records(self, split: str, max_examples: int) -> list[Mapping[str, Any]]:
+    source = world_tfds.data_source(self.builder, split)
+    n = len(source) if max_examples < 0 else min(max_examples, len(source))
+    return [source[i] for i in range(n)]
+
+  def evaluator(self, setup, eval_cfg) -> evaluator_lib.Evaluator:
+    scorers = {"caption": make_caption_scorer(self.world),
+               "vqa": evaluator_lib.score_vqa, "ita": evaluator_lib.score_ita}
+    return evaluator_lib.Evaluator(
+        setup, self.records(eval_cfg.split, eval_cfg.max_examples),
+        self.tokenizer, self.config.tasks, eval_cfg.batch_size, scorers)
+
+
+def load(config: ml_collections.ConfigDict) -> World:
+  """Builds the dataset if missing (process 0 first, the others then reuse it)."""
+  wcfg = world_config(config)
+  sizes = config.data.split_sizes.to_dict()
+
+  def build():
+    return world_tfds.build(wcfg, config.data.dir, sizes, config.data.seed)
+
+  if jax.process_index() == 0:
+    builder = build()
+  multihost_utils.sync_global_devices("r3jax world dataset")
+  if jax.process_index() != 0:
+    builder = build()
+  tokenizer = world_tfds.load_tokenizer(builder)
+  mcfg = model_config(config, tokenizer.vocab_size, wcfg.image_size)
+  return World(config, wcfg, builder, tokenizer,
+               world_tfds.data_source(builder, "train"),
+               lambda rngs: Model(mcfg, rngs=rngs))

@@ -1,0 +1,130 @@
+"""Questions with exactly one correct single-word answer.
+
+  existence  "is there a [SIZE] [COLOR] (SHAPE | object) ?"      yes / no
+  count      "how many [SIZE] [COLOR] (SHAPEs | objects) are there ?"   NUM
+  color      "what color is the REF ?"   (REF names one object without colour)
+  shape      "what shape is the REF ?"
+  size       "what size is the REF ?"
+  relation   "is the REF REL the REF ?"   yes / no  (REL as in captions)
+Attribute and relation questions only name objects a description singles out.
+Existence and relation answers are drawn yes/no with equal odds first.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from r3jax.world.config import NUMBERS, WorldConfig
+from r3jax.world.facts import Ref, holds, unique_refs
+from r3jax.world.language import REL_WORDS, article, plural, ref_text
+from r3jax.world.scene import Scene
+
+QTYPES = ("existence", "count", "color", "shape", "size", "relation")
+_FIELDS = ("size", "color", "shape")
+_SUBSETS = tuple(s for r in (1, 2, 3) for s in itertools.combinations(_FIELDS, r))
+
+
+def _without(attr: str) -> tuple[tuple[str, ...], ...]:
+  return tuple(s for s in _SUBSETS if attr not in s)
+
+
+def _matches(scene: Scene, ref: Ref) -> int:
+  return sum(ref.matches(o) for o in scene.objects)
+
+
+def _random_ref(rng: np.random.Generator, cfg: WorldConfig) -> Ref:
+  subset = _SUBSETS[rng.integers(len(_SUBSETS))]
+  values = {"size": cfg.sizes, "color": cfg.colors, "shape": cfg.shapes}
+  return Ref(**{f: values[f][rng.integers(len(values[f]))] for f in subset})
+
+
+def _object_ref(scene: Scene, rng: np.random.Generator) -> Ref:
+  obj = scene.objects[rng.integers(len(scene.objects))]
+  subset = _SUBSETS[rng.integers(len(_SUBSETS))]
+  return Ref(**{f: getattr(obj, f) for f in subset})
+
+
+def _phrase(ref: Ref, many: bool) -> str:
+  words = [w for w in (ref.size, ref.color) if w]
+  noun = ref.shape or "object"
+  words.append(plural(noun) if many else noun)
+  return " ".join(words)
+
+
+def _existence(scene, rng, cfg):
+  if rng.integers(2):
+    ref = _object_ref(scene, rng)
+  else:
+    for _ in range(20):  # an absent description, nearly always found
+      ref = _random_ref(rng, cfg)
+      if not _matches(scene, ref):
+        break
+  phrase = _phrase(ref, many=False)
+  answer = "yes" if _matches(scene, ref) else "no"
+  return f"is there {article(phrase)} {phrase} ?", answer
+
+
+def _count(scene, rng, cfg):
+  ref = _object_ref(scene, rng) if rng.integers(2) else _random_ref(rng, cfg)
+  return (f"how many {_phrase(ref, many=True)} are there ?",
+          NUMBERS[_matches(scene, ref)])
+
+
+def _attribute(attr: str):
+  def ask(scene, rng, cfg):
+    del cfg
+    options = [(i, r) for i in range(len(scene.objects))
+               for r in unique_refs(scene, i, _without(attr))]
+    i, ref = options[rng.integers(len(options))]
+    return (f"what {attr} is {ref_text(ref)} ?",
+            getattr(scene.objects[i], attr))
+  return ask
+
+
+def _relation(scene, rng, cfg):
+  del cfg
+  i, j = rng.choice(scene.unique_objects, size=2, replace=False)
+  words, (rel, swap) = list(REL_WORDS.items())[rng.integers(len(REL_WORDS))]
+
+  def says(a: int, b: int) -> bool:  # "a <words> b"
+    return holds(scene, b, rel, a) if swap else holds(scene, a, rel, b)
+
+  if says(i, j) != bool(rng.integers(2)):
+    i, j = j, i  # distinct rows and columns: swapping flips the answer
+  ra, rb = (unique_refs(scene, k, _SUBSETS) for k in (i, j))
+  ra, rb = ra[rng.integers(len(ra))], rb[rng.integers(len(rb))]
+  question = f"is {ref_text(ra)} {' '.join(words)} {ref_text(rb)} ?"
+  return question, "yes" if says(i, j) else "no"
+
+
+_ASK = {"existence": _existence, "count": _count, "color": _attribute("color"),
+        "shape": _attribute("shape"), "size": _attribute("size"),
+        "relation": _relation}
+
+
+def available_qtypes(scene: Scene) -> list[str]:
+  n = len(scene.objects)
+  ok = {"existence": True, "count": True,
+        "relation": len(scene.unique_objects) >= 2}
+  for attr in ("color", "shape", "size"):
+    ok[attr] = any(unique_refs(scene, i, _without(attr)) for i in range(n))
+  return [q for q in QTYPES if ok[q]]
+
+
+def vqa(scene: Scene, rng: np.random.Generator, cfg: WorldConfig,
+        n: int) -> list[tuple[str, str, str]]:
+  """n (qtype, question, answer) triples cycling over a shuffled type order."""
+  types = available_qtypes(scene)
+  types = [types[k] for k in rng.permutation(len(types))]
+  out, seen = [], set()
+  for k in range(n):
+    qtype = types[k % len(types)]
+    for _ in range(5):  # a few retries to avoid repeating a question
+      question, answer = _ASK[qtype](scene, rng, cfg)
+      if question not in seen:
+        break
+    seen.add(question)
+    out.append((qtype, question, answer))
+  return out

@@ -1,0 +1,171 @@
+"""KV-cache decoding against teacher forcing, and generation against the
+recompute-everything reference."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from r3jax.model import (Model, ModelConfig, generate_recompute, make_generate_fn,
+                         sample_token)
+
+PAD = 0
+MAX_LEN = 12
+# Right-padded prompts of different lengths.
+PROMPTS = jnp.array([[1, 0, 0, 0, 0], [1, 5, 0, 0, 0], [1, 6, 7, 0, 0],
+                     [1, 2, 3, 4, 5]], jnp.int32)
+PROMPT_LENS = jnp.array([1, 2, 3, 5], jnp.int32)
+
+
+@functools.cache
+def setup(seed: int = 2) -> tuple[Model, jax.Array]:
+  cfg = ModelConfig(vocab_size=11, image_size=16, patch_size=8, enc_width=32,
+                    enc_depth=2, enc_heads=2, enc_mlp=64, dec_width=16, dec_depth=2,
+                    dec_heads=2, dec_mlp=32, max_len=MAX_LEN)
+  with nnx.use_eager_sharding(False):
+    model = Model(cfg, rngs=nnx.Rngs(seed))
+  # A random head makes greedy outputs depend on the input.
+  head = model.decoder.head
+  head.kernel[...] = jax.random.normal(jax.random.key(seed + 1), head.kernel.shape)
+  images = jax.random.randint(jax.random.key(seed), (4, 16, 16, 3), 0, 256)
+  return model, images.astype(jnp.uint8)
+
+
+@functools.cache
+def reference(eos_id: int):
+  model, images = setup()
+  fn = jax.jit(functools.partial(generate_recompute, model, max_len=MAX_LEN,
+                                 eos_id=eos_id, pad_id=PAD))
+  return jax.device_get(fn(images, PROMPTS, PROMPT_LENS))
+
+
+def stopping_eos() -> int:
+  """A token that greedy decoding emits for some examples but not for all, so that
+  with it as eos some examples stop early and some run to the end."""
+  tokens = reference(eos_id=-1).tokens
+  generated = [set(row[n:].tolist()) for row, n in zip(tokens, PROMPT_LENS)]
+  for token in range(11):
+    if token != PAD and 0 < sum(token in g for g in generated) < len(generated):
+      return token
+  raise AssertionError(f"no suitable eos in {tokens}")
+
+
+def test_decode_step_matches_teacher_forcing():
+  model, images = setup()
+  tokens = jax.random.randint(jax.random.key(7), (4, 9), 0, 11)
+  img = model.encode(images)
+  full = model.decode(img, tokens)
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def step(state, cross_kv, cache, tokens, start):
+    return nnx.merge(graphdef, state).decode_step(cross_kv, cache, tokens, start)
+
+  cross_kv = model.cross_kv(img)
+  for chunks in ([1] * 9, [3, 1, 1, 2, 2]):
+    cache, start, pieces = model.init_cache(4, MAX_LEN), 0, []
+    for size in chunks:
+      logits, cache = step(state, cross_kv, cache, tokens[:, start:start + size],
+                           jnp.int32(start))
+      pieces.append(logits)
+      start += size
+    np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=1e-5)
+    assert bool(jnp.all(cache[0]["k"][:, 9:] == 0))  # Nothing written past the end.
+
+
+@pytest.mark.parametrize("prefill_len", [1, 2])
+def test_generate_matches_recompute(prefill_len):
+  model, images = setup()
+  eos = stopping_eos()
+  prompts, lens = PROMPTS, PROMPT_LENS
+  if prefill_len == 2:  # Every prompt must be at least prefill_len long.
+    prompts, lens = prompts.at[0, 1].set(9), lens.at[0].set(2)
+  expected = reference(eos) if prefill_len == 1 else jax.device_get(
+      generate_recompute(model, images, prompts, lens, max_len=MAX_LEN,
+                         eos_id=eos, pad_id=PAD))
+  graphdef, state = nnx.split(model)
+  generate_fn = make_generate_fn(graphdef, max_len=MAX_LEN, eos_id=eos, pad_id=PAD,
+                                 prefill_len=prefill_len)
+  out = generate_fn(state, images, prompts, lens)
+  np.testing.assert_array_equal(out.tokens, expected.tokens)
+  np.testing.assert_array_equal(out.gen_len, expected.gen_len)
+  np.testing.assert_array_equal(out.done, expected.done)
+  assert out.tokens.shape == (4, MAX_LEN)
+  assert 0 < int(out.done.sum()) < 4, out  # Some stop early, some run to the end.
+  # Already encoded image tokens give the same result.
+  np.testing.assert_array_equal(
+      generate_fn(state, model.encode(images), prompts, lens).tokens, out.tokens)
+
+
+def test_generation_layout_prompt_eos_and_padding():
+  eos = stopping_eos()
+  free = reference(eos_id=-1)  # Never stops.
+  out = reference(eos)
+  for i, n in enumerate(PROMPT_LENS.tolist()):
+    row = out.tokens[i]
+    np.testing.assert_array_equal(row[:n], PROMPTS[i, :n])
+    end = n + int(out.gen_len[i])
+    if out.done[i]:
+      assert row[end - 1] == eos and eos not in row[n:end - 1].tolist()
+      assert (row[end:] == PAD).all(), row
+    else:
+      assert end == MAX_LEN and eos not in row[n:].tolist()
+    # Up to eos, stopping changes nothing.
+    np.testing.assert_array_equal(row[:end], free.tokens[i, :end])
+  np.testing.assert_array_equal(free.gen_len, MAX_LEN - PROMPT_LENS)
+
+
+def test_sampling_top1_is_greedy_and_rng_matters():
+  model, images = setup()
+  graphdef, state = nnx.split(model)
+  kwargs = dict(max_len=MAX_LEN, eos_id=-1, pad_id=PAD, prefill_len=1)
+  top1 = make_generate_fn(graphdef, temperature=2.0, top_k=1, **kwargs)
+  np.testing.assert_array_equal(
+      top1(state, images, PROMPTS, PROMPT_LENS, jax.random.key(0)).tokens,
+      reference(eos_id=-1).tokens)
+  sample = make_generate_fn(graphdef, temperature=2.0, **kwargs)
+  a = sample(state, images, PROMPTS, PROMPT_LENS, jax.random.key(1)).tokens
+  b = sample(state, images, PROMPTS, PROMPT_LENS, jax.random.key(1)).tokens
+  c = sample(state, images, PROMPTS, PROMPT_LENS, jax.random.key(2)).tokens
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  np.testing.assert_array_equal(c[:, :1], PROMPTS[:, :1])
+
+
+def test_sampling_without_rng_is_rejected():
+  model, images = setup()
+  graphdef, state = nnx.split(model)
+  fn = make_generate_fn(graphdef, max_len=MAX_LEN, eos_id=-1, pad_id=PAD,
+                        prefill_len=1, temperature=1.0)
+  with pytest.raises(ValueError, match="needs an rng key"):
+    fn(state, images, PROMPTS, PROMPT_LENS)
+
+
+def test_top_k_samples_stay_in_top_k():
+  logits = jax.random.normal(jax.random.key(0), (3, 11))
+  keys = jax.random.split(jax.random.key(1), 500)
+  samples = jax.vmap(lambda k: sample_token(logits, k, temperature=5.0, top_k=3))(keys)
+  top3 = jax.lax.top_k(logits, 3)[1]
+  for row in range(3):
+    assert set(np.asarray(samples[:, row]).tolist()) == set(top3[row].tolist())
+
+
+def test_generated_tokens_are_in_top_k_of_their_step():
+  model, images = setup()
+  graphdef, state = nnx.split(model)
+  fn = make_generate_fn(graphdef, max_len=MAX_LEN, eos_id=-1, pad_id=PAD,
+                        prefill_len=1, temperature=10.0, top_k=2)
+  tokens = fn(state, images, PROMPTS, PROMPT_LENS, jax.random.key(3)).tokens
+  logits = model(images, tokens)
+  top2 = np.asarray(jax.lax.top_k(logits, 2)[1])  # B x T x 2
+  greedy = top2[..., 0]
+  for i, n in enumerate(PROMPT_LENS.tolist()):
+    for t in range(n, MAX_LEN):
+      assert tokens[i, t] in top2[i, t - 1], (i, t)
+  # At this temperature the second choice is taken too, so top_k is what limits it.
+  runner_up = [tokens[i, t] != greedy[i, t - 1]
+               for i, n in enumerate(PROMPT_LENS.tolist()) for t in range(n, MAX_LEN)]
+  assert any(runner_up)

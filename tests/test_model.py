@@ -1,0 +1,225 @@
+"""Model shapes, dtypes, parameter metadata, causality and configuration."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from r3jax.model import VIT_SIZES, Model, ModelConfig
+
+ALLOWED_NAMES = {"embed", "mlp", "heads", "kv", "vocab", "patch", "pos", None}
+
+
+def tiny_config(**overrides) -> ModelConfig:
+  fields = dict(vocab_size=13, image_size=16, patch_size=8, enc_width=32,
+                enc_depth=2, enc_heads=2, enc_mlp=64, dec_width=16, dec_depth=2,
+                dec_heads=2, dec_mlp=32, max_len=12)
+  return ModelConfig(**(fields | overrides))
+
+
+def make_model(cfg: ModelConfig, seed: int = 0, random_head: bool = True) -> Model:
+  with nnx.use_eager_sharding(False):
+    model = Model(cfg, rngs=nnx.Rngs(seed))
+  if random_head:  # The zero-initialised head would hide everything upstream.
+    head = model.decoder.head
+    head.kernel[...] = jax.random.normal(jax.random.key(seed + 1), head.kernel.shape)
+  return model
+
+
+def random_inputs(cfg: ModelConfig, batch: int = 2, length: int = 6, seed: int = 0):
+  k_img, k_tok = jax.random.split(jax.random.key(seed))
+  images = jax.random.randint(k_img, (batch, cfg.image_size, cfg.image_size, 3), 0,
+                              256).astype(jnp.uint8)
+  tokens = jax.random.randint(k_tok, (batch, length), 0, cfg.vocab_size)
+  return images, tokens
+
+
+def params(model: Model) -> list[tuple[str, nnx.Param]]:
+  return [("/".join(map(str, path)), var)
+          for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+
+
+def test_shapes_and_zero_head():
+  cfg = tiny_config()
+  model = make_model(cfg, random_head=False)
+  images, tokens = random_inputs(cfg, batch=3, length=5)
+  img = model.encode(images)
+  assert img.shape == (3, cfg.num_patches, cfg.dec_width)
+  logits = model.decode(img, tokens)
+  assert logits.shape == (3, 5, cfg.vocab_size)
+  assert logits.dtype == jnp.float32
+  np.testing.assert_array_equal(logits, 0.0)  # Zero-initialised head.
+  np.testing.assert_array_equal(model(images, tokens), logits)
+
+
+def test_same_width_has_no_projection():
+  cfg = tiny_config(dec_width=32, dec_heads=2)
+  model = make_model(cfg)
+  assert model.img_proj is None
+  assert not any(name.startswith("img_proj") for name, _ in params(model))
+  assert model.encode(random_inputs(cfg)[0]).shape == (2, cfg.num_patches, 32)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  cfg = tiny_config(dtype="bfloat16")
+  model = make_model(cfg)
+  assert all(var.dtype == jnp.float32 for _, var in params(model))
+  images, tokens = random_inputs(cfg)
+  img = model.encode(images)
+  assert img.dtype == jnp.bfloat16
+  logits = model.decode(img, tokens)
+  assert logits.dtype == jnp.float32
+  f32 = make_model(dataclasses.replace(cfg, dtype="float32"))
+  np.testing.assert_allclose(logits, f32(images, tokens), atol=0.3, rtol=0.1)
+
+
+def test_every_param_has_allowed_logical_names():
+  model = make_model(tiny_config())
+  named = params(model)
+  assert len(named) > 50
+  for name, var in named:
+    names = var.get_metadata().get("out_sharding")
+    assert names is not None, name
+    assert len(names) == var.ndim, (name, names, var.shape)
+    assert set(names) <= ALLOWED_NAMES, (name, names)
+  by_name = dict(named)
+  assert by_name["decoder/blocks/0/self_attn/query/kernel"].get_metadata()[
+      "out_sharding"] == ("embed", "heads", "kv")
+  assert by_name["decoder/blocks/1/cross_attn/out/kernel"].get_metadata()[
+      "out_sharding"] == ("heads", "kv", "embed")
+  assert by_name["encoder/blocks/0/mlp/fc2/kernel"].get_metadata()[
+      "out_sharding"] == ("mlp", "embed")
+  assert by_name["decoder/tok_embed"].get_metadata()["out_sharding"] == (
+      "vocab", "embed")
+  assert by_name["decoder/head/kernel"].get_metadata()["out_sharding"] == (
+      "embed", "vocab")
+
+
+@pytest.mark.parametrize("t", [0, 3, 5])
+def test_decoder_is_causal(t):
+  cfg = tiny_config()
+  model = make_model(cfg)
+  images, tokens = random_inputs(cfg, length=6)
+  changed = tokens.at[:, t].set((tokens[:, t] + 1) % cfg.vocab_size)
+  img = model.encode(images)
+  before, after = model.decode(img, tokens), model.decode(img, changed)
+  np.testing.assert_array_equal(before[:, :t], after[:, :t])
+  diff_BxL = jnp.abs(before - after).max(-1)
+  assert bool(jnp.all(diff_BxL[:, t:] > 1e-6)), diff_BxL
+
+
+def test_logits_depend_on_image():
+  cfg = tiny_config()
+  model = make_model(cfg)
+  images, tokens = random_inputs(cfg)
+  other = 255 - images
+  diff = jnp.abs(model(images, tokens) - model(other, tokens)).max(-1)
+  assert bool(jnp.all(diff > 1e-4)), diff
+
+
+def test_uint8_and_float_images_agree():
+  cfg = tiny_config()
+  model = make_model(cfg)
+  images, tokens = random_inputs(cfg)
+  floats = images.astype(jnp.float32) / 127.5 - 1.0
+  np.testing.assert_allclose(model.encode(images), model.encode(floats), atol=1e-6)
+  np.testing.assert_allclose(model(images, tokens), model(floats, tokens), atol=1e-5)
+
+
+def test_remat_changes_nothing_numerically():
+  cfg = tiny_config()
+  images, tokens = random_inputs(cfg)
+
+  def loss_and_grads(remat: bool):
+    graphdef, state = nnx.split(make_model(dataclasses.replace(cfg, remat=remat)))
+    loss = lambda s: jnp.mean(nnx.merge(graphdef, s)(images, tokens) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(state)
+
+  (loss, grads), (loss_r, grads_r) = loss_and_grads(False), loss_and_grads(True)
+  np.testing.assert_allclose(loss, loss_r, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               grads, grads_r)
+
+
+def _shapes(state) -> dict:
+  return {path: (v.shape, v.dtype) for path, v in nnx.to_flat_state(state)}
+
+
+def test_abstract_construction_matches_concrete():
+  cfg = tiny_config()
+  concrete = _shapes(nnx.state(make_model(cfg, random_head=False)))
+  build = lambda: Model(cfg, rngs=nnx.Rngs(0))
+  with nnx.use_eager_sharding(False):
+    _, via_jax = jax.eval_shape(lambda: nnx.split(build()))
+    via_nnx = nnx.state(nnx.eval_shape(build))
+  assert _shapes(via_jax) == concrete
+  assert _shapes(via_nnx) == concrete
+  # Eager sharding under a mesh resolves every logical name through the rules.
+  mesh = jax.make_mesh((1,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
+  rules = [("embed", "fsdp")] + [(n, None) for n in ALLOWED_NAMES - {"embed", None}]
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    sharded = nnx.state(nnx.eval_shape(build))
+  assert _shapes(sharded) == concrete
+  kernel = sharded["decoder"]["blocks"][0]["mlp"]["fc1"]["kernel"].get_value()
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+
+
+def test_named_sizes():
+  assert VIT_SIZES["Ti"] == (192, 12, 3, 768)
+  assert VIT_SIZES["S"] == (384, 12, 6, 1536)
+  assert VIT_SIZES["B"] == (768, 12, 12, 3072)
+  assert VIT_SIZES["L"] == (1024, 24, 16, 4096)
+  cfg = ModelConfig.from_names("S/16", decoder=dict(width=256, depth=4, heads=4),
+                               vocab_size=100, max_len=20, image_size=224)
+  assert (cfg.enc_width, cfg.enc_depth, cfg.enc_heads, cfg.enc_mlp) == VIT_SIZES["S"]
+  assert (cfg.dec_width, cfg.dec_depth, cfg.dec_heads, cfg.dec_mlp) == (256, 4, 4, 1024)
+  assert cfg.patch_size == 16 and cfg.num_patches == 196
+  same = ModelConfig.from_names("Ti", decoder="mu", vocab_size=10, max_len=8)
+  assert same.patch_size == 8 and same.dec_width == VIT_SIZES["mu"][0]
+  assert ModelConfig.from_names("B", vocab_size=10, max_len=8).dec_depth == 12
+
+
+def test_vit_b16_encoder_param_count():
+  cfg = ModelConfig.from_names("B/16", decoder="mu", vocab_size=10, max_len=8,
+                               image_size=224)
+  with nnx.use_eager_sharding(False):
+    state = nnx.state(nnx.eval_shape(lambda: Model(cfg, rngs=nnx.Rngs(0))))
+  count = sum(int(np.prod(v.shape)) for path, v in nnx.to_flat_state(state)
+              if path[0] == "encoder")
+  d, f, layers = 768, 3072, 12
+  block = 4 * (d * d + d) + (d * f + f) + (f * d + d) + 4 * d
+  expected = (16 * 16 * 3 * d + d) + 196 * d + layers * block + 2 * d
+  assert count == expected
+  assert abs(count - 85.8e6) < 0.05e6, count
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(enc_width=30, enc_heads=4), "enc_width=30 is not divisible by enc_heads=4"),
+    (dict(dec_width=16, dec_heads=3), "dec_width=16 is not divisible by dec_heads=3"),
+    (dict(image_size=20), "image_size=20 is not divisible by patch_size=8"),
+    (dict(dtype="float16"), "dtype='float16'"),
+    (dict(max_len=0), "max_len must be a positive int"),
+])
+def test_config_validation(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    tiny_config(**overrides)
+
+
+def test_from_names_validation():
+  with pytest.raises(ValueError, match="Unknown size 'XL'"):
+    ModelConfig.from_names("XL/16", vocab_size=10, max_len=8)
+  with pytest.raises(ValueError, match="Unknown decoder size keys"):
+    ModelConfig.from_names("Ti", decoder=dict(layers=2), vocab_size=10, max_len=8)
+  with pytest.raises(ValueError, match="Bad patch size"):
+    ModelConfig.from_names("Ti/x", vocab_size=10, max_len=8)
+
+
+def test_too_long_sequence_is_rejected():
+  cfg = tiny_config()
+  model = make_model(cfg)
+  images, tokens = random_inputs(cfg, length=cfg.max_len + 1)
+  with pytest.raises(ValueError, match="exceeds the model's max_len=12"):
+    model(images, tokens)

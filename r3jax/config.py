@@ -48,8 +48,8 @@ def defaults() -> ml_collections.ConfigDict:
 
   c.tasks = ml_collections.ConfigDict(dict(
       caption=task_defaults(32, 40),
-      vqa=task_defaults(32, 16),
-      ita=task_defaults(16, 40),
+      vqa=task_defaults(32, 20),
+      ita=task_defaults(16, 44),
   ))
 
   c.model = dict(

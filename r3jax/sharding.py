@@ -101,8 +101,9 @@ def state_shardings(abstract_state, mesh: jax.sharding.Mesh, rules: Rules):
   rules = dict(rules)
 
   def one(var):
-    names = var.get_metadata().get("out_sharding") or (None,) * var.value.ndim
-    return NamedSharding(mesh, logical_to_spec(names, var.value.shape, mesh, rules))
+    value = var.get_value()
+    names = var.get_metadata().get("out_sharding") or (None,) * value.ndim
+    return NamedSharding(mesh, logical_to_spec(names, value.shape, mesh, rules))
 
   return jax.tree.map(one, abstract_state,
                       is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -1,4 +1,4 @@
-"""Tokenizers: the protocol the model side relies on, and an exact word-level one.
+"""Tokenizers: the protocol the model relies on and an exact word-level one.
 
 The world's language is finite, so a word vocabulary round-trips every
 sentence exactly; there is no subword noise between the verifier and the model.

@@ -50,10 +50,10 @@ def _truncate_metrics(workdir: str, step: int) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices: Sequence[jax.Device] | None = None,
-                       stop_after: int | None = None) -> dict[str, Any]:
-  """Trains to config.total_steps (or `stop_after` steps, for tests), saving and
-  resuming from `workdir`; returns the final evaluation (empty if stopped early)."""
+                       devices: Sequence[jax.Device] | None = None
+                       ) -> dict[str, Any]:
+  """Trains to config.total_steps, resuming from `workdir` if it holds a
+  checkpoint, and returns the final evaluation."""
   os.makedirs(workdir, exist_ok=True)
   mesh, world, setup, init_state = build(config, devices)
   if jax.process_index() == 0:
@@ -78,8 +78,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   evaluator = world.evaluator(setup, config.evals)
   writer = metrics_lib.Writer(workdir)
   examples_per_step = sum(t.batch_size for t in config.tasks.values())
-  last = config.total_steps if stop_after is None else min(
-      config.total_steps, first + stop_after)
+  last = config.total_steps
 
   bar = None
   if config.progress_bar and jax.process_index() == 0:
@@ -119,16 +118,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           pending = None
           ckpt.save(step, state, data.get_state(), force=step == last)
         if step % config.eval_every_steps == 0 and step != last:
-          writer.write(step, evaluator.run(state["params"]))
+          writer.write(step, {f"{config.evals.split}/{k}": v for k, v in
+                              evaluator.run(state["params"]).items()})
       if pending is not None:
         finish(pending)
     ckpt.wait()
-    result = {}
-    if last == config.total_steps:
-      final = world.evaluator(setup, config.final_eval)
-      result = final.run(state["params"])
-      writer.write(last, {f"final/{k}": v for k, v in result.items()})
-    result["train_seconds"] = time.perf_counter() - t0
+    train_seconds = time.perf_counter() - t0
+    with jax.set_mesh(mesh):
+      result = world.evaluator(setup, config.final_eval).run(state["params"])
+    writer.write(last, {f"{config.final_eval.split}/{k}": v
+                        for k, v in result.items()})
+    result["train_seconds"] = train_seconds
+    result["eval_seconds"] = time.perf_counter() - t0 - train_seconds
     return result
   finally:
     if bar is not None:

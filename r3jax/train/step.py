@@ -31,9 +31,9 @@ def make_update(setup: Setup, weights: Mapping[str, float], schedule):
           loss_fn, has_aux=True)(state["params"])
       updates, opt = setup.tx.update(grads, state["opt"], state["params"])
       params = optax.apply_updates(state["params"], updates)
-    m = {"loss": total, "grad_norm": optax.global_norm(grads),
-         "param_norm": optax.global_norm(params),
-         "update_norm": optax.global_norm(updates),
+    m = {"loss": total, "grad_norm": optax.tree.norm(grads),
+         "param_norm": optax.tree.norm(params),
+         "update_norm": optax.tree.norm(updates),
          "lr": jnp.asarray(schedule(state["step"]), jnp.float32)}
     m.update({f"loss/{k}": v for k, v in losses.items()})
     m.update({f"token_acc/{k}": v for k, v in accs.items()})

@@ -10,6 +10,8 @@ the image can tell it is wrong:
   missing           one kind (all its copies) is left out: recall < 1.
   extra             one object of a kind the scene lacks is added: false fact.
   relation          one checklist relation is stated reversed: false fact.
+Edits that add an object need a scene below max_objects, so a negative never
+names more objects than an image can hold (that would give ITA away).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ CORRUPTIONS = ("color", "count", "shape", "size", "relation", "missing",
 _ATTR_VALUES = {"color": "colors", "shape": "shapes", "size": "sizes"}
 
 
-def _recolorings(scene: Scene, cfg: WorldConfig, attr: str
+def _attribute_edits(scene: Scene, cfg: WorldConfig, attr: str
                  ) -> list[tuple[tuple, str]]:
   """(kind, new value) pairs whose result is a kind absent from the scene."""
   kinds = scene.kind_counts
@@ -56,7 +58,7 @@ def available_corruptions(scene: Scene, cfg: WorldConfig) -> list[str]:
         "extra": room and bool(_new_kinds(scene, cfg)),
         "relation": bool(chain(scene, cfg))}
   for attr in _ATTR_VALUES:
-    ok[attr] = bool(_recolorings(scene, cfg, attr))
+    ok[attr] = bool(_attribute_edits(scene, cfg, attr))
   return [k for k in CORRUPTIONS if ok[k]]
 
 
@@ -73,7 +75,7 @@ def counterfactual(scene: Scene, rng: np.random.Generator, cfg: WorldConfig,
   objs = list(scene.objects)
   counts = scene.kind_counts
   if kind in _ATTR_VALUES:
-    options = _recolorings(scene, cfg, kind)
+    options = _attribute_edits(scene, cfg, kind)
     old, value = options[rng.integers(len(options))]
     objs = [dataclasses.replace(o, **{kind: value}) if o.kind == old else o
             for o in objs]

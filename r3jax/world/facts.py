@@ -28,9 +28,6 @@ import dataclasses
 from r3jax.world.config import WorldConfig
 from r3jax.world.scene import Object, Scene
 
-CANONICAL_RELATIONS = ("left", "above")
-
-
 @dataclasses.dataclass(frozen=True)
 class Ref:
   """A definite description: "the [size] [colour] (shape | object)"."""
@@ -114,18 +111,16 @@ def chain(scene: Scene, cfg: WorldConfig) -> list[Relation]:
   unique = scene.unique_objects
   out = []
   for axis in cfg.relation_axes:
-    rel = "left" if axis == "horizontal" else "above"
-    coord = (lambda i: scene.objects[i].x) if rel == "left" else (
-        lambda i: scene.objects[i].y)
-    order = sorted(unique, key=coord)
-    out += [Relation(full_ref(scene.objects[i]), rel, full_ref(scene.objects[j]))
-            for i, j in zip(order, order[1:])]
+    rel, coord = ("left", "x") if axis == "horizontal" else ("above", "y")
+    order = sorted(unique, key=lambda i: getattr(scene.objects[i], coord))
+    refs = [full_ref(scene.objects[i]) for i in order]
+    out += [Relation(a, rel, b) for a, b in zip(refs, refs[1:])]
   return out
 
 
 def checklist(scene: Scene, cfg: WorldConfig) -> list[Fact]:
-  kinds = [KindCount(*kind, n) for kind, n in sorted(scene.kind_counts.items())]
-  return kinds + chain(scene, cfg)
+  counts = sorted(scene.kind_counts.items())
+  return [KindCount(*kind, n) for kind, n in counts] + chain(scene, cfg)
 
 
 def unique_refs(scene: Scene, i: int, fields: tuple[tuple[str, ...], ...]

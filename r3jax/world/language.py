@@ -29,7 +29,7 @@ import numpy as np
 
 from r3jax.world.config import NUMBERS, WorldConfig
 from r3jax.world.facts import (Fact, KindCount, Ref, Relation, Total, chain,
-                               unique_refs)
+                               full_ref, unique_refs)
 from r3jax.world.scene import Scene
 
 # Attribute subsets used to name an object in a caption, shortest first.
@@ -136,16 +136,11 @@ def reference_facts(scene: Scene, rng: np.random.Generator,
   kinds = [kinds[i] for i in rng.permutation(len(kinds))]
   facts: list[Fact] = [Total(len(scene.objects))] if rng.integers(2) else []
   # One name per object, so a caption calls it the same thing throughout.
-  names = {o.kind: _short_ref(scene, i, rng)
-           for i, o in enumerate(scene.objects) if counts[o.kind] == 1}
-  rels = [Relation(names[_kind(f.a)], f.rel, names[_kind(f.b)])
-          for f in chain(scene, cfg)]
+  names = {full_ref(scene.objects[i]): _short_ref(scene, i, rng)
+           for i in scene.unique_objects}
+  rels = [Relation(names[f.a], f.rel, names[f.b]) for f in chain(scene, cfg)]
   rels = [rels[i] for i in rng.permutation(len(rels))]
   return facts + kinds + rels
-
-
-def _kind(ref: Ref) -> tuple[str, str, str]:
-  return (ref.size, ref.color, ref.shape)
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,4 +1,4 @@
-"""Rasterises a scene with numpy masks (no anti-aliasing: colours stay exact)."""
+"""Rasterises scenes with numpy masks; no anti-aliasing keeps colours exact."""
 
 from __future__ import annotations
 

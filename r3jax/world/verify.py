@@ -114,7 +114,8 @@ def _predicate(tokens: list[str], subject: Ref | None, cfg: WorldConfig
       obj = _ref(tokens[len(words):], cfg)
       if subject is None or obj is None:
         return None
-      return Relation(obj, rel, subject) if swap else Relation(subject, rel, obj)
+      a, b = (obj, subject) if swap else (subject, obj)
+      return Relation(a, rel, b)
   return None
 
 

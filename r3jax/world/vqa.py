@@ -23,7 +23,8 @@ from r3jax.world.scene import Scene
 
 QTYPES = ("existence", "count", "color", "shape", "size", "relation")
 _FIELDS = ("size", "color", "shape")
-_SUBSETS = tuple(s for r in (1, 2, 3) for s in itertools.combinations(_FIELDS, r))
+_SUBSETS = tuple(s for r in (1, 2, 3)
+                 for s in itertools.combinations(_FIELDS, r))
 
 
 def _without(attr: str) -> tuple[tuple[str, ...], ...]:

@@ -1,0 +1,1 @@
+"""Evaluation: metrics on decoded text and the evaluators the loop runs."""

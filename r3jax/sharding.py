@@ -78,6 +78,9 @@ def make_mesh(axes: Mapping[str, int],
   """
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
+  unknown = set(axes) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f"unknown mesh axes {sorted(unknown)}; axes are {MESH_AXES}")
   shape = {a: int(axes.get(a, 1)) for a in MESH_AXES}
   known = math.prod(s for s in shape.values() if s != -1)
   if any(s == 0 or s < -1 for s in shape.values()):

@@ -114,3 +114,38 @@ def test_resume_after_crash_equals_uninterrupted(tiny, tmp_path, monkeypatch):
   assert [drop(r) for r in rows[0]] == [drop(r) for r in rows[1]]
   assert [r["step"] for r in rows[1] if "loss" in r] == list(range(1, 7))
   assert json.load(open(tmp_path / "crash" / "config.json"))["total_steps"] == 6
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
+    tiny, tmp_path, monkeypatch):
+  c = tiny()
+  c.total_steps, c.ckpt_every_steps, c.eval_every_steps = 8, 2, 100
+  real = step_lib.make_update
+
+  def poisoned(*args, **kwargs):
+    update = real(*args, **kwargs)
+
+    def run(state, batch):  # step 5 goes non-finite, as a divergence would
+      state, m = update(state, batch)
+      if int(state["step"]) >= 5:
+        state = jax.tree.map(lambda x: x * np.nan if x.dtype == np.float32
+                             else x, state)
+        m = dict(m, loss=m["loss"] * np.nan)
+      return state, m
+    return run
+
+  monkeypatch.setattr(step_lib, "make_update", poisoned)
+  with pytest.raises(FloatingPointError, match=r"non-finite loss at step 5; "
+                     r"the last checkpoint \(step 4\) is kept"):
+    loop.train_and_evaluate(c, str(tmp_path), jax.devices()[:1])
+  _, _, setup, _ = loop.build(c, jax.devices()[:1])
+  ck = Checkpointer(str(tmp_path / "checkpoints"), 2, 2)
+  assert ck.all_steps() == [2, 4]
+  for step in ck.all_steps():
+    state, _ = ck.restore(setup.abstract, step)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(
+        jax.device_get(state)))
+  ck.close()
+  rows = metrics_lib.read(str(tmp_path))
+  assert max(r["step"] for r in rows) == 4
+  assert all(np.isfinite(v) for r in rows for v in r.values())

@@ -24,6 +24,9 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return list(self._mngr.all_steps())
+
   def save(self, step: int, state, data_state: dict[str, Any],
            force: bool = False) -> bool:
     return self._mngr.save(step, args=ocp.args.Composite(

@@ -102,7 +102,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       writer.write(step, m)
     if bar is not None:
       bar.update(1)
-      bar.set_postfix(loss=f"{m['loss']:.3f}", refresh=False)
+      bar.set_postfix(loss=f"{m['loss']:.3f}",
+                      ex_per_s=f"{bar.format_dict['rate'] or 0:.0f}x{examples_per_step}",
+                      refresh=False)
 
   try:
     with jax.set_mesh(mesh):

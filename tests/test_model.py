@@ -76,8 +76,9 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   np.testing.assert_allclose(logits, f32(images, tokens), atol=0.3, rtol=0.1)
 
 
-def test_every_param_has_allowed_logical_names():
-  model = make_model(tiny_config())
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_every_param_has_allowed_logical_names(stem):
+  model = make_model(tiny_config(stem=stem))
   named = params(model)
   assert len(named) > 50
   for name, var in named:
@@ -202,6 +203,9 @@ def test_vit_b16_encoder_param_count():
     (dict(image_size=20), "image_size=20 is not divisible by patch_size=8"),
     (dict(dtype="float16"), "dtype='float16'"),
     (dict(max_len=0), "max_len must be a positive int"),
+    (dict(stem="cnn"), "stem must be 'patch' or 'conv'"),
+    (dict(stem="conv", patch_size=2, image_size=16),
+     "power-of-two patch_size >= 4"),
 ])
 def test_config_validation(overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -223,3 +227,17 @@ def test_too_long_sequence_is_rejected():
   images, tokens = random_inputs(cfg, length=cfg.max_len + 1)
   with pytest.raises(ValueError, match="exceeds the model's max_len=12"):
     model(images, tokens)
+
+
+def test_conv_stem_makes_the_same_tokens_and_sees_local_structure():
+  cfg = tiny_config(stem="conv", image_size=32, patch_size=8)
+  model = make_model(cfg)
+  images, tokens = random_inputs(cfg)
+  img = model.encode(images)
+  assert img.shape == (2, cfg.num_patches, cfg.dec_width)
+  # Changing one pixel changes only tokens whose receptive field covers it.
+  stem = model.encoder.conv_stem
+  x = images.astype(jnp.float32) / 127.5 - 1
+  y = x.at[:, 0, 0, :].set(1.0)
+  diff = np.abs(np.asarray(stem(y) - stem(x))).sum(-1)
+  assert (diff[:, 0] > 0).all() and (diff[:, 1:] == 0).all()

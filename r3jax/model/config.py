@@ -57,6 +57,11 @@ class ModelConfig:
   max_len: int
   dtype: str = "float32"
   remat: bool = False
+  # "patch": the ViT's linear patch embedding. "conv": stride-2 3x3 convolutions
+  # down to patch_size / 2, then a 2x2 linear patch embedding (Xiao et al., 2021,
+  # "Early convolutions help transformers see better"): same tokens, but small
+  # shapes are learnt in far fewer steps.
+  stem: str = "patch"
 
   def __post_init__(self):
     ints = ("vocab_size", "image_size", "patch_size", "enc_width", "enc_depth",
@@ -73,6 +78,12 @@ class ModelConfig:
         raise ValueError(
             f"ModelConfig.{part}_width={width} is not divisible by "
             f"{part}_heads={heads}.")
+    if self.stem not in ("patch", "conv"):
+      raise ValueError(f"stem must be 'patch' or 'conv', got {self.stem!r}.")
+    if self.stem == "conv" and (self.patch_size < 4 or
+                                self.patch_size & (self.patch_size - 1)):
+      raise ValueError("stem='conv' needs a power-of-two patch_size >= 4, got "
+                       f"{self.patch_size}.")
     if self.image_size % self.patch_size:
       raise ValueError(
           f"ModelConfig.image_size={self.image_size} is not divisible by "

@@ -34,6 +34,36 @@ class EncoderBlock(nnx.Module):
     return constrain(x_BxPxD, ACT_BxLxD)
 
 
+class ConvStem(nnx.Module):
+  """Images to B x P x D tokens: log2(patch) - 1 stride-2 3x3 convolutions with
+  GELU (channels 32, 64, ...), then a linear embedding of 2 x 2 patches."""
+
+  def __init__(self, patch_size: int, width: int, *, rngs: nnx.Rngs,
+               dtype: jnp.dtype):
+    self.dtype = dtype
+    chans = [3] + [32 * 2 ** i for i in range(patch_size.bit_length() - 2)]
+    self.convs = nnx.List([
+        param(rngs, nnx.initializers.he_normal(), (3, 3, cin, cout),
+              (None, None, None, None))
+        for cin, cout in zip(chans[:-1], chans[1:])])
+    self.biases = nnx.List([
+        param(rngs, nnx.initializers.zeros, (c,), (None,)) for c in chans[1:]])
+    self.embed = Dense((4 * chans[-1],), (width,), ("patch",), ("embed",),
+                       rngs=rngs, dtype=dtype,
+                       kernel_init=nnx.initializers.lecun_normal())
+
+  def __call__(self, x_BxHxWx3: jax.Array) -> jax.Array:
+    x = x_BxHxWx3.astype(self.dtype)
+    for kernel, bias in zip(self.convs, self.biases):
+      x = jax.lax.conv_general_dilated(
+          x, kernel[...].astype(self.dtype), window_strides=(2, 2),
+          padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      x = jax.nn.gelu(x + bias[...].astype(self.dtype))
+    patches_BxPxC = einops.rearrange(x, "b (h p) (w q) c -> b (h w) (p q c)",
+                                     p=2, q=2)
+    return self.embed(patches_BxPxC)
+
+
 class Encoder(nnx.Module):
   """Images to image tokens at encoder width (no pooling)."""
 
@@ -43,10 +73,14 @@ class Encoder(nnx.Module):
     self.image_size = cfg.image_size
     self.dtype = dtype
     self.remat = cfg.remat
-    pixels = cfg.patch_size ** 2 * 3
-    self.patch_embed = Dense((pixels,), (width,), ("patch",), ("embed",),
-                             rngs=rngs, dtype=dtype,
-                             kernel_init=nnx.initializers.lecun_normal())
+    self.stem = cfg.stem
+    if cfg.stem == "conv":
+      self.conv_stem = ConvStem(cfg.patch_size, width, rngs=rngs, dtype=dtype)
+    else:
+      pixels = cfg.patch_size ** 2 * 3
+      self.patch_embed = Dense((pixels,), (width,), ("patch",), ("embed",),
+                               rngs=rngs, dtype=dtype,
+                               kernel_init=nnx.initializers.lecun_normal())
     self.pos_embed = param(rngs, nnx.initializers.normal(width ** -0.5),
                            (cfg.num_patches, width), ("pos", "embed"))
     self.blocks = nnx.List([
@@ -63,10 +97,14 @@ class Encoder(nnx.Module):
       x = images_BxHxWx3.astype(jnp.float32) / 127.5 - 1.0
     else:
       x = images_BxHxWx3
-    patches_BxPxC = einops.rearrange(
-        x.astype(self.dtype), "b (h p) (w q) c -> b (h w) (p q c)",
-        p=self.patch_size, q=self.patch_size)
-    x_BxPxD = self.patch_embed(patches_BxPxC) + self.pos_embed[...].astype(self.dtype)
+    if self.stem == "conv":
+      x_BxPxD = self.conv_stem(x)
+    else:
+      patches_BxPxC = einops.rearrange(
+          x.astype(self.dtype), "b (h p) (w q) c -> b (h w) (p q c)",
+          p=self.patch_size, q=self.patch_size)
+      x_BxPxD = self.patch_embed(patches_BxPxC)
+    x_BxPxD = x_BxPxD + self.pos_embed[...].astype(self.dtype)
     x_BxPxD = constrain(x_BxPxD, ACT_BxLxD)
     apply = maybe_remat(self.remat)
     for block in self.blocks:

@@ -86,7 +86,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     bar = tqdm(total=config.total_steps, initial=first, unit="step",
                dynamic_ncols=True)
   pending = None  # (step, measurements) fetched one step late
-  t0, timed_steps = time.perf_counter(), 0
+  t0 = time.perf_counter()
+  window = [t0, first]  # throughput over the steps since the last log row
 
   def finish(pending):
     step, m = pending
@@ -97,13 +98,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           f"non-finite {', '.join(bad)} at step {step}; the last checkpoint "
           f"(step {ckpt.latest_step()}) is kept and nothing later is saved")
     if step % config.log_every_steps == 0 or step == last:
-      dt = time.perf_counter() - t0
-      m["examples_per_sec"] = timed_steps * examples_per_step / max(dt, 1e-9)
+      now = time.perf_counter()
+      m["examples_per_sec"] = ((step - window[1]) * examples_per_step /
+                               max(now - window[0], 1e-9))
+      window[:] = [now, step]
       writer.write(step, m)
     if bar is not None:
       bar.update(1)
-      bar.set_postfix(loss=f"{m['loss']:.3f}",
-                      ex_per_s=f"{bar.format_dict['rate'] or 0:.0f}x{examples_per_step}",
+      rate = (bar.format_dict["rate"] or 0) * examples_per_step
+      bar.set_postfix(loss=f"{m['loss']:.3f}", ex_per_s=f"{rate:.0f}",
                       refresh=False)
 
   try:
@@ -114,7 +117,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if pending is not None:
           finish(pending)
         pending = (step, m)
-        timed_steps += 1
         if step % config.ckpt_every_steps == 0 or step == last:
           finish(pending)
           pending = None

@@ -64,18 +64,18 @@ def defaults() -> ml_collections.ConfigDict:
   )
 
   c.optim = dict(
-      lr=1e-3, warmup_steps=100, end_lr_frac=0.01,
+      lr=2e-3, warmup_steps=50, end_lr_frac=0.01,
       b1=0.9, b2=0.98, eps=1e-8,
       weight_decay=0.05,
-      no_decay=r"(bias|scale|pos_embedding)$",  # regex over param paths
+      no_decay=r"(bias|scale|pos_embed)$",  # regex over param paths
       clip_norm=1.0,
   )
 
-  c.total_steps = 1_200
+  c.total_steps = 1_500
   c.log_every_steps = 10
   c.ckpt_every_steps = 200
   c.keep_ckpts = 2
-  c.eval_every_steps = 300
+  c.eval_every_steps = 500
   c.evals = dict(split="validation", max_examples=256, batch_size=64)
   c.final_eval = dict(split="test", max_examples=-1, batch_size=128)
 

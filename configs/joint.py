@@ -11,12 +11,4 @@ TASKS = ("caption", "vqa", "ita")
 
 
 def get_config(arg: str | None = None):
-  arg = config_lib.parse_arg(arg, runlocal=False, seed=0, steps=0)
-  c = config_lib.defaults()
-  config_lib.select_tasks(c, TASKS)
-  c.seed = arg.seed
-  if arg.runlocal:
-    config_lib.runlocal(c)
-  if arg.steps:
-    c.total_steps = arg.steps
-  return c
+  return config_lib.world_experiment(arg, TASKS)

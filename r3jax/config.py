@@ -210,3 +210,17 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
   c.final_eval.max_examples = 16
   c.final_eval.batch_size = 16
   c.optim.warmup_steps = 1
+
+
+def world_experiment(arg: str | None, tasks) -> ml_collections.ConfigDict:
+  """The config files' shared recipe: defaults, the given tasks, and the
+  `runlocal`, `seed=N` and `steps=N` arguments."""
+  arg = parse_arg(arg, runlocal=False, seed=0, steps=0)
+  c = defaults()
+  select_tasks(c, tasks)
+  c.seed = arg.seed
+  if arg.runlocal:
+    runlocal(c)
+  if arg.steps:
+    c.total_steps = arg.steps
+  return c

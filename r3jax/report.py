@@ -23,7 +23,7 @@ def table(result: Mapping[str, float], columns: Mapping[str, Mapping] | None = N
   columns = dict(columns or {"value": result})
   keys = [k for k, _, _ in HEADLINE if any(k in c for c in columns.values())]
   keys += sorted({k for c in columns.values() for k in c
-                  if k not in keys and "/" in k})
+                  if k not in keys and "/" in k and not k.endswith("count")})
   labels = {k: label for k, label, _ in HEADLINE}
   targets = {k: t for k, _, t in HEADLINE}
   w = max([len(labels.get(k, k)) for k in keys] + [6])

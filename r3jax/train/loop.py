@@ -67,10 +67,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if ckpt.latest_step() is not None:
     state, data_state = ckpt.restore(setup.abstract)
     data.set_state(data_state)
-    _truncate_metrics(workdir, int(jax.device_get(state["step"])))
   else:
     state = init_state()
   first = int(jax.device_get(state["step"]))
+  _truncate_metrics(workdir, first)
 
   update = step_lib.make_update(
       setup, {k: t.weight for k, t in config.tasks.items()},

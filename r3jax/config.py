@@ -15,7 +15,8 @@ from typing import Any
 
 import ml_collections
 
-TASKS = ("caption", "vqa", "ita")
+from r3jax.data import tasks as tasks_lib
+
 
 
 def task_defaults(batch_size: int, max_len: int, weight: float = 1.0):
@@ -150,11 +151,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   if not config.tasks:
     raise ValueError("config.tasks is empty: name at least one of "
-                     f"{TASKS}")
+                     f"{sorted(tasks_lib.TASKS)}")
   task_keys = set(task_defaults(1, 1))
   for name, t in config.tasks.items():
-    if name not in TASKS:
-      raise ValueError(f"unknown task {name!r} in config.tasks; known: {TASKS}")
+    if name not in tasks_lib.TASKS:
+      raise ValueError(f"unknown task {name!r} in config.tasks; known: "
+                       f"{sorted(tasks_lib.TASKS)}")
     if set(t) != task_keys:
       bad = sorted(set(t) ^ task_keys)
       raise ValueError(f"config.tasks.{name} keys {bad} differ from "

@@ -40,46 +40,37 @@ def register(task: Task) -> Task:
   return task
 
 
-def _text(x) -> str:
-  return x.decode() if isinstance(x, bytes) else str(x)
-
-
-def _texts(xs) -> list[str]:
-  return [_text(x) for x in np.asarray(xs, dtype=object).reshape(-1)]
-
-
 register(Task(
     "caption",
-    sample=lambda r, rng: (None, _texts(r["captions"])[rng.integers(
+    sample=lambda r, rng: (None, r["captions"][rng.integers(
         len(r["captions"]))]),
-    eval_items=lambda r: [(None, _texts(r["captions"]), {})],
+    eval_items=lambda r: [(None, list(r["captions"]), {})],
 ))
 
 
 def _vqa_sample(r, rng):
   i = rng.integers(len(r["vqa_questions"]))
-  return _text(r["vqa_questions"][i]), _text(r["vqa_answers"][i])
+  return r["vqa_questions"][i], r["vqa_answers"][i]
 
 
 register(Task(
     "vqa",
     sample=_vqa_sample,
     eval_items=lambda r: [(q, a, {"qtype": t}) for q, a, t in zip(
-        _texts(r["vqa_questions"]), _texts(r["vqa_answers"]),
-        _texts(r["vqa_types"]))],
+        r["vqa_questions"], r["vqa_answers"], r["vqa_types"])],
 ))
 
 
 def _ita_sample(r, rng):
   i = rng.integers(len(r["ita_captions"]))
-  return _text(r["ita_captions"][i]), _text(r["ita_labels"][i])
+  return r["ita_captions"][i], r["ita_labels"][i]
 
 
 register(Task(
     "ita",
     sample=_ita_sample,
     eval_items=lambda r: [(c, l, {}) for c, l in zip(
-        _texts(r["ita_captions"]), _texts(r["ita_labels"]))],
+        r["ita_captions"], r["ita_labels"])],
 ))
 
 

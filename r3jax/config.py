@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 
 from r3jax.data import tasks as tasks_lib
+from r3jax.interference import groups as interference_groups
 
 
 
@@ -36,7 +37,7 @@ def defaults() -> ml_collections.ConfigDict:
                  shapes=("circle", "square", "triangle"),
                  colors=("red", "green", "blue", "yellow"),
                  sizes=("small", "large"), grid=0,  # 0: max(3, max_objects)
-                 relation_axes=("horizontal",),
+                 relation_axes=("horizontal",), radius=0.34, jitter=0.08,
                  n_captions=5, n_questions=6, n_ita=4)
   c.data = dict(
       dir=os.environ.get("R3JAX_DATA_DIR", "data"),
@@ -44,6 +45,9 @@ def defaults() -> ml_collections.ConfigDict:
       split_sizes=dict(train=20_000, validation=500, test=1_000),
       read_threads=2,
       prefetch=4,
+      # "split": each task draws its own images; "shared": every task's
+      # sub-batch holds the same images (all task batch sizes equal).
+      layout="split",
   )
 
   c.tasks = ml_collections.ConfigDict(dict(
@@ -70,6 +74,20 @@ def defaults() -> ml_collections.ConfigDict:
       weight_decay=0.05,
       no_decay=r"(bias|scale|pos_embed)$",  # regex over param paths
       clip_norm=1.0,
+  )
+
+  # Gradient interference between tasks (r3jax/interference), measured inside
+  # the step, and the aggregation method that turns per-task gradients into
+  # the update (methods.METHODS; "weighted_sum" is the plain objective).
+  c.interference = dict(
+      enabled=True,
+      halves=True,          # split-half noise floor (split layout only)
+      group_stats=True,     # per parameter group, not only global
+      groups=[list(r) for r in interference_groups.DEFAULT_RULES],
+      thresholds=[0.0, -0.02, -0.05, -0.1],
+      method="weighted_sum",
+      method_args={},       # the method's hyper-parameters by name
+      probe_every=0,        # lookahead transference probe cadence (0: off)
   )
 
   c.total_steps = 1_500
@@ -133,7 +151,7 @@ def _flat_keys(d: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 # Sub-dicts whose keys are data, not schema.
-_OPEN_DICTS = ("enc_overrides", "tasks", "split_sizes")
+_OPEN_DICTS = ("enc_overrides", "tasks", "split_sizes", "method_args")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -66,30 +66,79 @@ def task_dataset(source, tokenizer, task: str, max_len: int, global_batch: int,
   return ds.batch(local, drop_remainder=True)
 
 
+def shared_dataset(source, tokenizer, tasks_cfg: Mapping[str, Any],
+                   global_batch: int, seed: int, process_index: int = 0,
+                   process_count: int = 1) -> grain.MapDataset:
+  """This process's batches of {task: {image, tokens, ...}} where every task's
+  sub-batch holds the same images (one example of each task per image)."""
+  if global_batch % process_count:
+    raise ValueError(f"the shared batch size {global_batch} is not divisible "
+                     f"by the {process_count} processes")
+  names = sorted(tasks_cfg)
+  sseed = _task_seed(seed, "+".join(names))
+
+  def fmt(record, rng):
+    image = np.asarray(record["image"], np.uint8)
+    out = {}
+    for name in names:
+      question, target = tasks_lib.TASKS[name].sample(record, rng)
+      out[name] = tasks_lib.format_sequence(tokenizer, name, question, target,
+                                            tasks_cfg[name].max_len)
+      out[name]["image"] = image
+    return out
+
+  ds = grain.MapDataset.source(source).shuffle(seed=sseed).repeat()
+  ds = ds.random_map(fmt, seed=sseed + 1)
+  local = global_batch // process_count
+  ds = _ProcessRows(ds, global_batch, local, process_index)
+  return ds.batch(local, drop_remainder=True)
+
+
 class TrainData:
-  """Iterator over {task: {image, tokens, targets, loss_mask}} global arrays."""
+  """Iterator over {task: {image, tokens, targets, loss_mask}} global arrays.
+
+  layout "split": every task streams its own images; "shared": one stream in
+  which every task's sub-batch holds the same images (task batch sizes must
+  then be equal).
+  """
 
   def __init__(self, source, tokenizer, tasks_cfg: Mapping[str, Any], seed: int,
                mesh: jax.sharding.Mesh, read_threads: int = 2,
-               prefetch: int = 4):
+               prefetch: int = 4, layout: str = "split"):
     self._sharding = sharding.batch_sharding(mesh)
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     opts = grain.ReadOptions(num_threads=read_threads,
                              prefetch_buffer_size=prefetch)
-    self._iters = {}
     for name, t in sorted(tasks_cfg.items()):
       if t.batch_size % dp:
         raise ValueError(
             f"config.tasks.{name}.batch_size={t.batch_size} is not divisible "
             f"by the data-parallel size data*fsdp={dp}")
-      ds = task_dataset(source, tokenizer, name, t.max_len, t.batch_size, seed,
-                        jax.process_index(), jax.process_count())
-      self._iters[name] = ds.to_iter_dataset(opts).__iter__()
+    self._iters = {}
+    if layout == "shared":
+      sizes = {name: t.batch_size for name, t in tasks_cfg.items()}
+      if len(set(sizes.values())) != 1:
+        raise ValueError(f"config.data.layout='shared' needs equal task batch "
+                         f"sizes, got {sizes}")
+      ds = shared_dataset(source, tokenizer, tasks_cfg, next(iter(sizes.values())),
+                          seed, jax.process_index(), jax.process_count())
+      self._iters["shared"] = ds.to_iter_dataset(opts).__iter__()
+    elif layout == "split":
+      for name, t in sorted(tasks_cfg.items()):
+        ds = task_dataset(source, tokenizer, name, t.max_len, t.batch_size,
+                          seed, jax.process_index(), jax.process_count())
+        self._iters[name] = ds.to_iter_dataset(opts).__iter__()
+    else:
+      raise ValueError(f"config.data.layout must be 'split' or 'shared', got "
+                       f"{layout!r}")
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict[str, dict[str, jax.Array]]:
+    if "shared" in self._iters:
+      return {name: self.to_global(b)
+              for name, b in sorted(next(self._iters["shared"]).items())}
     return {name: self.to_global(next(it)) for name, it in self._iters.items()}
 
   def to_global(self, local: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:

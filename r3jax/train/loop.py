@@ -15,6 +15,7 @@ import numpy as np
 from r3jax import config as config_lib
 from r3jax import sharding
 from r3jax.data import pipeline
+from r3jax.interference import step as interference_step
 from r3jax.train import checkpoint as ckpt_lib
 from r3jax.train import metrics as metrics_lib
 from r3jax.train import optim
@@ -33,9 +34,33 @@ def build(config: ml_collections.ConfigDict,
   mesh = sharding.make_mesh(config.mesh, devices)
   world = world_setup.load(config)
   tx = optim.make(config.optim, config.total_steps)
-  setup, init_state = state_lib.create(world.make_model, tx, mesh,
-                                       config.sharding_rules, config.seed)
+  instrument = make_instrument(config, world.make_model)
+  setup, init_state = state_lib.create(
+      world.make_model, tx, mesh, config.sharding_rules, config.seed,
+      aux_init=instrument.init_state if instrument else None)
   return mesh, world, setup, init_state
+
+
+def make_instrument(config: ml_collections.ConfigDict, make_model
+                    ) -> interference_step.Instrument | None:
+  if not config.interference.enabled:
+    if config.interference.method != "weighted_sum":
+      raise ValueError(f"config.interference.method="
+                       f"{config.interference.method!r} needs "
+                       "config.interference.enabled=True")
+    return None
+  return interference_step.Instrument(
+      config.interference, state_lib.abstract_params(make_model),
+      {k: t.weight for k, t in config.tasks.items()}, config.data.layout)
+
+
+def make_update(config: ml_collections.ConfigDict, setup, make_model):
+  """The configured training step (plain or instrumented)."""
+  return step_lib.make_update(
+      setup, {k: t.weight for k, t in config.tasks.items()},
+      optim.schedule(config.optim, config.total_steps),
+      layout=config.data.layout,
+      instrument=make_instrument(config, make_model), seed=config.seed)
 
 
 def _truncate_metrics(workdir: str, step: int) -> None:
@@ -61,7 +86,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   data = pipeline.TrainData(world.train_source, world.tokenizer, config.tasks,
                             config.seed, mesh, config.data.read_threads,
-                            config.data.prefetch)
+                            config.data.prefetch, config.data.layout)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                config.keep_ckpts, config.ckpt_every_steps)
   if ckpt.latest_step() is not None:
@@ -72,9 +97,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   first = int(jax.device_get(state["step"]))
   _truncate_metrics(workdir, first)
 
-  update = step_lib.make_update(
-      setup, {k: t.weight for k, t in config.tasks.items()},
-      optim.schedule(config.optim, config.total_steps))
+  update = make_update(config, setup, world.make_model)
+  probe = None
+  if config.interference.enabled and config.interference.probe_every > 0:
+    probe = interference_step.make_probe(
+        setup, make_instrument(config, world.make_model))
   evaluator = world.evaluator(setup, config.evals)
   writer = metrics_lib.Writer(workdir)
   examples_per_step = sum(t.batch_size for t in config.tasks.values())
@@ -113,6 +140,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with jax.set_mesh(mesh):
       for step in range(first + 1, last + 1):
         batch = next(data)
+        if probe is not None and (step - 1) % config.interference.probe_every == 0:
+          writer.write(step, probe(state, batch))
         state, m = update(state, batch)
         if pending is not None:
           finish(pending)

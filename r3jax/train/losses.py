@@ -13,14 +13,22 @@ import jax.numpy as jnp
 import optax
 
 
+def token_sums(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
+               mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Masked sums of cross-entropy and of correct next tokens, and the token count."""
+  xent_BxL = optax.softmax_cross_entropy_with_integer_labels(
+      logits_BxLxV.astype(jnp.float32), targets_BxL)
+  correct_BxL = (logits_BxLxV.argmax(-1) == targets_BxL).astype(jnp.float32)
+  return ((xent_BxL * mask_BxL).sum(), (correct_BxL * mask_BxL).sum(),
+          mask_BxL.sum().astype(jnp.float32))
+
+
 def token_xent(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
                mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Masked mean cross-entropy and masked next-token accuracy."""
-  xent_BxL = optax.softmax_cross_entropy_with_integer_labels(
-      logits_BxLxV.astype(jnp.float32), targets_BxL)
-  n = jnp.maximum(mask_BxL.sum(), 1.0)
-  correct_BxL = (logits_BxLxV.argmax(-1) == targets_BxL).astype(jnp.float32)
-  return (xent_BxL * mask_BxL).sum() / n, (correct_BxL * mask_BxL).sum() / n
+  xent, correct, n = token_sums(logits_BxLxV, targets_BxL, mask_BxL)
+  n = jnp.maximum(n, 1.0)
+  return xent / n, correct / n
 
 
 def task_losses(model, batch: Mapping[str, Mapping[str, jax.Array]]

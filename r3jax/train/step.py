@@ -9,16 +9,25 @@ import jax.numpy as jnp
 import optax
 
 from r3jax import sharding
+from r3jax.interference import grads as grads_lib
+from r3jax.interference import step as interference_step
 from r3jax.train import losses as losses_lib
 from r3jax.train.state import Setup, State
 
 
-def make_update(setup: Setup, weights: Mapping[str, float], schedule):
+def make_update(setup: Setup, weights: Mapping[str, float], schedule, *,
+                layout: str = "split",
+                instrument: interference_step.Instrument | None = None,
+                seed: int = 0):
   """Compiled step with donated state and explicit shardings.
 
   Measurements are device scalars: per-task loss and token accuracy, the
-  weighted total, grad / param / update norms and the learning rate.
+  weighted total, grad / param / update norms and the learning rate. With an
+  `instrument` the step is r3jax.interference.step's: per-task gradients,
+  interference statistics and the configured aggregation method.
   """
+  if instrument is not None:
+    return interference_step.make_update(setup, instrument, schedule, seed)
   weights = dict(weights)
 
   def update(state: State, batch):
@@ -27,8 +36,12 @@ def make_update(setup: Setup, weights: Mapping[str, float], schedule):
         losses, accs = losses_lib.task_losses(setup.model(params), batch)
         return losses_lib.weighted_total(losses, weights), (losses, accs)
 
-      (total, (losses, accs)), grads = jax.value_and_grad(
-          loss_fn, has_aux=True)(state["params"])
+      if layout == "shared":
+        total, losses, accs, grads = grads_lib.shared_joint(
+            setup.model, state["params"], batch, weights)
+      else:
+        (total, (losses, accs)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state["params"])
       updates, opt = setup.tx.update(grads, state["opt"], state["params"])
       params = optax.apply_updates(state["params"], updates)
     m = {"loss": total, "grad_norm": optax.tree.norm(grads),
@@ -37,7 +50,10 @@ def make_update(setup: Setup, weights: Mapping[str, float], schedule):
          "lr": jnp.asarray(schedule(state["step"]), jnp.float32)}
     m.update({f"loss/{k}": v for k, v in losses.items()})
     m.update({f"token_acc/{k}": v for k, v in accs.items()})
-    return {"step": state["step"] + 1, "params": params, "opt": opt}, m
+    new = {"step": state["step"] + 1, "params": params, "opt": opt}
+    if "aux" in state:
+      new["aux"] = state["aux"]
+    return new, m
 
   repl = sharding.replicated(setup.mesh)
   return jax.jit(update, donate_argnums=(0,),

@@ -26,10 +26,6 @@ SIZE_SCALE = {"small": 0.5, "medium": 0.75, "large": 1.0}
 AXES = ("horizontal", "vertical")
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven",
            "eight", "nine", "ten")
-# Drawable radius of a "large" object as a fraction of a grid cell, and the
-# position jitter; together below one half so shapes stay inside their cell.
-MAX_RADIUS = 0.34
-JITTER = 0.08
 MIN_RADIUS_PX = 1.5
 
 
@@ -39,6 +35,9 @@ class WorldConfig:
 
   relation_axes: which spatial chains the caption checklist requires
   ("horizontal": left-to-right order; "vertical": top-to-bottom order).
+  radius: a "large" object's radius as a fraction of a grid cell; jitter: the
+  largest offset of an object's centre from its cell's centre, also in cells.
+  radius + jitter < 0.5 keeps every shape inside its own cell.
   """
   image_size: int = 64
   min_objects: int = 1
@@ -51,6 +50,8 @@ class WorldConfig:
   n_questions: int = 6
   n_ita: int = 4
   relation_axes: tuple[str, ...] = ("horizontal",)
+  radius: float = 0.34
+  jitter: float = 0.08
 
   def __post_init__(self):
     for name in ("shapes", "colors", "sizes", "relation_axes"):
@@ -80,6 +81,11 @@ class WorldConfig:
     if list(self.sizes) != sorted(self.sizes, key=SIZE_SCALE.get):
       raise ValueError(f"sizes must go from smallest to largest, got "
                        f"{self.sizes}")
+    if not (self.radius > 0 and self.jitter >= 0 and
+            self.radius + self.jitter < 0.5):
+      raise ValueError(f"need radius > 0, jitter >= 0 and radius + jitter < "
+                       f"0.5 (cells), got radius={self.radius}, "
+                       f"jitter={self.jitter}")
     radii = [self.radius_px(s) for s in self.sizes]
     if radii[0] < MIN_RADIUS_PX:
       raise ValueError(
@@ -98,7 +104,7 @@ class WorldConfig:
     return self.image_size / self.grid
 
   def radius_px(self, size: str) -> float:
-    return SIZE_SCALE[size] * MAX_RADIUS * self.cell_px
+    return SIZE_SCALE[size] * self.radius * self.cell_px
 
 
 def _check_words(name: str, words: tuple[str, ...], known: tuple[str, ...],

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from r3jax.world.config import JITTER, WorldConfig
+from r3jax.world.config import WorldConfig
 
 Kind = tuple[str, str, str]  # (size, colour, shape)
 
@@ -58,7 +58,7 @@ def sample_scene(rng: np.random.Generator, cfg: WorldConfig) -> Scene:
   n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
   rows = rng.permutation(cfg.grid)[:n]
   cols = rng.permutation(cfg.grid)[:n]
-  jitter = rng.uniform(-JITTER, JITTER, size=(n, 2))
+  jitter = rng.uniform(-cfg.jitter, cfg.jitter, size=(n, 2))
   objects = []
   for i in range(n):
     objects.append(Object(

@@ -1,0 +1,2 @@
+"""Gradient interference between training objectives: per-task gradients,
+Gram statistics measured inside the step, and aggregation methods."""

@@ -1,0 +1,132 @@
+"""Reading and plotting a run's interference measurements (the notebook's
+library): per-group cosine heatmaps, the global cosine against its noise
+floor, norm ratios and the applied task weights.
+
+Keys written by the instrumented step (r3jax/interference/step.py):
+  interf/<stat>/<a>:<b>            global pair statistics (cos, magsim, ...)
+  interf/null_cos/<task>, interf/null_dot/<task>, interf/dot/<a>:<b>
+  group/<group>/<stat>/<a>:<b>     the same per parameter group
+  weights/<task>                   task weights actually applied
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from r3jax.train import metrics as metrics_lib
+
+_GROUP_KEY = re.compile(r"^group/(.+)/([^/]+)/([^/]+)$")
+
+
+def load(workdir: str) -> pd.DataFrame:
+  """Training rows of metrics.jsonl, one row per step (eval rows dropped)."""
+  rows = [r for r in metrics_lib.read(workdir) if "loss" in r]
+  if not rows:
+    raise ValueError(f"{workdir}/metrics.jsonl has no training rows")
+  return pd.DataFrame(rows).groupby("step").last().sort_index()
+
+
+def pairs(df: pd.DataFrame) -> list[str]:
+  return sorted(k.split("/")[-1] for k in df if k.startswith("interf/cos/"))
+
+
+def groups(df: pd.DataFrame) -> list[str]:
+  """Group names in logged (forward) order."""
+  seen = {}
+  for k in df:
+    m = _GROUP_KEY.match(k)
+    if m and m.group(2) == "cos":
+      seen.setdefault(m.group(1), None)
+  return list(seen)
+
+
+def group_matrix(df: pd.DataFrame, pair: str, stat: str = "cos"
+                 ) -> tuple[list[str], np.ndarray, np.ndarray]:
+  """(groups, steps, values G x S) of one per-group statistic."""
+  names = groups(df)
+  values = np.stack([df[f"group/{g}/{stat}/{pair}"].to_numpy() for g in names])
+  return names, df.index.to_numpy(), values
+
+
+def debiased_cosine(df: pd.DataFrame, pair: str, window: int = 10) -> pd.Series:
+  """Noise-debiased cosine over a sliding window: the unbiased pieces are
+  averaged before dividing, mean<g_a, g_b> / sqrt(mean<g_aa', g_ab'> *
+  mean<g_ba', g_bb'>); NaN where a noise-free norm estimate is not positive."""
+  a, b = pair.split(":")
+  roll = lambda k: df[k].rolling(window, min_periods=1).mean()  # noqa: E731
+  den = roll(f"interf/null_dot/{a}") * roll(f"interf/null_dot/{b}")
+  out = roll(f"interf/dot/{pair}") / np.sqrt(den.where(den > 0))
+  return out.clip(-1, 1)
+
+
+def plot_group_heatmap(ax, df: pd.DataFrame, pair: str, stat: str = "cos"):
+  names, steps, values = group_matrix(df, pair, stat)
+  im = ax.imshow(values, aspect="auto", cmap="RdBu", vmin=-1, vmax=1,
+                 interpolation="nearest",
+                 extent=(steps[0], steps[-1], len(names) - 0.5, -0.5))
+  ax.set_yticks(range(len(names)), names)
+  ax.set_xlabel("step")
+  ax.set_title(f"per-group {stat} {pair}")
+  return im
+
+
+def plot_cosine_vs_null(ax, df: pd.DataFrame, pair: str, window: int = 10):
+  """Raw global cosine, the same-task split-half cosines (the level two
+  samples of one objective agree to) and the windowed debiased cosine."""
+  steps = df.index
+  ax.plot(steps, df[f"interf/cos/{pair}"], lw=1, label=f"cos {pair}")
+  for task in pair.split(":"):
+    key = f"interf/null_cos/{task}"
+    if key in df:
+      ax.plot(steps, df[key], lw=1, ls="--", label=f"null (split-half) {task}")
+  if f"interf/dot/{pair}" in df:
+    ax.plot(steps, debiased_cosine(df, pair, window), lw=2,
+            label=f"debiased (window {window})")
+  ax.axhline(0, color="k", lw=0.5)
+  ax.set_xlabel("step")
+  ax.legend(fontsize="small")
+
+
+def plot_norm_ratios(ax, df: pd.DataFrame):
+  for pair in pairs(df):
+    ax.plot(df.index, df[f"interf/norm_ratio/{pair}"], label=pair)
+  ax.set_yscale("log")
+  ax.set_xlabel("step")
+  ax.set_title("gradient norm ratio |g_a| / |g_b|")
+  ax.legend(fontsize="small")
+
+
+def plot_weights(ax, df: pd.DataFrame):
+  for k in sorted(k for k in df if k.startswith("weights/")):
+    ax.plot(df.index, df[k], label=k.split("/", 1)[1])
+  ax.set_xlabel("step")
+  ax.set_title("applied task weights")
+  ax.legend(fontsize="small")
+
+
+def conflict_table(df: pd.DataFrame) -> pd.DataFrame:
+  """Per group and pair: mean cosine, mean contribution to the global cosine
+  and the fraction of steps below each logged conflict threshold; the "global"
+  rows carry the split-half null cosine for comparison."""
+  rows = []
+  for pair in pairs(df):
+    entries = [("global", f"interf/{{}}/{pair}")] + [
+        (g, f"group/{g}/{{}}/{pair}") for g in groups(df)]
+    for name, key in entries:
+      row = {"group": name, "pair": pair,
+             "mean_cos": df[key.format("cos")].mean()}
+      if key.format("contrib") in df:
+        row["mean_contrib"] = df[key.format("contrib")].mean()
+      prefix, suffix = key.split("{}")
+      for k in df:
+        if k.startswith(prefix + "conflict@") and k.endswith(suffix):
+          row[k[len(prefix):-len(suffix)]] = df[k].mean()
+      if name == "global":
+        for task in pair.split(":"):
+          if f"interf/null_cos/{task}" in df:
+            row[f"null_cos_{task}"] = df[f"interf/null_cos/{task}"].mean()
+      rows.append(row)
+  return pd.DataFrame(rows).set_index(["pair", "group"])

@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import nbformat
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ def run_dir(tmp_path_factory):
   c.total_steps, c.log_every_steps, c.eval_every_steps = 6, 1, 100
   c.final_eval.max_examples = 4
   workdir = str(tmp_path_factory.mktemp("run"))
-  loop.train_and_evaluate(c, workdir)
+  loop.train_and_evaluate(c, workdir, jax.devices()[:1])
   return workdir
 
 
@@ -49,7 +50,6 @@ def test_analysis_reads_the_run(run_dir):
 
 def test_notebook_executes(run_dir, monkeypatch):
   monkeypatch.setenv("R3JAX_WORKDIR", run_dir)
-  monkeypatch.setenv("MPLBACKEND", "Agg")
   nb = nbformat.read(NOTEBOOK, as_version=4)
   NotebookClient(nb, timeout=300, kernel_name="python3",
                  resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}}

@@ -11,6 +11,8 @@ Keys written by the instrumented step (r3jax/interference/step.py):
 
 from __future__ import annotations
 
+import json
+import os
 import re
 
 import numpy as np
@@ -22,11 +24,17 @@ _GROUP_KEY = re.compile(r"^group/(.+)/([^/]+)/([^/]+)$")
 
 
 def load(workdir: str) -> pd.DataFrame:
-  """Training rows of metrics.jsonl, one row per step (eval rows dropped)."""
+  """Training rows of metrics.jsonl, one row per step (eval rows dropped).
+  The run's parameter-group order (interference.json) rides in df.attrs."""
   rows = [r for r in metrics_lib.read(workdir) if "loss" in r]
   if not rows:
     raise ValueError(f"{workdir}/metrics.jsonl has no training rows")
-  return pd.DataFrame(rows).groupby("step").last().sort_index()
+  df = pd.DataFrame(rows).groupby("step").last().sort_index()
+  meta = os.path.join(workdir, "interference.json")
+  if os.path.exists(meta):
+    with open(meta) as f:
+      df.attrs["groups"] = json.load(f)["groups"]
+  return df
 
 
 def pairs(df: pd.DataFrame) -> list[str]:
@@ -34,13 +42,14 @@ def pairs(df: pd.DataFrame) -> list[str]:
 
 
 def groups(df: pd.DataFrame) -> list[str]:
-  """Group names in logged (forward) order."""
+  """Group names in the run's forward order (logged order if unknown)."""
   seen = {}
   for k in df:
     m = _GROUP_KEY.match(k)
     if m and m.group(2) == "cos":
       seen.setdefault(m.group(1), None)
-  return list(seen)
+  order = [g for g in df.attrs.get("groups", ()) if g in seen]
+  return order + [g for g in seen if g not in order]
 
 
 def group_matrix(df: pd.DataFrame, pair: str, stat: str = "cos"

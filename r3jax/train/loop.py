@@ -83,6 +83,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh, world, setup, init_state = build(config, devices)
   if jax.process_index() == 0:
     config_lib.dump(config, os.path.join(workdir, "config.json"))
+    instrument = make_instrument(config, world.make_model)
+    if instrument is not None:  # the logged keys come sorted; keep the order
+      with open(os.path.join(workdir, "interference.json"), "w") as f:
+        json.dump({"tasks": instrument.tasks,
+                   "groups": instrument.group_names}, f, indent=1)
 
   data = pipeline.TrainData(world.train_source, world.tokenizer, config.tasks,
                             config.seed, mesh, config.data.read_threads,

@@ -2,7 +2,7 @@
 
   python -m r3jax.main --config configs/joint.py --workdir runs/joint
   python -m r3jax.main --config configs/joint.py:runlocal --workdir /tmp/joint
-  args: runlocal (CPU smoke run), seed=N, steps=N
+  args: runlocal (CPU smoke run), seed=N, steps=N, method=NAME, gen_weight=R
 """
 
 from r3jax import config as config_lib

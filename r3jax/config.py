@@ -194,6 +194,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.dtype not in ("float32", "bfloat16"):
     raise ValueError(f"config.model.dtype must be float32 or bfloat16, got "
                      f"{config.model.dtype!r}")
+  if config.data.layout not in ("split", "shared"):
+    raise ValueError(f"config.data.layout must be 'split' or 'shared', got "
+                     f"{config.data.layout!r}")
+  for name, t in config.tasks.items():
+    if t.weight < 0:
+      raise ValueError(f"config.tasks.{name}.weight must be >= 0, got {t.weight}")
+  if config.interference.probe_every < 0:
+    raise ValueError("config.interference.probe_every must be >= 0, got "
+                     f"{config.interference.probe_every}")
+  from r3jax.interference import methods  # noqa: PLC0415 (jax-heavy import)
+  try:
+    methods.make(config.interference.method,
+                 **dict(config.interference.method_args))
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config.interference: {e}") from None
 
 
 def dump(config: ml_collections.ConfigDict, path: str) -> None:
@@ -234,11 +249,21 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
 
 def world_experiment(arg: str | None, tasks) -> ml_collections.ConfigDict:
   """The config files' shared recipe: defaults, the given tasks, and the
-  `runlocal`, `seed=N` and `steps=N` arguments."""
-  arg = parse_arg(arg, runlocal=False, seed=0, steps=0)
+  arguments `runlocal`, `seed=N`, `steps=N`, `method=NAME` (an interference
+  aggregation method) and `gen_weight=R` (the caption task's weight, the
+  understanding tasks keeping 1; sweep it over
+  r3jax.interference.methods.log_ratio_grid)."""
+  arg = parse_arg(arg, runlocal=False, seed=0, steps=0, method="weighted_sum",
+                  gen_weight=1.0)
   c = defaults()
   select_tasks(c, tasks)
   c.seed = arg.seed
+  c.interference.method = arg.method
+  if arg.gen_weight != 1.0:
+    if "caption" not in c.tasks or arg.gen_weight <= 0:
+      raise ValueError(f"gen_weight={arg.gen_weight} needs the caption task "
+                       f"and a positive value; tasks are {sorted(c.tasks)}")
+    c.tasks.caption.weight = arg.gen_weight
   if arg.runlocal:
     runlocal(c)
   if arg.steps:

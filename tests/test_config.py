@@ -95,3 +95,20 @@ def test_command_line_rejects_unknown_override(tmp_path):
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert out.returncode != 0
   assert 'Did you mean "lr" instead of "lrr"?' in out.stderr
+
+
+def test_method_and_generation_weight_arguments():
+  c = importlib.import_module("configs.joint").get_config(
+      "runlocal,method=upgrad,gen_weight=0.5")
+  config_lib.validate(c)
+  assert c.interference.method == "upgrad"
+  assert (c.tasks.caption.weight, c.tasks.vqa.weight) == (0.5, 1.0)
+  with pytest.raises(ValueError, match="gen_weight=2.0 needs the caption task"):
+    importlib.import_module("configs.understanding_only").get_config(
+        "gen_weight=2")
+  c.interference.method = "pcgard"
+  with pytest.raises(ValueError, match="unknown aggregation method 'pcgard'"):
+    config_lib.validate(c)
+  c.interference.method, c.interference.method_args = "cagrad", {"cc": 0.5}
+  with pytest.raises(ValueError, match="has no hyper-parameter 'cc'"):
+    config_lib.validate(c)

@@ -147,3 +147,14 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
   rows = metrics_lib.read(str(tmp_path))
   assert max(r["step"] for r in rows) == 4
   assert all(np.isfinite(v) for r in rows for v in r.values())
+
+
+def test_writer_keeps_keys_and_gives_tensorboard_legal_tags(tmp_path, caplog):
+  w = metrics_lib.Writer(str(tmp_path))
+  w.write(3, {"interf/conflict@-0.05/caption:vqa": 1.0, "loss": 2.0})
+  w.close()
+  assert metrics_lib.read(str(tmp_path)) == [
+      {"step": 3, "interf/conflict@-0.05/caption:vqa": 1.0, "loss": 2.0}]
+  assert metrics_lib.tb_tag("interf/conflict@-0.05/caption:vqa") == (
+      "interf/conflict_-0.05/caption_vqa")
+  assert "illegal" not in caplog.text

@@ -6,9 +6,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 
 import jax
+
+
+def tb_tag(key: str) -> str:
+  """A TensorBoard-legal tag: ':' (task pairs) and '@' (thresholds) become '_'."""
+  return re.sub(r"[^\w.\-/]", "_", key)
 
 
 class Writer:
@@ -33,7 +39,7 @@ class Writer:
     if self._tb is not None:
       for k, v in values.items():
         if math.isfinite(float(v)):
-          self._tb.add_scalar(k, float(v), int(step))
+          self._tb.add_scalar(tb_tag(k), float(v), int(step))
 
   def close(self) -> None:
     if self._file is not None:

@@ -1,0 +1,130 @@
+"""Edit instructions: the reflect / refine targets the verifier derives."""
+
+import numpy as np
+import pytest
+
+from r3jax.world import (CORRUPTIONS, WorldConfig, available_corruptions,
+                         captions, corrupt, sample_scene, verify, vocabulary)
+from r3jax.world import edit
+from r3jax.world.scene import Object, Scene
+
+CFG = WorldConfig()
+
+
+def _scene(*objs):
+  return Scene(tuple(Object(shape=s, color=c, size=z, x=x, y=0.5)
+                     for z, c, s, x in objs))
+
+
+TWO = _scene(("large", "red", "circle", 0.2), ("small", "blue", "square", 0.8))
+
+
+@pytest.mark.parametrize("draft, instruction, fixed", [
+    ("there are two objects : a large red circle and a small blue square . "
+     "the circle is left of the square", edit.STOP, None),
+    ("there are two objects : a large red circle and a small green square . "
+     "the circle is left of the green square",
+     "replace a small green square with a small blue square",
+     "there are two objects : a large red circle and a small blue square . "
+     "the circle is left of the blue square"),
+    ("there are three objects : two large red circles and a small blue square",
+     "replace two large red circles with a large red circle",
+     "there are two objects : a large red circle and a small blue square"),
+    ("the image shows a large red circle and a small blue square . "
+     "the square is left of the circle",
+     "replace the square is left of the circle with "
+     "the square is right of the circle",
+     "the image shows a large red circle and a small blue square . "
+     "the square is right of the circle"),
+    ("there is a large red circle . the circle is left of the square",
+     "add a small blue square",
+     "there is a large red circle and a small blue square . "
+     "the circle is left of the square"),
+    ("there are three objects : a large red circle , a small blue square and "
+     "a small green triangle . the triangle is right of the square",
+     "remove a small green triangle",
+     "there are two objects : a large red circle and a small blue square"),
+    ("there is a large red circle and a small blue square",
+     "add the circle is left of the square",
+     "there is a large red circle and a small blue square . "
+     "the circle is left of the square"),
+    ("there are three objects : a large red circle and a small blue square . "
+     "the circle is left of the square",
+     "replace three objects with two objects",
+     "there are two objects : a large red circle and a small blue square . "
+     "the circle is left of the square"),
+    ("there is a large red circle and a small blue square . blue red is the",
+     "remove blue red is the",
+     "there is a large red circle and a small blue square"),
+])
+def test_hand_computed_edits(draft, instruction, fixed):
+  assert edit.instruction(draft, TWO, CFG) == instruction
+  e = edit.diagnose(draft, TWO, CFG)
+  if fixed is None:
+    assert e is None and verify(draft, TWO, CFG).v_strict
+    return
+  assert edit.apply(e, draft, TWO, CFG) == fixed
+  op = edit.parse_instruction(instruction)
+  assert op is not None and op[0] == instruction.split()[0]
+
+
+def test_reference_captions_read_back_exactly_and_need_no_edit():
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    scene = sample_scene(rng, CFG)
+    for c in captions(scene, rng, CFG, 3):
+      assert edit.render(edit.read(c, CFG)) == c
+      assert edit.instruction(c, scene, CFG) == edit.STOP
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+def test_every_corruption_is_caught_and_fixed(kind):
+  """Each edit names a problem, never lowers V_frac, and the edits end at a
+  caption the verifier accepts; a reversed relation takes exactly one edit and
+  an attribute or extra object usually does."""
+  rng = np.random.default_rng(1)
+  seen, one_edit = 0, 0
+  for _ in range(150):
+    scene = sample_scene(rng, CFG)
+    if kind not in available_corruptions(scene, CFG):
+      continue
+    text = corrupt(scene, rng, CFG, kind)
+    first = edit.instruction(text, scene, CFG)
+    assert first != edit.STOP and edit.parse_instruction(first) is not None
+    fixed, done = edit.correct(text, scene, CFG)
+    assert verify(fixed, scene, CFG).v_strict and done[0] == first
+    score, t = verify(text, scene, CFG).v_frac, text
+    for _ in done:
+      t = edit.apply(edit.diagnose(t, scene, CFG), t, scene, CFG)
+      assert verify(t, scene, CFG).v_frac >= score - 1e-9
+      score = verify(t, scene, CFG).v_frac
+    seen += 1
+    one_edit += len(done) == 1
+  assert seen >= 20
+  if kind == "relation":
+    assert one_edit == seen
+  if kind in ("color", "size", "extra"):
+    assert one_edit >= 0.7 * seen
+
+
+def test_any_word_salad_is_corrected_without_error():
+  rng = np.random.default_rng(2)
+  words = vocabulary(CFG)
+  for _ in range(300):
+    scene = sample_scene(rng, CFG)
+    text = " ".join(rng.choice(words, rng.integers(1, 30)))
+    fixed, done = edit.correct(text, scene, CFG)
+    assert verify(fixed, scene, CFG).v_strict
+    assert all(edit.parse_instruction(i) is not None for i in done)
+
+
+def test_parse_instruction():
+  assert edit.parse_instruction("no further edit needed") == ("stop", "", "")
+  assert edit.parse_instruction("replace a red circle with two red circles") == (
+      "replace", "a red circle", "two red circles")
+  assert edit.parse_instruction("add a small red circle") == (
+      "add", "", "a small red circle")
+  assert edit.parse_instruction("remove the circle is left of the square") == (
+      "remove", "the circle is left of the square", "")
+  for bad in ("", "replace with", "replace a circle", "add", "circle"):
+    assert edit.parse_instruction(bad) is None

@@ -17,6 +17,7 @@ import ml_collections
 
 from r3jax.data import tasks as tasks_lib
 from r3jax.interference import groups as interference_groups
+from r3jax.world.corrupt import CORRUPTIONS
 
 
 
@@ -26,6 +27,19 @@ def task_defaults(batch_size: int, max_len: int, weight: float = 1.0):
       max_len=max_len,        # decoder tokens for this task (prompt + target)
       weight=weight,          # loss weight; each task loss is a token mean
   ))
+
+
+def all_tasks() -> dict[str, ml_collections.ConfigDict]:
+  """Every task's defaults; `defaults()` trains caption + VQA + ITA and
+  `select_tasks` picks any of these."""
+  return dict(
+      caption=task_defaults(32, 40),
+      vqa=task_defaults(32, 20),
+      ita=task_defaults(16, 44),
+      reflect=task_defaults(16, 96),
+      refine=task_defaults(16, 144),
+      refine_direct=task_defaults(16, 80),
+  )
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -50,11 +64,17 @@ def defaults() -> ml_collections.ConfigDict:
       layout="split",
   )
 
-  c.tasks = ml_collections.ConfigDict(dict(
-      caption=task_defaults(32, 40),
-      vqa=task_defaults(32, 20),
-      ita=task_defaults(16, 44),
-  ))
+  c.tasks = ml_collections.ConfigDict(
+      {k: v for k, v in all_tasks().items() if k in ("caption", "vqa", "ita")})
+
+  # R3 training sequences (r3jax/r3/data.py) and the consistency loss
+  # (r3jax/r3/consistency.py); used by the reflect / refine tasks.
+  c.r3 = dict(
+      self_questions=2,     # "Q ? A ." pairs before the instruction
+      consistency=0.5,      # coefficient of the reflect/refine consistency KL
+      p_stop=0.25,          # reflect drafts left correct (target: stop)
+      corruptions=list(CORRUPTIONS),  # draft error kinds
+  )
 
   c.model = dict(
       encoder="Ti",           # named ViT size: mu (tests), Ti, S, B, L
@@ -194,6 +214,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.dtype not in ("float32", "bfloat16"):
     raise ValueError(f"config.model.dtype must be float32 or bfloat16, got "
                      f"{config.model.dtype!r}")
+  r3 = config.r3
+  bad = sorted(set(r3.corruptions) - set(CORRUPTIONS))
+  if bad or not r3.corruptions:
+    raise ValueError(f"config.r3.corruptions: unknown {bad} or empty; known: "
+                     f"{list(CORRUPTIONS)}")
+  if not 0 <= r3.p_stop <= 1 or r3.consistency < 0 or r3.self_questions < 0:
+    raise ValueError("config.r3 needs 0 <= p_stop <= 1, consistency >= 0 and "
+                     f"self_questions >= 0, got {r3.to_dict()}")
+  if "refine" in config.tasks and r3.consistency > 0 and not r3.self_questions:
+    raise ValueError("config.r3.consistency > 0 compares the reflection's "
+                     "answers with the refined caption: it needs "
+                     "config.r3.self_questions > 0 (or consistency=0)")
   if config.data.layout not in ("split", "shared"):
     raise ValueError(f"config.data.layout must be 'split' or 'shared', got "
                      f"{config.data.layout!r}")
@@ -218,12 +250,14 @@ def dump(config: ml_collections.ConfigDict, path: str) -> None:
 
 def select_tasks(c: ml_collections.ConfigDict, names) -> None:
   """Keeps only the named tasks (their defaults as set in `defaults()`)."""
-  unknown = set(names) - set(c.tasks)
+  known = all_tasks()
+  unknown = set(names) - set(known)
   if unknown:
-    raise ValueError(f"unknown tasks {sorted(unknown)}; known: {sorted(c.tasks)}")
+    raise ValueError(f"unknown tasks {sorted(unknown)}; known: {sorted(known)}")
   with c.unlocked():
     c.tasks = ml_collections.ConfigDict(
-        {n: c.tasks[n].to_dict() for n in names})
+        {n: (c.tasks[n] if n in c.tasks else known[n]).to_dict()
+         for n in names})
 
 
 def runlocal(c: ml_collections.ConfigDict) -> None:

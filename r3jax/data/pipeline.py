@@ -44,18 +44,17 @@ def _task_seed(seed: int, task: str) -> int:
 
 
 def task_dataset(source, tokenizer, task: str, max_len: int, global_batch: int,
-                 seed: int, process_index: int = 0,
-                 process_count: int = 1) -> grain.MapDataset:
+                 seed: int, process_index: int = 0, process_count: int = 1,
+                 context: Mapping[str, Any] | None = None) -> grain.MapDataset:
   """This process's batches (numpy dicts) of one task, random-access."""
   if global_batch % process_count:
     raise ValueError(f"config.tasks.{task}.batch_size={global_batch} is not "
                      f"divisible by the {process_count} processes")
-  spec = tasks_lib.TASKS[task]
+  task_fmt = tasks_lib.formatter(task, tokenizer, max_len, context)
   tseed = _task_seed(seed, task)
 
   def fmt(record, rng):
-    question, target = spec.sample(record, rng)
-    out = tasks_lib.format_sequence(tokenizer, task, question, target, max_len)
+    out = task_fmt(record, rng)
     out["image"] = np.asarray(record["image"], np.uint8)
     return out
 
@@ -68,7 +67,8 @@ def task_dataset(source, tokenizer, task: str, max_len: int, global_batch: int,
 
 def shared_dataset(source, tokenizer, tasks_cfg: Mapping[str, Any],
                    global_batch: int, seed: int, process_index: int = 0,
-                   process_count: int = 1) -> grain.MapDataset:
+                   process_count: int = 1,
+                   context: Mapping[str, Any] | None = None) -> grain.MapDataset:
   """This process's batches of {task: {image, tokens, ...}} where every task's
   sub-batch holds the same images (one example of each task per image)."""
   if global_batch % process_count:
@@ -77,13 +77,14 @@ def shared_dataset(source, tokenizer, tasks_cfg: Mapping[str, Any],
   names = sorted(tasks_cfg)
   sseed = _task_seed(seed, "+".join(names))
 
+  fmts = {name: tasks_lib.formatter(name, tokenizer, tasks_cfg[name].max_len,
+                                    context) for name in names}
+
   def fmt(record, rng):
     image = np.asarray(record["image"], np.uint8)
     out = {}
     for name in names:
-      question, target = tasks_lib.TASKS[name].sample(record, rng)
-      out[name] = tasks_lib.format_sequence(tokenizer, name, question, target,
-                                            tasks_cfg[name].max_len)
+      out[name] = fmts[name](record, rng)
       out[name]["image"] = image
     return out
 
@@ -104,7 +105,8 @@ class TrainData:
 
   def __init__(self, source, tokenizer, tasks_cfg: Mapping[str, Any], seed: int,
                mesh: jax.sharding.Mesh, read_threads: int = 2,
-               prefetch: int = 4, layout: str = "split"):
+               prefetch: int = 4, layout: str = "split",
+               context: Mapping[str, Any] | None = None):
     self._sharding = sharding.batch_sharding(mesh)
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     opts = grain.ReadOptions(num_threads=read_threads,
@@ -121,12 +123,14 @@ class TrainData:
         raise ValueError(f"config.data.layout='shared' needs equal task batch "
                          f"sizes, got {sizes}")
       ds = shared_dataset(source, tokenizer, tasks_cfg, next(iter(sizes.values())),
-                          seed, jax.process_index(), jax.process_count())
+                          seed, jax.process_index(), jax.process_count(),
+                          context)
       self._iters["shared"] = ds.to_iter_dataset(opts).__iter__()
     elif layout == "split":
       for name, t in sorted(tasks_cfg.items()):
         ds = task_dataset(source, tokenizer, name, t.max_len, t.batch_size,
-                          seed, jax.process_index(), jax.process_count())
+                          seed, jax.process_index(), jax.process_count(),
+                          context)
         self._iters[name] = ds.to_iter_dataset(opts).__iter__()
     else:
       raise ValueError(f"config.data.layout must be 'split' or 'shared', got "

@@ -13,10 +13,13 @@ record's evaluation items.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+
+from r3jax.r3 import data as r3_data
 
 Record = Mapping[str, Any]
 
@@ -25,9 +28,13 @@ Record = Mapping[str, Any]
 class Task:
   name: str
   # (record, rng) -> (question or None, target)
-  sample: Callable[[Record, np.random.Generator], tuple[str | None, str]]
-  # record -> [(question or None, target-or-references, extra)]
-  eval_items: Callable[[Record], list[tuple[str | None, Any, dict]]]
+  sample: Callable[[Record, np.random.Generator], tuple[str | None, str]] | None
+  # record -> [(question or None, target-or-references, extra)]; None: the
+  # task has its own evaluation (R3: r3jax.r3.loop)
+  eval_items: Callable[[Record], list[tuple[str | None, Any, dict]]] | None
+  # (tokenizer, max_len, context) -> (record, rng) -> training arrays, for
+  # tasks that are more than one question and one target
+  formatter: Callable | None = None
 
 
 TASKS: dict[str, Task] = {}
@@ -72,6 +79,28 @@ register(Task(
     eval_items=lambda r: [(c, l, {}) for c, l in zip(
         r["ita_captions"], r["ita_labels"])],
 ))
+
+
+for _name in ("reflect", "refine", "refine_direct"):
+  register(Task(_name, sample=None, eval_items=None, formatter=functools.partial(
+      lambda name, tokenizer, max_len, context: r3_data.formatter(
+          name, tokenizer, max_len, context["world"], context["r3"]), _name)))
+
+
+def formatter(name: str, tokenizer, max_len: int,
+              context: Mapping[str, Any] | None = None):
+  """(record, rng) -> {tokens, targets, loss_mask, ...} for task `name`;
+  context holds what the task needs beyond the record (R3: "world", "r3")."""
+  task = TASKS[name]
+  if task.formatter is not None:
+    if context is None:
+      raise ValueError(f"task {name!r} needs the world and r3 settings")
+    return task.formatter(tokenizer, max_len, context)
+
+  def fmt(record, rng):
+    question, target = task.sample(record, rng)
+    return format_sequence(tokenizer, name, question, target, max_len)
+  return fmt
 
 
 def prompt_ids(tokenizer, task: str, question: str | None) -> list[int]:

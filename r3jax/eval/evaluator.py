@@ -47,6 +47,8 @@ class Evaluator:
     self._scorers = scorers
     self._tasks = {}
     for name, t in sorted(tasks_cfg.items()):
+      if tasks_lib.TASKS[name].eval_items is None:
+        continue  # evaluated by its own loop (R3: r3jax.r3.loop)
       items = [(i, *item) for i, r in enumerate(records)
                for item in tasks_lib.TASKS[name].eval_items(r)]
       prompts = [tasks_lib.format_prompt(tokenizer, name, q, t.max_len)

@@ -51,7 +51,7 @@ def task_loss(model_fn, b):
   """params -> (mean token cross-entropy, token accuracy) on sub-batch b."""
   def loss(params):
     logits = model_fn(params)(b["image"], b["tokens"])
-    return losses_lib.token_xent(logits, b["targets"], b["loss_mask"])
+    return losses_lib.token_xent(logits, b)
   return loss
 
 
@@ -79,9 +79,8 @@ def split(model_fn: Callable, params, batch: Mapping[str, Mapping[str, Any]],
 
     def sums(params, h):
       logits = model_fn(params)(h["image"], h["tokens"])
-      xent, correct, n = losses_lib.token_sums(logits, h["targets"],
-                                               h["loss_mask"])
-      return xent, (correct, n)
+      loss, correct, n = losses_lib.sub_batch_sums(logits, h)
+      return loss, (correct, n)
 
     (xent_2, (correct_2, n_2)), g_2 = jax.vmap(
         jax.value_and_grad(sums, has_aux=True), in_axes=(None, 1))(params, pairs)
@@ -115,7 +114,7 @@ def _shared_forward(model_fn, params, batch):
   def head_loss(b):
     def loss(h, f):
       logits = model_fn({**h, **trunk}).decode(f, b["tokens"])
-      return losses_lib.token_xent(logits, b["targets"], b["loss_mask"])
+      return losses_lib.token_xent(logits, b)
     return loss
 
   return tasks, head, feats, trunk_vjp, [head_loss(batch[t]) for t in tasks]

@@ -91,7 +91,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   data = pipeline.TrainData(world.train_source, world.tokenizer, config.tasks,
                             config.seed, mesh, config.data.read_threads,
-                            config.data.prefetch, config.data.layout)
+                            config.data.prefetch, config.data.layout,
+                            world.task_context())
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                config.keep_ckpts, config.ckpt_every_steps)
   if ckpt.latest_step() is not None:

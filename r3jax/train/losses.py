@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from r3jax.r3 import consistency
+
 
 def token_sums(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
                mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -23,12 +25,22 @@ def token_sums(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
           mask_BxL.sum().astype(jnp.float32))
 
 
-def token_xent(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
-               mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Masked mean cross-entropy and masked next-token accuracy."""
-  xent, correct, n = token_sums(logits_BxLxV, targets_BxL, mask_BxL)
+def sub_batch_sums(logits_BxLxV: jax.Array, b: Mapping[str, jax.Array]
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """token_sums of a task sub-batch, plus the R3 consistency term when the
+  sub-batch carries one (r3jax.r3.consistency; normalised like the tokens)."""
+  loss, correct, n = token_sums(logits_BxLxV, b["targets"], b["loss_mask"])
+  if "cons_src" in b:
+    loss = loss + consistency.loss_sum(logits_BxLxV, b)
+  return loss, correct, n
+
+
+def token_xent(logits_BxLxV: jax.Array, b: Mapping[str, jax.Array]
+               ) -> tuple[jax.Array, jax.Array]:
+  """A sub-batch's loss (mean over its target tokens) and token accuracy."""
+  loss, correct, n = sub_batch_sums(logits_BxLxV, b)
   n = jnp.maximum(n, 1.0)
-  return xent / n, correct / n
+  return loss / n, correct / n
 
 
 def task_losses(model, batch: Mapping[str, Mapping[str, jax.Array]]
@@ -37,7 +49,7 @@ def task_losses(model, batch: Mapping[str, Mapping[str, jax.Array]]
   losses, accs = {}, {}
   for name, b in batch.items():
     logits = model(b["image"], b["tokens"])
-    losses[name], accs[name] = token_xent(logits, b["targets"], b["loss_mask"])
+    losses[name], accs[name] = token_xent(logits, b)
   return losses, accs
 
 

@@ -62,6 +62,10 @@ class World:
     n = len(source) if max_examples < 0 else min(max_examples, len(source))
     return [source[i] for i in range(n)]
 
+  def task_context(self) -> dict[str, Any]:
+    """What task formatters need beyond a record (r3jax.data.tasks)."""
+    return {"world": self.world, "r3": self.config.r3}
+
   def evaluator(self, setup, eval_cfg) -> evaluator_lib.Evaluator:
     scorers = {"caption": make_caption_scorer(self.world),
                "vqa": evaluator_lib.score_vqa, "ita": evaluator_lib.score_ita}

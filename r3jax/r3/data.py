@@ -1,0 +1,208 @@
+"""R3 training sequences: a draft, the reflection on it, the refined caption.
+
+One sequence holds a whole reflect -> refine step, so that inference decodes
+both stages in one pass over one KV cache (the draft is read once):
+
+  <reflect> DRAFT <sep> REFLECTION <sep> REFINED <eos>    an edit
+  <reflect> DRAFT <sep> no further edit needed <eos>       stop: no refine
+  <refine>  DRAFT <sep> REFINED <eos>                      no-reflect ablation
+
+REFLECTION is `self_questions` questions about the draft answered from the
+image, "Q ? A .", then one instruction (r3jax.world.edit), e.g.
+  "how many small red circles are there ? two . replace a small red circle
+   with two small red circles"
+Tasks (registered in r3jax.data.tasks):
+  reflect        the loss is on REFLECTION and the token that ends it
+  refine         the loss is on REFINED <eos>; the reflection is context, and
+                 the consistency term ties REFINED to the reflection's answers
+                 (r3jax.r3.consistency)
+  refine_direct  the <refine> format, loss on REFINED <eos>
+Drafts are reference captions: for `reflect` unchanged with probability
+`p_stop` (target: the stop string), otherwise with one corruption of a kind
+drawn from `corruptions`; `refine` only sees drafts that need an edit.
+
+Consistency fields (refine only), Q = self_questions, K answers, J words:
+  cons_src      [Q]      position whose logits predict the reflection's answer
+  cons_dst      [Q]      position whose logits predict the caption word that
+                         states the same thing in REFINED
+  cons_src_ids  [Q,K]    token of each possible answer (-1: none)
+  cons_dst_ids  [Q,K,J]  caption words stating each answer ("one": a/an/one)
+  cons_weight   [Q]      the coefficient, 0 where the refined caption does not
+                         state the answer (e.g. a kind with count zero)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from r3jax.world import edit as edit_lib
+from r3jax.world.config import NUMBERS, WorldConfig
+from r3jax.world.corrupt import available_corruptions, corrupt
+from r3jax.world.facts import KindCount, Ref, resolve
+from r3jax.world.language import _item_text, article, plural
+from r3jax.world.scene import Scene, scene_from_arrays
+
+_J = 3  # caption words per answer at most ("a", "an", "one")
+
+
+def draft(record: Mapping[str, Any], rng: np.random.Generator,
+          cfg: WorldConfig, options, stop_allowed: bool) -> tuple[Scene, str]:
+  """(scene, draft caption) for one training sequence."""
+  scene = scene_from_arrays(record["scene"], cfg)
+  refs = record["captions"]
+  caption = str(refs[rng.integers(len(refs))])
+  kinds = [k for k in options.corruptions
+           if k in available_corruptions(scene, cfg)]
+  if (stop_allowed and rng.random() < options.p_stop) or not kinds:
+    return scene, caption
+  return scene, corrupt(scene, rng, cfg, kinds[rng.integers(len(kinds))])
+
+
+def self_questions(text: str, scene: Scene, cfg: WorldConfig,
+                   rng: np.random.Generator, n: int
+                   ) -> list[tuple[str, str, tuple]]:
+  """Up to n (question, true answer, key) about what the draft states: the
+  count of a stated kind, or the colour of a stated (size, shape) that names
+  one object of the scene. Keys say which caption word states the answer."""
+  stated = []
+  for s in edit_lib.read(text, cfg):
+    if isinstance(s, edit_lib.Listing):
+      stated += [i.fact for i in s.items if isinstance(i.fact, KindCount)]
+  options = []
+  for f in dict.fromkeys((f.size, f.color, f.shape) for f in stated):
+    size, color, shape = f
+    options.append((f"how many {size} {color} {plural(shape)} are there ?",
+                    NUMBERS[scene.kind_counts.get(f, 0)], ("count", f)))
+    i = resolve(Ref(size=size, shape=shape), scene)
+    if i is not None:
+      options.append((f"what color is the {size} {shape} ?",
+                      scene.objects[i].color, ("color", (size, shape))))
+  order = rng.permutation(len(options))[:n]
+  return [options[i] for i in sorted(order)]
+
+
+def _slot(refined: str, key: tuple, cfg: WorldConfig) -> int | None:
+  """Word index in `refined` of the word that answers the question `key`."""
+  words = refined.split()
+  items = [i.fact for s in edit_lib.read(refined, cfg)
+           if isinstance(s, edit_lib.Listing) for i in s.items
+           if isinstance(i.fact, KindCount)]
+  if key[0] == "count":
+    hits = [f for f in items if (f.size, f.color, f.shape) == key[1]]
+    offset = 0
+  else:
+    hits = [f for f in items if (f.size, f.shape) == key[1]]
+    offset = 2
+  if len(hits) != 1:
+    return None
+  phrase = _item_text(hits[0]).split()
+  for i in range(len(words) - len(phrase) + 1):
+    if words[i:i + len(phrase)] == phrase:
+      return i + offset
+  return None
+
+
+def _answer_words(key: tuple, cfg: WorldConfig) -> list[tuple[str, list[str]]]:
+  """(answer, caption words stating it) for every answer of the question."""
+  if key[0] == "count":
+    return [(NUMBERS[n], [article(key[1][0]), "one"] if n == 1 else
+             [NUMBERS[n]]) for n in range(1, cfg.max_objects + 1)]
+  return [(c, [c]) for c in cfg.colors]
+
+
+def num_answers(cfg: WorldConfig) -> int:
+  return max(cfg.max_objects, len(cfg.colors))
+
+
+def reflection(questions, instruction: str) -> str:
+  qa = " ".join(f"{q} {a} ." for q, a, _ in questions)
+  return f"{qa} {instruction}" if qa else instruction
+
+
+def sequence(tokenizer, task: str, text: str, scene: Scene, cfg: WorldConfig,
+             options, rng: np.random.Generator, max_len: int
+             ) -> dict[str, np.ndarray]:
+  """The training arrays of one R3 task for the draft `text`."""
+  edit = edit_lib.diagnose(text, scene, cfg)
+  if task == "refine_direct":
+    refined = edit_lib.apply(edit, text, scene, cfg) if edit else text
+    parts = [("prompt", [tokenizer.task_id("refine")] +
+              tokenizer.encode(text) + [tokenizer.sep_id]),
+             ("refine", tokenizer.encode(refined) + [tokenizer.eos_id])]
+    return _arrays(tokenizer, task, parts, max_len, text)
+  questions = self_questions(text, scene, cfg, rng, options.self_questions)
+  instr = edit_lib.STOP if edit is None else edit.instruction
+  reflect_ids = tokenizer.encode(reflection(questions, instr))
+  prompt = ([tokenizer.task_id("reflect")] + tokenizer.encode(text) +
+            [tokenizer.sep_id])
+  if edit is None:
+    parts = [("prompt", prompt), ("reflect", reflect_ids + [tokenizer.eos_id])]
+    return _arrays(tokenizer, task, parts, max_len, text)
+  parts = [("prompt", prompt), ("reflect", reflect_ids + [tokenizer.sep_id])]
+  if task == "reflect":
+    return _arrays(tokenizer, task, parts, max_len, text)
+  refined = edit_lib.apply(edit, text, scene, cfg)
+  parts.append(("refine", tokenizer.encode(refined) + [tokenizer.eos_id]))
+  out = _arrays(tokenizer, task, parts, max_len, text)
+  out.update(_consistency(tokenizer, questions, refined, cfg, options,
+                            len(prompt), len(prompt) + len(reflect_ids) + 1))
+  return out
+
+
+def _arrays(tokenizer, task, parts, max_len, text) -> dict[str, np.ndarray]:
+  full = [t for _, ids in parts for t in ids]
+  n = len(full) - 1
+  if n > max_len:
+    raise ValueError(f"{task} example needs {n} tokens but "
+                     f"config.tasks.{task}.max_len is {max_len}: {text!r}")
+  trained = {"reflect": "reflect", "refine": "refine",
+             "refine_direct": "refine"}[task]
+  mask_full = np.zeros(len(full), np.float32)
+  start = 0
+  for name, ids in parts:
+    if name == trained:
+      mask_full[start:start + len(ids)] = 1.0
+    start += len(ids)
+  tokens = np.full(max_len, tokenizer.pad_id, np.int32)
+  targets = np.full(max_len, tokenizer.pad_id, np.int32)
+  loss_mask = np.zeros(max_len, np.float32)
+  tokens[:n], targets[:n], loss_mask[:n] = full[:-1], full[1:], mask_full[1:]
+  return dict(tokens=tokens, targets=targets, loss_mask=loss_mask)
+
+
+def _consistency(tokenizer, questions, refined, cfg, options, reflect_at,
+                 refine_at) -> dict[str, np.ndarray]:
+  q, k = options.self_questions, num_answers(cfg)
+  src = np.zeros(q, np.int32)
+  dst = np.zeros(q, np.int32)
+  src_ids = np.full((q, k), -1, np.int32)
+  dst_ids = np.full((q, k, _J), -1, np.int32)
+  weight = np.zeros(q, np.float32)
+  pos = reflect_at
+  for i, (question, _, key) in enumerate(questions):
+    answer_at = pos + len(question.split())  # the question ends with "?"
+    pos = answer_at + 2  # past the answer and "."
+    slot = _slot(refined, key, cfg)
+    if slot is None:
+      continue
+    for j, (answer, words) in enumerate(_answer_words(key, cfg)):
+      src_ids[i, j] = tokenizer.encode(answer)[0]
+      ids = [tokenizer.encode(w)[0] for w in dict.fromkeys(words)]
+      dst_ids[i, j, :len(ids)] = ids
+    # Logits at position p predict token p + 1.
+    src[i], dst[i] = answer_at - 1, refine_at + slot - 1
+    weight[i] = options.consistency
+  return dict(cons_src=src, cons_dst=dst, cons_src_ids=src_ids,
+              cons_dst_ids=dst_ids, cons_weight=weight)
+
+
+def formatter(task: str, tokenizer, max_len: int, cfg: WorldConfig, options):
+  """(record, rng) -> training arrays of an R3 task (see the module doc)."""
+  def fmt(record, rng):
+    scene, text = draft(record, rng, cfg, options,
+                        stop_allowed=task == "reflect")
+    return sequence(tokenizer, task, text, scene, cfg, options, rng, max_len)
+  return fmt

@@ -74,6 +74,7 @@ def defaults() -> ml_collections.ConfigDict:
       consistency=0.5,      # coefficient of the reflect/refine consistency KL
       p_stop=0.25,          # reflect drafts left correct (target: stop)
       corruptions=list(CORRUPTIONS),  # draft error kinds
+      rounds=3,             # reflect -> refine rounds at inference
   )
 
   c.model = dict(
@@ -219,9 +220,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if bad or not r3.corruptions:
     raise ValueError(f"config.r3.corruptions: unknown {bad} or empty; known: "
                      f"{list(CORRUPTIONS)}")
-  if not 0 <= r3.p_stop <= 1 or r3.consistency < 0 or r3.self_questions < 0:
-    raise ValueError("config.r3 needs 0 <= p_stop <= 1, consistency >= 0 and "
-                     f"self_questions >= 0, got {r3.to_dict()}")
+  if (not 0 <= r3.p_stop <= 1 or r3.consistency < 0 or
+      r3.self_questions < 0 or r3.rounds < 1):
+    raise ValueError("config.r3 needs 0 <= p_stop <= 1, consistency >= 0, "
+                     f"self_questions >= 0 and rounds >= 1, got {r3.to_dict()}")
+  if {"reflect", "refine", "refine_direct"} & set(config.tasks) and (
+      "caption" not in config.tasks):
+    raise ValueError("the R3 tasks refine a caption the model drafts: add the "
+                     "caption task to config.tasks")
   if "refine" in config.tasks and r3.consistency > 0 and not r3.self_questions:
     raise ValueError("config.r3.consistency > 0 compares the reflection's "
                      "answers with the refined caption: it needs "

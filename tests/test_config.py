@@ -13,14 +13,21 @@ from r3jax import sharding
 from r3jax.data import pipeline
 
 
-@pytest.mark.parametrize("name", ["joint", "caption_only", "understanding_only"])
+EXPECTED_TASKS = {
+    "joint": {"caption", "vqa", "ita"}, "caption_only": {"caption"},
+    "understanding_only": {"vqa", "ita"},
+    "r3_sft": {"caption", "vqa", "ita", "reflect", "refine"},
+    "r3_sft_no_consistency": {"caption", "vqa", "ita", "reflect", "refine"},
+    "r3_sft_no_reflect": {"caption", "vqa", "ita", "refine_direct"}}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_TASKS))
 @pytest.mark.parametrize("arg", [None, "runlocal", "runlocal,seed=3,steps=7"])
 def test_shipped_configs_validate(name, arg):
   c = importlib.import_module(f"configs.{name}").get_config(arg)
   config_lib.validate(c)
-  expected = {"joint": {"caption", "vqa", "ita"}, "caption_only": {"caption"},
-              "understanding_only": {"vqa", "ita"}}[name]
-  assert set(c.tasks) == expected
+  assert set(c.tasks) == EXPECTED_TASKS[name]
+  assert (c.r3.consistency == 0) == (name == "r3_sft_no_consistency")
   if arg and "steps=7" in arg:
     assert (c.seed, c.total_steps) == (3, 7)
 

@@ -47,6 +47,14 @@ def _image_tokens(model: Model, images_or_img: jax.Array) -> jax.Array:
   return model.encode(images_or_img) if images_or_img.ndim == 4 else images_or_img
 
 
+def _cross_kv(model: Model, images_or_img):
+  """Per-layer cross-attention k/v from images, image tokens, or the k/v
+  themselves (a list of (k, v) pairs, reused across calls)."""
+  if isinstance(images_or_img, (list, tuple)):
+    return images_or_img
+  return model.cross_kv(_image_tokens(model, images_or_img))
+
+
 def _check(model: Model, prompt_BxL: jax.Array, max_len: int, prefill_len: int):
   if max_len > model.cfg.max_len:
     raise ValueError(f"max_len={max_len} exceeds the model's max_len="
@@ -82,6 +90,7 @@ def generate(model: Model, images_or_img: jax.Array, prompt_BxL: jax.Array,
              prefill_len: int, temperature: float = 0.0, top_k: int = 0,
              rng: jax.Array | None = None) -> Generation:
   """Generates up to position max_len (see the module docstring).
+  `images_or_img` may be raw images, image tokens, or `model.cross_kv(...)`.
 
   Every prompt must be at least prefill_len tokens long (prefill_len >= 1, static).
   Call inside jit (make_generate_fn does); eager calls work but trace each time.
@@ -91,7 +100,7 @@ def generate(model: Model, images_or_img: jax.Array, prompt_BxL: jax.Array,
     raise ValueError("Sampling with temperature > 0 needs an rng key.")
   batch = prompt_BxL.shape[0]
   prompt_len_B = prompt_len_B.astype(jnp.int32)
-  cross_kv = model.cross_kv(_image_tokens(model, images_or_img))
+  cross_kv = _cross_kv(model, images_or_img)
   cache = model.init_cache(batch, max_len)
   tokens_BxT = _buffer(prompt_BxL, max_len, pad_id)
   done_B = jnp.zeros((batch,), bool)

@@ -16,6 +16,7 @@ from r3jax.data import world_tfds
 from r3jax.eval import evaluator as evaluator_lib
 from r3jax.eval import metrics as metrics_lib
 from r3jax.model import Model, ModelConfig
+from r3jax.r3 import loop as r3_loop
 
 
 def world_config(config: ml_collections.ConfigDict) -> world_lib.WorldConfig:
@@ -66,12 +67,38 @@ class World:
     """What task formatters need beyond a record (r3jax.data.tasks)."""
     return {"world": self.world, "r3": self.config.r3}
 
-  def evaluator(self, setup, eval_cfg) -> evaluator_lib.Evaluator:
+  def evaluator(self, setup, eval_cfg) -> Evaluation:
+    """Every configured task's evaluation; with an R3 task also the R3 loop
+    (per-round scores under r3/...) on the same records."""
     scorers = {"caption": make_caption_scorer(self.world),
                "vqa": evaluator_lib.score_vqa, "ita": evaluator_lib.score_ita}
-    return evaluator_lib.Evaluator(
-        setup, self.records(eval_cfg.split, eval_cfg.max_examples),
-        self.tokenizer, self.config.tasks, eval_cfg.batch_size, scorers)
+    records = self.records(eval_cfg.split, eval_cfg.max_examples)
+    tasks = self.config.tasks
+    loop = None
+    if {"reflect", "refine", "refine_direct"} & set(tasks):
+      direct = "refine_direct" in tasks and "reflect" not in tasks
+      r3_len = tasks["refine_direct" if direct else "refine"].max_len if (
+          "refine_direct" in tasks or "refine" in tasks) else tasks.reflect.max_len
+      loop = r3_loop.R3Loop(
+          setup, self.tokenizer, self.world, rounds=self.config.r3.rounds,
+          batch_size=eval_cfg.batch_size, caption_len=tasks.caption.max_len,
+          r3_len=r3_len, direct=direct)
+    return Evaluation(evaluator_lib.Evaluator(
+        setup, records, self.tokenizer, tasks, eval_cfg.batch_size, scorers),
+        loop, records)
+
+
+@dataclasses.dataclass
+class Evaluation:
+  tasks: evaluator_lib.Evaluator
+  r3: Any
+  records: Any
+
+  def run(self, params) -> dict[str, float]:
+    out = self.tasks.run(params)
+    if self.r3 is not None:
+      out.update(self.r3.run(params, self.records)[1])
+    return out
 
 
 def load(config: ml_collections.ConfigDict) -> World:

@@ -1,0 +1,232 @@
+"""The reason -> reflect -> refine loop at inference, and its per-round scores.
+
+  round 0 (reason)    <caption> <sep>          -> the draft caption
+  round r = 1..R      <reflect> DRAFT <sep>    -> REFLECTION, then <eos> when it
+                      is the stop string (the example leaves the loop), else
+                      <sep> REFINED <eos> in the same decode: REFINED is the
+                      next round's draft
+  (direct=True, the no-reflect ablation: <refine> DRAFT <sep> -> REFINED, for
+  all R rounds, stopping when REFINED repeats the draft)
+
+Each image is encoded and its cross-attention k/v computed once; every stage
+and round reuses them, and both stages of a round share one KV cache (the
+draft is read once). Each round decodes only the examples still in the loop,
+packed into full batches, so finished examples cost nothing. A reflection
+that is not an instruction counts as a stop, as in the reference code.
+
+Scores by round r (the caption every example holds after round r; examples
+that stopped keep theirs): r3/round{r}/{v_strict,v_frac,f1}; and for rounds
+r >= 1: improved / worse / unchanged fractions (V_frac against round r-1, over
+all examples), stop_rate (stops among the examples that entered the round);
+over the run: mean_rounds (reflect rounds run per example), stopped_frac,
+false_stop (stopped while the draft was not V_strict, per stop), over_edit
+(edited a V_strict draft, per such reflection), tokens_per_example (generated
+tokens, all stages), seconds_per_example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from r3jax import sharding
+from r3jax.data import tasks as tasks_lib
+from r3jax.model import decoding
+from r3jax.world import edit as edit_lib
+from r3jax.world.config import WorldConfig
+from r3jax.world.scene import scene_from_arrays
+from r3jax.world.verify import verify
+
+
+@dataclasses.dataclass
+class Trajectory:
+  """One example through the loop: captions[0] is the draft, captions[r] the
+  caption after round r; reflections[r - 1] what round r's reflect said."""
+  captions: list[str]
+  reflections: list[str]
+  stopped: bool = False
+  tokens: int = 0
+
+
+def _put(x: np.ndarray, shard) -> jax.Array:
+  return jax.make_array_from_callback(x.shape, shard, lambda idx: x[idx])
+
+
+class R3Loop:
+  """`run(params, records) -> (trajectories, scores)` for world records."""
+
+  def __init__(self, setup, tokenizer, world: WorldConfig, *, rounds: int,
+               batch_size: int, caption_len: int, r3_len: int,
+               direct: bool = False, temperature: float = 0.0):
+    dp = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
+    if batch_size % dp:
+      raise ValueError(f"R3 batch_size={batch_size} is not divisible by the "
+                       f"data-parallel size data*fsdp={dp}")
+    if rounds < 1:
+      raise ValueError(f"R3 needs rounds >= 1, got {rounds}")
+    self._tok, self._world, self._bs = tokenizer, world, batch_size
+    self._rounds, self._direct = rounds, direct
+    self._caption_len, self._r3_len = caption_len, r3_len
+    self._shard = sharding.batch_sharding(setup.mesh)
+    self._temperature = temperature
+    graphdef = setup.graphdef
+
+    @jax.jit
+    def kv_fn(params, images):
+      model = nnx.merge(graphdef, params)
+      return model.cross_kv(model.encode(images))
+
+    self._kv_fn = kv_fn
+    self._gen_fns = {}
+    self._graphdef = graphdef
+
+  def _gen_fn(self, max_len: int, prefill_len: int):
+    key = (max_len, prefill_len)
+    if key not in self._gen_fns:
+      graphdef, tok, temp = self._graphdef, self._tok, self._temperature
+
+      @jax.jit
+      def fn(params, kv_all, idx_B, prompt_BxL, len_B, rng):
+        model = nnx.merge(graphdef, params)
+        kv = jax.tree.map(lambda x: x[idx_B], kv_all)
+        return decoding.generate(
+            model, kv, prompt_BxL, len_B, max_len=max_len, eos_id=tok.eos_id,
+            pad_id=tok.pad_id, prefill_len=prefill_len, temperature=temp,
+            rng=rng if temp > 0 else None)
+      self._gen_fns[key] = fn
+    return self._gen_fns[key]
+
+  def _encode(self, params, records) -> Any:
+    n, bs = len(records), self._bs
+    kvs = []
+    for s in range(0, n, bs):
+      idx = np.arange(s, s + bs) % n
+      images = np.stack([records[i]["image"] for i in idx]).astype(np.uint8)
+      kvs.append(self._kv_fn(params, _put(images, self._shard)))
+    return jax.tree.map(lambda *xs: jax.numpy.concatenate(xs)[:n], *kvs)
+
+  def _decode(self, params, kv_all, rows: Sequence[int], prompts: list[list[int]],
+              max_len: int, rng) -> list[list[int]]:
+    """Generated tokens (eos excluded) for each prompt, in batches."""
+    out: list[list[int]] = []
+    bs = self._bs
+    for s in range(0, len(rows), bs):
+      sel = list(range(s, min(s + bs, len(rows))))
+      sel += [sel[-1]] * (bs - len(sel))  # pad the last batch
+      lens = np.array([len(prompts[i]) for i in sel], np.int32)
+      buf = np.full((bs, int(lens.max())), self._tok.pad_id, np.int32)
+      for j, i in enumerate(sel):
+        buf[j, :lens[j]] = prompts[i]
+      prefill = max(1, int(lens.min()) // 8 * 8) if lens.min() >= 8 else 1
+      fn = self._gen_fn(max_len, prefill)
+      idx = np.array([rows[i] for i in sel], np.int32)
+      key = jax.random.fold_in(rng, s)
+      gen = fn(params, kv_all, _put(idx, self._shard), _put(buf, self._shard),
+               _put(lens, self._shard), key)
+      tokens = multihost_utils.process_allgather(gen.tokens, tiled=True)
+      for j in range(min(bs, len(rows) - s)):
+        ids = tokens[j, lens[j]:].tolist()
+        cut = ids.index(self._tok.eos_id) if self._tok.eos_id in ids else len(ids)
+        out.append([t for t in ids[:cut] if t != self._tok.pad_id])
+    return out
+
+  def run(self, params, records: Sequence[Mapping[str, Any]], seed: int = 0
+          ) -> tuple[list[Trajectory], dict[str, float]]:
+    t0 = time.perf_counter()
+    tok = self._tok
+    rng = jax.random.key(seed)
+    kv_all = self._encode(params, records)
+    n = len(records)
+    first = tasks_lib.prompt_ids(tok, "caption", None)
+    drafts = self._decode(params, kv_all, list(range(n)), [first] * n,
+                          self._caption_len, jax.random.fold_in(rng, 0))
+    trajs = [Trajectory([tok.decode(d)], [], tokens=len(d) + 1) for d in drafts]
+    active = list(range(n))
+    lead = tok.task_id("refine" if self._direct else "reflect")
+    for r in range(1, self._rounds + 1):
+      prompts = [[lead] + tok.encode(trajs[i].captions[-1]) + [tok.sep_id]
+                 for i in active]
+      outs = self._decode(params, kv_all, active, prompts, self._r3_len,
+                          jax.random.fold_in(rng, r))
+      still = []
+      for i, ids in zip(active, outs):
+        t = trajs[i]
+        t.tokens += len(ids) + 1
+        if self._direct:
+          refined, reflection = tok.decode(ids), ""
+          stop = refined == t.captions[-1]
+        else:
+          reflection, sep, rest = _split_at(ids, tok.sep_id)
+          reflection = tok.decode(reflection)
+          instruction = reflection.rsplit(" . ", 1)[-1]
+          parsed = edit_lib.parse_instruction(instruction)
+          stop = parsed is None or parsed[0] == "stop" or not sep
+          refined = tok.decode(rest)
+        t.reflections.append(reflection)
+        if stop:
+          t.stopped = True
+          t.captions.append(t.captions[-1])
+        else:
+          t.captions.append(refined)
+          still.append(i)
+      for i in set(range(n)) - set(active):
+        trajs[i].captions.append(trajs[i].captions[-1])
+      active = still
+      if not active:
+        for rr in range(r + 1, self._rounds + 1):
+          for t in trajs:
+            t.captions.append(t.captions[-1])
+        break
+    seconds = time.perf_counter() - t0
+    return trajs, self.scores(trajs, records, seconds)
+
+  def scores(self, trajs: Sequence[Trajectory],
+             records: Sequence[Mapping[str, Any]], seconds: float = 0.0
+             ) -> dict[str, float]:
+    cfg = self._world
+    scenes = [scene_from_arrays(r["scene"], cfg) for r in records]
+    v = [[verify(c, s, cfg) for c in t.captions] for t, s in zip(trajs, scenes)]
+    n, out = len(trajs), {}
+    for r in range(self._rounds + 1):
+      out[f"r3/round{r}/v_strict"] = np.mean([x[r].v_strict for x in v])
+      out[f"r3/round{r}/v_frac"] = np.mean([x[r].v_frac for x in v])
+      out[f"r3/round{r}/f1"] = np.mean([x[r].f1 for x in v])
+      if r:
+        d = np.array([x[r].v_frac - x[r - 1].v_frac for x in v])
+        out[f"r3/round{r}/improved"] = np.mean(d > 1e-9)
+        out[f"r3/round{r}/worse"] = np.mean(d < -1e-9)
+        out[f"r3/round{r}/unchanged"] = np.mean(np.abs(d) <= 1e-9)
+        entered = [t for t in trajs if len(t.reflections) >= r]
+        stops = [t for t in entered if len(t.reflections) == r and t.stopped]
+        out[f"r3/round{r}/stop_rate"] = len(stops) / max(len(entered), 1)
+    rounds_run = [len(t.reflections) for t in trajs]
+    out["r3/mean_rounds"] = float(np.mean(rounds_run))
+    out["r3/stopped_frac"] = float(np.mean([t.stopped for t in trajs]))
+    false_stop = over_edit = stops = correct_drafts = 0
+    for t, x in zip(trajs, v):
+      for r in range(1, len(t.reflections) + 1):
+        was_right = x[r - 1].v_strict
+        stopped_here = t.stopped and r == len(t.reflections)
+        stops += stopped_here
+        false_stop += stopped_here and not was_right
+        correct_drafts += was_right
+        over_edit += was_right and not stopped_here
+    out["r3/false_stop"] = false_stop / max(stops, 1)
+    out["r3/over_edit"] = over_edit / max(correct_drafts, 1)
+    out["r3/tokens_per_example"] = float(np.mean([t.tokens for t in trajs]))
+    out["r3/seconds_per_example"] = seconds / max(n, 1)
+    return {k: float(val) for k, val in out.items()}
+
+
+def _split_at(ids: list[int], sep: int) -> tuple[list[int], bool, list[int]]:
+  if sep in ids:
+    k = ids.index(sep)
+    return ids[:k], True, ids[k + 1:]
+  return ids, False, []

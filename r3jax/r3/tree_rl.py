@@ -1,0 +1,363 @@
+"""R3-RL: stage-wise Tree-RL with GRPO, as in the R3 code, for captions.
+
+mode "tree" alternates two kinds of step (config.rl):
+  even steps (root)    `groups` training images, `group_size` sampled drafts
+                       each (<caption> <sep> DRAFT <eos>); reward f (1 + V);
+                       every draft goes into the rollout buffer
+  odd steps (branch)   each group draws one buffered draft (one with V = 1 with
+                       probability `perfect_ratio`, else one with V < 1; the
+                       other pool when one is empty) and samples `group_size`
+                       reflect + refine rollouts from it
+                       (<reflect> DRAFT <sep> REFLECTION [<sep> REFINED] <eos>);
+                       reward f (1 + D) (r3jax.r3.rewards); a stop trains no
+                       refine tokens; train_reflection=False trains only the
+                       refined caption
+mode "chain" (ablation): every step samples drafts and one reflect + refine
+rollout per draft, and both sequences of a trajectory share one outcome
+reward f f' (1 + V_final).
+Advantages are reward - group mean; the loss is r3jax.r3.grpo's (PPO clip,
+k3 KL to the frozen starting policy); one optimizer update per rollout batch.
+Sampling and the update are jitted and sharded over the mesh like training;
+scoring runs the exact verifier on the host. The buffer lives for one root +
+branch pair, and checkpoints are written after branch steps only, so a resumed
+run repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from r3jax import sharding
+from r3jax.data import tasks as tasks_lib
+from r3jax.model import decoding
+from r3jax.r3 import grpo
+from r3jax.r3 import rewards as rewards_lib
+from r3jax.train import checkpoint as ckpt_lib
+from r3jax.train import metrics as metrics_lib
+from r3jax.world.scene import scene_from_arrays
+
+
+@dataclasses.dataclass
+class Rollout:
+  """One stored draft of a root step."""
+  record: int
+  draft: str
+  v: float
+
+
+def _put(x: np.ndarray, shard) -> jax.Array:
+  return jax.make_array_from_callback(x.shape, shard, lambda idx: x[idx])
+
+
+class TreeRL:
+  """Sampling, scoring and the GRPO update for one run."""
+
+  def __init__(self, config: ml_collections.ConfigDict, world, setup,
+               schedule):
+    self.cfg, self.rl, self.world, self.setup = config, config.rl, world, setup
+    self.tok = world.tokenizer
+    self.source = world.train_source
+    self.shard = sharding.batch_sharding(setup.mesh)
+    self.cap_len = config.tasks.caption.max_len
+    self.r3_len = config.tasks.refine.max_len
+    self._samplers: dict = {}
+    self._update = self._make_update(schedule)
+    self.buffer: list[Rollout] = []
+
+  # --- sampling ------------------------------------------------------------
+
+  def _sampler(self, max_len: int, prefill: int):
+    key = (max_len, prefill)
+    if key not in self._samplers:
+      self._samplers[key] = decoding.make_generate_fn(
+          self.setup.graphdef, max_len=max_len, eos_id=self.tok.eos_id,
+          pad_id=self.tok.pad_id, prefill_len=prefill,
+          temperature=self.rl.temperature, top_k=self.rl.top_k)
+    return self._samplers[key]
+
+  def _sample(self, params, images, prompts: list[list[int]], max_len: int,
+              rng) -> list[tuple[list[int], bool]]:
+    """(generated ids without eos, ended with eos) for each prompt."""
+    lens = np.array([len(p) for p in prompts], np.int32)
+    buf = np.full((len(prompts), int(lens.max())), self.tok.pad_id, np.int32)
+    for i, p in enumerate(prompts):
+      buf[i, :len(p)] = p
+    fn = self._sampler(max_len, int(lens.min()))
+    gen = fn(params, _put(images, self.shard), _put(buf, self.shard),
+             _put(lens, self.shard), rng)
+    tokens = multihost_utils.process_allgather(gen.tokens, tiled=True)
+    out = []
+    for i in range(len(prompts)):
+      ids = tokens[i, lens[i]:].tolist()
+      done = self.tok.eos_id in ids
+      ids = ids[:ids.index(self.tok.eos_id)] if done else ids
+      out.append(([t for t in ids if t != self.tok.pad_id], done))
+    return out
+
+  def _sequences(self, prompts, outs, train_from, max_len, train_to=None):
+    """Training arrays: prompt + generated (+ eos); loss on the generated
+    tokens [train_from[i], train_to[i]) (default: to the end, eos included)."""
+    n = len(prompts)
+    tokens = np.full((n, max_len), self.tok.pad_id, np.int32)
+    targets = np.full((n, max_len), self.tok.pad_id, np.int32)
+    mask = np.zeros((n, max_len), np.float32)
+    for i, (p, (ids, done)) in enumerate(zip(prompts, outs)):
+      full = list(p) + list(ids) + ([self.tok.eos_id] if done else [])
+      full = full[:max_len + 1]
+      k = len(full) - 1
+      tokens[i, :k], targets[i, :k] = full[:-1], full[1:]
+      start = len(p) - 1 + train_from[i]
+      end = k if train_to is None or train_to[i] is None else min(
+          k, len(p) - 1 + train_to[i])
+      mask[i, start:end] = 1.0
+    return {"tokens": tokens, "targets": targets, "loss_mask": mask}
+
+  def _images(self, rows: Sequence[int]) -> np.ndarray:
+    return np.stack([self.source[i]["image"] for i in rows]).astype(np.uint8)
+
+  def _scene(self, row: int):
+    return scene_from_arrays(self.source[row]["scene"], self.world.world)
+
+  # --- the two stages ------------------------------------------------------
+
+  def _groups(self, step: int) -> list[int]:
+    rng = np.random.default_rng([self.cfg.seed, step])
+    return [int(i) for i in rng.choice(len(self.source), self.rl.groups,
+                                       replace=False)]
+
+  def root(self, params, step: int, rng):
+    g = self.rl.group_size
+    rows = [r for r in self._groups(step) for _ in range(g)]
+    prompt = tasks_lib.prompt_ids(self.tok, "caption", None)
+    outs = self._sample(params, self._images(rows), [prompt] * len(rows),
+                        self.cap_len, rng)
+    rewards, vs = [], []
+    for row, (ids, _) in zip(rows, outs):
+      draft = self.tok.decode(ids)
+      r, v = rewards_lib.root_reward(draft, self._scene(row), self.world.world,
+                                     self.rl.reward)
+      rewards.append(r)
+      vs.append(v)
+      self.buffer.append(Rollout(row, draft, v))
+    batch = self._sequences([prompt] * len(rows), outs, [0] * len(rows),
+                            self.cap_len)
+    batch["image"] = self._images(rows)
+    batch["advantage"] = rewards_lib.advantages(rewards, g)
+    m = {"rl/reward": np.mean(rewards), "rl/v": np.mean(vs),
+         "rl/format": np.mean([r > 0 for r in rewards]), "rl/stage": 0.0}
+    return {"root": batch}, m
+
+  def _draw(self, rng: np.random.Generator) -> Rollout:
+    perfect = [r for r in self.buffer if r.v == 1.0]
+    flawed = [r for r in self.buffer if r.v < 1.0]
+    pool = perfect if (rng.random() < self.rl.perfect_ratio and perfect) or (
+        not flawed) else flawed
+    return pool[rng.integers(len(pool))]
+
+  def branch(self, params, step: int, rng, drafts: Sequence[Rollout] | None = None,
+             per_draft: int | None = None):
+    """Reflect + refine rollouts: `per_draft` of each draft (default: one
+    buffered draft per group, group_size rollouts each)."""
+    tok, cfg = self.tok, self.world.world
+    if drafts is None:
+      pick = np.random.default_rng([self.cfg.seed, step, 1])
+      drafts = [self._draw(pick) for _ in range(self.rl.groups)]
+    k = per_draft or self.rl.group_size
+    items = [d for d in drafts for _ in range(k)]
+    prompts = [[tok.task_id("reflect")] + tok.encode(d.draft) + [tok.sep_id]
+               for d in items]
+    outs = self._sample(params, self._images([d.record for d in items]),
+                        prompts, self.r3_len, rng)
+    info = {k: [] for k in ("reward", "v", "stop", "format", "final",
+                            "from", "to")}
+    for d, (ids, _) in zip(items, outs):
+      if tok.sep_id in ids:
+        cut = ids.index(tok.sep_id)
+        reflection, refined = tok.decode(ids[:cut]), tok.decode(ids[cut + 1:])
+      else:
+        cut, reflection, refined = len(ids), tok.decode(ids), None
+      r, v, stopped = rewards_lib.branch_reward(
+          d.v, reflection, refined, self._scene(d.record), cfg,
+          self.rl.reward, d.draft)
+      info["reward"].append(r)
+      info["v"].append(v)
+      info["stop"].append(stopped)
+      info["format"].append(rewards_lib.read_branch(reflection, refined)[0])
+      info["final"].append(d.draft if stopped else refined)
+      # A stop trains no refine tokens; the ablation trains no reflection.
+      info["from"].append(0 if self.rl.train_reflection else cut + 1)
+      info["to"].append(cut + 1 if stopped else None)
+    batch = self._sequences(prompts, outs, info["from"], self.r3_len,
+                            info["to"])
+    batch["image"] = self._images([d.record for d in items])
+    batch["advantage"] = rewards_lib.advantages(info["reward"], k)
+    m = {"rl/reward": np.mean(info["reward"]), "rl/v": np.mean(info["v"]),
+         "rl/v_prev": np.mean([d.v for d in items]),
+         "rl/stop_rate": np.mean(info["stop"]),
+         "rl/format": np.mean(info["format"]), "rl/stage": 1.0}
+    return {"branch": batch}, m, info
+
+  def chain(self, params, step: int, rng):
+    """The ablation: drafts and one reflect + refine each, one outcome."""
+    root_batch, _ = self.root(params, step, jax.random.fold_in(rng, 0))
+    drafts, self.buffer = self.buffer, []
+    branch_batch, m_b, info = self.branch(
+        params, step, jax.random.fold_in(rng, 1), drafts, per_draft=1)
+    world, kind = self.world.world, self.rl.reward
+    outcome = []
+    for d, ok, final in zip(drafts, info["format"], info["final"]):
+      scene = self._scene(d.record)
+      f_root = rewards_lib.root_reward(d.draft, scene, world, kind)[0] > 0
+      v_final = rewards_lib.score(final, scene, world, kind)
+      outcome.append(float(f_root and ok) * (1.0 + v_final))
+    adv = rewards_lib.advantages(outcome, self.rl.group_size)
+    root_batch["root"]["advantage"] = adv
+    branch_batch["branch"]["advantage"] = adv
+    m = {"rl/reward": np.mean(outcome), "rl/v": m_b["rl/v"],
+         "rl/stop_rate": m_b["rl/stop_rate"], "rl/stage": 2.0}
+    return {**root_batch, **branch_batch}, m
+
+  # --- the update ----------------------------------------------------------
+
+  def _make_update(self, schedule):
+    setup, rl = self.setup, self.rl
+
+    def update(state, ref_params, batch):
+      with sharding.use_rules(setup.mesh, setup.rules):
+        def loss_fn(params):
+          parts = []
+          for b in batch.values():
+            logits = setup.model(params)(b["image"], b["tokens"])
+            logp = grpo.token_logp(logits, b["targets"])
+            ref = grpo.token_logp(setup.model(ref_params)(
+                b["image"], b["tokens"]), b["targets"])
+            b = dict(b, old_logp=jax.lax.stop_gradient(logp))
+            parts.append(grpo.sums(logp, jax.lax.stop_gradient(ref), b,
+                                   clip=rl.clip))
+          return grpo.loss(parts, kl_weight=rl.kl)
+
+        (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"])
+        updates, opt = setup.tx.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+      m = dict(m, loss=loss, grad_norm=optax.tree.norm(grads),
+               update_norm=optax.tree.norm(updates),
+               lr=jnp.asarray(schedule(state["step"]), jnp.float32))
+      new = {"step": state["step"] + 1, "params": params, "opt": opt}
+      return new, m
+
+    repl = sharding.replicated(setup.mesh)
+    return jax.jit(update, donate_argnums=(0,),
+                   out_shardings=(setup.shardings, repl))
+
+  def step(self, state, ref_params, step: int):
+    """One root, branch or chain step at `step` -> (state, measurements)."""
+    rng = jax.random.fold_in(jax.random.key(self.cfg.seed), step)
+    if self.rl.mode == "chain":
+      batch, m = self.chain(state["params"], step, rng)
+    elif step % 2 == 0:
+      self.buffer = []
+      batch, m = self.root(state["params"], step, rng)
+    else:
+      batch, m, _ = self.branch(state["params"], step, rng)
+      self.buffer = []
+    batch = {k: {f: _put(np.asarray(v), self.shard) for f, v in b.items()}
+             for k, b in batch.items()}
+    with jax.set_mesh(self.setup.mesh):
+      state, dm = self._update(state, ref_params, batch)
+    m.update(jax.device_get(dm))
+    return state, {k: float(v) for k, v in m.items()}
+
+
+def _initial_params(config, setup, init_state):
+  """The policy RL starts from (and the frozen KL reference): the latest
+  checkpoint of config.rl.init_from, else a fresh initialisation."""
+  state = init_state()
+  if not config.rl.init_from:
+    return state
+  src = ckpt_lib.Checkpointer(os.path.join(config.rl.init_from, "checkpoints"),
+                              1, 1)
+  if src.latest_step() is None:
+    raise FileNotFoundError(f"config.rl.init_from={config.rl.init_from!r} has "
+                            "no checkpoint")
+  loaded, _ = src.restore(setup.abstract)
+  src.close()
+  state["params"] = loaded["params"]
+  return state
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+  """R3-RL to config.total_steps (resuming from `workdir`), then evaluation."""
+  from r3jax import config as config_lib
+  from r3jax.train import loop as loop_lib
+  from r3jax.train import optim
+  os.makedirs(workdir, exist_ok=True)
+  mesh, world, setup, init_state = loop_lib.build(config, devices)
+  if jax.process_index() == 0:
+    config_lib.dump(config, os.path.join(workdir, "config.json"))
+  start = _initial_params(config, setup, init_state)
+  ref_params = jax.tree.map(jnp.copy, start["params"])
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                               config.keep_ckpts, 1)
+  state = start
+  if ckpt.latest_step() is not None:
+    state, _ = ckpt.restore(setup.abstract)
+  first = int(jax.device_get(state["step"]))
+  loop_lib._truncate_metrics(workdir, first)
+  rl = TreeRL(config, world, setup,
+              optim.schedule(config.optim, config.total_steps))
+  writer = metrics_lib.Writer(workdir)
+  t0 = time.perf_counter()
+  try:
+    for step in range(first, config.total_steps):
+      state, m = rl.step(state, ref_params, step)
+      bad = [k for k, v in m.items() if not np.isfinite(v)]
+      if bad:
+        raise FloatingPointError(
+            f"non-finite {', '.join(bad)} at RL step {step + 1}; the last "
+            f"checkpoint (step {ckpt.latest_step()}) is kept")
+      done = step + 1
+      if done % config.log_every_steps == 0 or done == config.total_steps:
+        writer.write(done, m)
+      between = config.rl.mode == "tree" and done % 2
+      if not between and (done % config.ckpt_every_steps == 0 or
+                          done == config.total_steps):
+        ckpt.save(done, state, {}, force=True)
+      if done % config.eval_every_steps == 0 and done != config.total_steps:
+        with jax.set_mesh(mesh):
+          writer.write(done, {f"{config.evals.split}/{k}": v for k, v in
+                              world.evaluator(setup, config.evals).run(
+                                  state["params"]).items()})
+    ckpt.wait()
+    train_seconds = time.perf_counter() - t0
+    with jax.set_mesh(mesh):
+      result = world.evaluator(setup, config.final_eval).run(state["params"])
+    writer.write(config.total_steps, {f"{config.final_eval.split}/{k}": v
+                                      for k, v in result.items()})
+    result["train_seconds"] = train_seconds
+    return result
+  finally:
+    writer.close()
+    ckpt.close()
+
+
+def rollout_view(batch: Mapping[str, np.ndarray], tokenizer) -> list[str]:
+  """Readable rows of a rollout batch (debugging aid)."""
+  out = []
+  for toks, mask in zip(batch["tokens"], batch["loss_mask"]):
+    words = [("[" + tokenizer.tokens[t] + "]") if m else tokenizer.tokens[t]
+             for t, m in zip(toks, mask) if t != tokenizer.pad_id]
+    out.append(" ".join(words))
+  return out

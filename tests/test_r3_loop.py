@@ -1,0 +1,98 @@
+"""The R3 loop: early exit, round accounting, and a real decode."""
+
+import jax
+import numpy as np
+import pytest
+
+from r3jax.r3 import loop as r3_loop
+from r3jax.train import loop as train_loop
+from r3jax.world import available_corruptions, corrupt, edit, scene_from_arrays
+
+
+@pytest.fixture(scope="module")
+def built():
+  from conftest import tiny_config
+  c = tiny_config(("caption", "reflect", "refine"))
+  mesh, world, setup, init = train_loop.build(c, jax.devices()[:1])
+  return c, world, setup, init
+
+
+def _oracle(world, records, fail_on=()):
+  """A stand-in for the model: drafts with one corruption, then the
+  verifier's own reflection and refinement (optionally a wrong stop)."""
+  tok, cfg = world.tokenizer, world.world
+  calls = []
+
+  def decode(params, kv_all, rows, prompts, max_len, rng):
+    calls.append(list(rows))
+    out = []
+    for row, prompt in zip(rows, prompts):
+      scene = scene_from_arrays(records[row]["scene"], cfg)
+      if prompt[0] == tok.task_id("caption"):
+        kinds = available_corruptions(scene, cfg)
+        text = corrupt(scene, np.random.default_rng(row), cfg, kinds[0])
+        out.append(tok.encode(text))
+        continue
+      draft = tok.decode(prompt[1:-1])
+      e = edit.diagnose(draft, scene, cfg)
+      if e is None or row in fail_on:
+        out.append(tok.encode(edit.STOP))
+      else:
+        fixed = edit.apply(e, draft, scene, cfg)
+        out.append(tok.encode(e.instruction) + [tok.sep_id] + tok.encode(fixed))
+    return out
+  return decode, calls
+
+
+def test_oracle_loop_exits_early_and_accounts_rounds(built, monkeypatch):
+  c, world, setup, init = built
+  records = world.records("validation", 12)
+  lp = r3_loop.R3Loop(setup, world.tokenizer, world.world, rounds=3,
+                      batch_size=4, caption_len=40, r3_len=144)
+  decode, calls = _oracle(world, records, fail_on={0})
+  monkeypatch.setattr(lp, "_decode", decode)
+  monkeypatch.setattr(lp, "_encode", lambda params, recs: None)
+  trajs, s = lp.run(None, records)
+  n = len(records)
+  assert all(len(t.captions) == 4 for t in trajs)
+  # Every example enters round 1; later rounds only hold those still editing.
+  assert calls[0] == list(range(n)) and calls[1] == list(range(n))
+  needs = [len(edit.correct(t.captions[0], scene_from_arrays(
+      r["scene"], world.world), world.world)[1]) for t, r in zip(trajs, records)]
+  # An example needing k edits reflects in rounds 1..k+1 (the last says stop).
+  entered = {r: [i for i in range(n) if i == 0 and r == 1 or
+                 i != 0 and needs[i] >= r - 1] for r in (1, 2, 3)}
+  ran = [r for r in (1, 2, 3) if entered[r]]
+  assert calls[1:] == [entered[r] for r in ran]
+  # Row 0 stops wrongly at once; the others end right unless out of rounds.
+  assert trajs[0].stopped and len(trajs[0].reflections) == 1
+  for i in range(1, n):
+    scene = scene_from_arrays(records[i]["scene"], world.world)
+    if needs[i] <= 3:
+      assert trajs[i].captions[-1] == edit.correct(
+          trajs[i].captions[0], scene, world.world)[0]
+      assert trajs[i].stopped == (needs[i] < 3)
+  assert s["r3/round0/v_strict"] == 0.0
+  assert s["r3/round1/stop_rate"] == pytest.approx(1 / n)
+  assert s["r3/false_stop"] == pytest.approx(
+      1 / sum(t.stopped for t in trajs))
+  assert s["r3/over_edit"] == 0.0
+  assert s["r3/round3/v_strict"] == pytest.approx(
+      sum(1 <= needs[i] <= 3 for i in range(1, n)) / n)
+  assert s["r3/mean_rounds"] == pytest.approx(
+      np.mean([len(t.reflections) for t in trajs]))
+  assert s["r3/round1/improved"] == pytest.approx((n - 1) / n)
+  assert s["r3/round1/worse"] == 0.0
+
+
+def test_loop_runs_the_model(built):
+  c, world, setup, init = built
+  state = init()
+  records = world.records("validation", 6)
+  lp = r3_loop.R3Loop(setup, world.tokenizer, world.world, rounds=2,
+                      batch_size=4, caption_len=c.tasks.caption.max_len,
+                      r3_len=c.tasks.refine.max_len)
+  trajs, s = lp.run(state["params"], records)
+  assert len(trajs) == 6 and all(len(t.captions) == 3 for t in trajs)
+  assert all(1 <= len(t.reflections) <= 2 for t in trajs)
+  assert 0 <= s["r3/round2/v_frac"] <= 1 and s["r3/tokens_per_example"] > 0

@@ -77,6 +77,21 @@ def defaults() -> ml_collections.ConfigDict:
       rounds=3,             # reflect -> refine rounds at inference
   )
 
+  # R3-RL (r3jax/r3/tree_rl.py): Tree-RL with GRPO instead of supervised
+  # steps when enabled; `config.optim` is the RL optimizer then.
+  c.rl = dict(
+      enabled=False,
+      init_from="",         # workdir whose latest checkpoint RL starts from
+      mode="tree",          # "tree" (root / branch steps) or "chain"
+      groups=4,             # images (prompts) per step
+      group_size=8,         # rollouts per group
+      temperature=0.9, top_k=50,
+      reward="v_strict",    # verifier score V: "v_strict" or "v_frac"
+      perfect_ratio=0.15,   # branch drafts drawn from the V = 1 pool
+      train_reflection=True,  # False: only the refined caption is trained
+      clip=0.2, kl=0.001,   # PPO clip; k3 KL weight to the starting policy
+  )
+
   c.model = dict(
       encoder="Ti",           # named ViT size: mu (tests), Ti, S, B, L
       patch_size=8,
@@ -232,6 +247,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.r3.consistency > 0 compares the reflection's "
                      "answers with the refined caption: it needs "
                      "config.r3.self_questions > 0 (or consistency=0)")
+  rl = config.rl
+  if rl.enabled:
+    if rl.mode not in ("tree", "chain") or rl.reward not in ("v_strict",
+                                                             "v_frac"):
+      raise ValueError(f"config.rl.mode must be 'tree' or 'chain' and "
+                       f"config.rl.reward 'v_strict' or 'v_frac', got "
+                       f"{rl.mode!r}, {rl.reward!r}")
+    if rl.groups < 1 or rl.group_size < 2 or not 0 <= rl.perfect_ratio <= 1:
+      raise ValueError("config.rl needs groups >= 1, group_size >= 2 and "
+                       f"0 <= perfect_ratio <= 1, got {rl.to_dict()}")
+    if not {"caption", "refine"} <= set(config.tasks):
+      raise ValueError("R3-RL samples captions and reflect + refine rollouts: "
+                       "config.tasks must hold caption and refine (their "
+                       "max_len bound the rollouts)")
+    if rl.mode == "tree" and (config.ckpt_every_steps % 2 or
+                              config.total_steps % 2):
+      raise ValueError("Tree-RL alternates root and branch steps and saves "
+                       "after branch steps: config.ckpt_every_steps and "
+                       "config.total_steps must be even, got "
+                       f"{config.ckpt_every_steps}, {config.total_steps}")
   if config.data.layout not in ("split", "shared"):
     raise ValueError(f"config.data.layout must be 'split' or 'shared', got "
                      f"{config.data.layout!r}")

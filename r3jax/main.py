@@ -20,7 +20,10 @@ def main(argv):
   del argv
   from r3jax import report
   from r3jax.train import loop
-  if FLAGS.mode == "train":
+  if FLAGS.mode == "train" and FLAGS.config.rl.enabled:
+    from r3jax.r3 import tree_rl
+    result = tree_rl.train(FLAGS.config, FLAGS.workdir)
+  elif FLAGS.mode == "train":
     result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   else:
     result = loop.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.split)

@@ -1,0 +1,30 @@
+"""R3-RL: Tree-RL (GRPO) on the reason and reflect + refine stages, from an
+R3-SFT checkpoint.
+
+  python -m r3jax.main --config configs/r3_sft.py --workdir runs/r3_sft
+  python -m r3jax.main --config configs/r3_rl.py --workdir runs/r3_rl \\
+      --config.rl.init_from=runs/r3_sft
+  args: runlocal (CPU smoke run), seed=N, steps=N
+"""
+
+from r3jax import config as config_lib
+
+TASKS = ("caption", "vqa", "ita", "reflect", "refine")  # all are evaluated
+
+
+def get_config(arg: str | None = None):
+  c = config_lib.world_experiment(arg, TASKS)
+  a = config_lib.parse_arg(arg, runlocal=False, seed=0, steps=0,
+                           method="weighted_sum", gen_weight=1.0)
+  c.rl.enabled = True
+  # The reference's RL optimizer: AdamW, beta2 0.95, no weight decay, a
+  # constant learning rate after a short warmup.
+  c.optim.update(lr=5e-5, warmup_steps=10, end_lr_frac=1.0, b2=0.95,
+                 weight_decay=0.0)
+  if a.runlocal:
+    c.rl.groups, c.rl.group_size = 2, 4
+    c.optim.warmup_steps = 1
+  else:
+    c.total_steps = a.steps or 200
+    c.log_every_steps, c.ckpt_every_steps, c.eval_every_steps = 2, 50, 100
+  return c

@@ -1,0 +1,171 @@
+"""R3-RL: rewards, advantages, the GRPO objective and the Tree-RL step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r3jax.r3 import grpo
+from r3jax.r3 import rewards as rw
+from r3jax.r3 import tree_rl
+from r3jax.train import loop as train_loop
+from r3jax.train import optim
+from r3jax.world import edit
+from r3jax.world.scene import Object, Scene
+from r3jax.world import WorldConfig
+
+CFG = WorldConfig()
+SCENE = Scene((Object("circle", "red", "large", 0.2, 0.5),
+               Object("square", "blue", "small", 0.8, 0.5)))
+RIGHT = ("there is a large red circle and a small blue square . "
+         "the circle is left of the square")
+HALF = "there is a large red circle and a small blue square"
+WRONG = "there is a large green circle"
+
+
+def test_root_reward_is_format_times_one_plus_v():
+  assert rw.root_reward(RIGHT, SCENE, CFG, "v_strict") == (2.0, 1.0)
+  assert rw.root_reward(HALF, SCENE, CFG, "v_strict") == (1.0, 0.0)
+  r, v = rw.root_reward(HALF, SCENE, CFG, "v_frac")
+  # checklist: 2 kinds + 1 relation; 2 stated, all true: (2 + 1) / (3 + 1)
+  assert v == pytest.approx(3 / 4) and r == pytest.approx(1.75)
+  assert rw.root_reward("circle circle", SCENE, CFG, "v_frac") == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("v_prev, reflection, refined, expected", [
+    # A right draft: stopping earns the +1 bonus, editing is paid by the change.
+    (1.0, edit.STOP, None, (2.0, 1.0, True)),
+    (1.0, "add a small red square", HALF, (0.0, 0.0, False)),
+    (1.0, "remove the circle is left of the square", RIGHT, (1.0, 1.0, False)),
+    # A wrong draft: a fix earns 1 + 1, a false stop only the format reward.
+    (0.0, "add the circle is left of the square", RIGHT, (2.0, 1.0, False)),
+    (0.0, edit.STOP, None, (1.0, 0.0, True)),
+    # Malformed: no format reward; it counts as a stop.
+    (0.0, "circle square", None, (0.0, 0.0, True)),
+    (0.0, "add the circle is left of the square", None, (0.0, 0.0, False)),
+    (0.0, edit.STOP, RIGHT, (0.0, 0.0, True)),
+])
+def test_branch_reward_and_the_stop_rule(v_prev, reflection, refined, expected):
+  got = rw.branch_reward(v_prev, reflection, refined, SCENE, CFG, "v_strict",
+                         HALF)
+  assert got == expected
+
+
+def test_group_advantages_subtract_the_group_mean_only():
+  np.testing.assert_allclose(rw.advantages([2, 0, 1, 1, 3, 2], 3),
+                             [1, -1, 0, -1, 1, 0])
+  with pytest.raises(ValueError, match="groups of 4"):
+    rw.advantages([1, 2, 3], 4)
+
+
+def test_grpo_matches_a_numpy_reference_and_moves_towards_good_samples():
+  rng = np.random.default_rng(0)
+  logp = np.log(rng.uniform(0.05, 0.9, (3, 5))).astype(np.float32)
+  old = logp + rng.normal(0, 0.3, logp.shape).astype(np.float32)
+  ref = logp + rng.normal(0, 0.2, logp.shape).astype(np.float32)
+  mask = (rng.random((3, 5)) < 0.7).astype(np.float32)
+  adv = np.array([1.0, -0.5, 0.2], np.float32)
+  b = {"loss_mask": mask, "advantage": adv, "old_logp": old}
+  s = grpo.sums(jnp.asarray(logp), jnp.asarray(ref), b, clip=0.2)
+  loss, m = grpo.loss([s], kl_weight=0.1)
+  ratio = np.exp(logp - old)
+  pg = -np.minimum(ratio * adv[:, None], np.clip(ratio, 0.8, 1.2) * adv[:, None])
+  d = ref - logp
+  kl = np.exp(d) - d - 1
+  n = mask.sum()
+  np.testing.assert_allclose(loss, (pg * mask).sum() / n + 0.1 * (kl * mask).sum() / n,
+                             rtol=1e-5)
+  np.testing.assert_allclose(m["clip_frac"], ((np.abs(ratio - 1) > 0.2) * mask).sum() / n,
+                             rtol=1e-6)
+  # On-policy (old = current): the gradient raises the log-probability of
+  # tokens with a positive advantage and lowers it for a negative one.
+  def f(lp):
+    b2 = dict(b, old_logp=jax.lax.stop_gradient(lp))
+    return grpo.loss([grpo.sums(lp, lp, b2, clip=0.2)], kl_weight=0.0)[0]
+  g = np.asarray(jax.grad(f)(jnp.asarray(logp)))
+  assert np.all(g[0][mask[0] > 0] < 0) and np.all(g[1][mask[1] > 0] > 0)
+  # A KL above the cap is dropped for the step.
+  far = grpo.sums(jnp.asarray(logp), jnp.asarray(logp + 20), b, clip=0.2)
+  assert float(grpo.loss([far], kl_weight=1.0)[0]) == pytest.approx(
+      float(grpo.loss([far], kl_weight=0.0)[0]))
+
+
+def _rl_config(**rl):
+  from conftest import tiny_config
+  c = tiny_config(("caption", "reflect", "refine"))
+  c.rl.update(enabled=True, groups=2, group_size=4, **rl)
+  c.optim.update(lr=1e-3, warmup_steps=1, end_lr_frac=1.0)
+  c.total_steps = 2
+  return c
+
+
+def _fake_scores(monkeypatch):
+  """Untrained samples score 0; give them a deterministic, varied score so
+  that advantages and gradients are not zero."""
+  def score(text, scene, cfg, kind):
+    return (hash(text) % 7) / 6.0
+  monkeypatch.setattr(rw, "score", score)
+  monkeypatch.setattr(rw, "root_reward",
+                      lambda d, s, c, k: (1.0 + score(d, s, c, k), score(d, s, c, k)))
+
+  read = rw.read_branch
+
+  def branch(v_prev, reflection, refined, scene, cfg, kind, draft):
+    v = score(f"{reflection}|{refined}", scene, cfg, kind)
+    return 1.0 + v - v_prev, v, read(reflection, refined)[1]
+  monkeypatch.setattr(rw, "branch_reward", branch)
+  monkeypatch.setattr(rw, "read_branch", lambda a, b: (True, read(a, b)[1]))
+
+
+def _run(c, devices, steps):
+  mesh, world, setup, init = train_loop.build(c, devices)
+  state = init()
+  ref = jax.tree.map(jnp.copy, state["params"])
+  rl = tree_rl.TreeRL(c, world, setup, optim.schedule(c.optim, c.total_steps))
+  ms = []
+  for step in range(steps):
+    state, m = rl.step(state, ref, step)
+    ms.append(m)
+  return jax.device_get(state["params"]), ms, rl
+
+
+@pytest.mark.parametrize("mode", ["tree", "chain"])
+def test_rl_steps_on_8_devices_equal_1_device(monkeypatch, mode):
+  _fake_scores(monkeypatch)
+  c1 = _rl_config(mode=mode)
+  c8 = _rl_config(mode=mode)
+  c8.mesh = {"data": 2, "fsdp": 2, "tensor": 2}
+  p1, m1, _ = _run(c1, jax.devices()[:1], 2)
+  p8, m8, _ = _run(c8, jax.devices()[:8], 2)
+  assert m1[0]["grad_norm"] > 0 and m1[1]["grad_norm"] > 0
+  for a, b in zip(m1, m8):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=1e-5, err_msg=k)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4,
+                                                       atol=2e-5), p1, p8)
+
+
+def test_branch_masks_and_perfect_ratio(monkeypatch):
+  c = _rl_config(perfect_ratio=1.0, train_reflection=False)
+  mesh, world, setup, init = train_loop.build(c, jax.devices()[:1])
+  rl = tree_rl.TreeRL(c, world, setup, optim.schedule(c.optim, 2))
+  tok = world.tokenizer
+  rl.buffer = [tree_rl.Rollout(0, HALF, 0.0), tree_rl.Rollout(1, RIGHT, 1.0)]
+  draws = [rl._draw(np.random.default_rng(i)) for i in range(20)]
+  assert all(d.v == 1.0 for d in draws)
+  c.rl.perfect_ratio = 0.0
+  assert all(rl._draw(np.random.default_rng(i)).v == 0.0 for i in range(20))
+  # Masks: the stop trains its reflection only; an edit with
+  # train_reflection=False trains only REFINED and the eos.
+  prompt = [tok.task_id("reflect")] + tok.encode(HALF) + [tok.sep_id]
+  stop = (tok.encode(edit.STOP), True)
+  fix = (tok.encode("add the circle is left of the square") + [tok.sep_id] +
+         tok.encode(RIGHT), True)
+  cut = len(tok.encode("add the circle is left of the square"))
+  b = rl._sequences([prompt, prompt], [stop, fix], [0, cut + 1], 144,
+                    [len(stop[0]) + 1, None])
+  trained = [[tok.tokens[t] for t, m in zip(b["targets"][i], b["loss_mask"][i])
+              if m] for i in range(2)]
+  assert " ".join(trained[0]) == edit.STOP + " <eos>"
+  assert " ".join(trained[1]) == RIGHT + " <eos>"

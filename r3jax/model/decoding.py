@@ -40,6 +40,7 @@ class Generation(NamedTuple):
   tokens: jax.Array  # B x T int32: prompt, generated tokens, pad_id after eos.
   gen_len: jax.Array  # B int32: tokens generated after the prompt, eos included.
   done: jax.Array  # B bool: eos was generated.
+  calls: jax.Array | None = None  # decode_step calls (generate_lookup only).
 
 
 def _image_tokens(model: Model, images_or_img: jax.Array) -> jax.Array:
@@ -191,3 +192,143 @@ def generate_recompute(model: Model, images_or_img: jax.Array, prompt_BxL: jax.A
            jnp.zeros((batch,), jnp.int32))
   tokens_BxT, done_B, gen_len_B = jax.lax.fori_loop(1, max_len, body, carry)
   return Generation(tokens_BxT, gen_len_B, done_B)
+
+
+def generate_lookup(model: Model, images_or_img, prompt_BxL: jax.Array,
+                    prompt_len_B: jax.Array, *, max_len: int, eos_id: int,
+                    pad_id: int, prefill_len: int, k: int = 8) -> Generation:
+  """Greedy generation equal to `generate(..., temperature=0)` that verifies
+  up to k proposed tokens per model call (prompt-lookup decoding).
+
+  Each row proposes, for the positions after its last filled position t, what
+  followed the most recent earlier occurrence of its last two tokens (prompt
+  and output so far): a refined caption that mostly repeats the draft in its
+  prompt is confirmed several tokens per call. Prompt positions propose their
+  own token. One call feeds every row's token at t and its k proposals at its
+  own positions (the decode step is vmapped over rows); a row keeps the
+  proposals its greedy choices confirm plus the token chosen after them, so
+  the output is exactly the greedy one. K/V written for rejected proposals lie
+  beyond the row's accepted position and are overwritten by its next call
+  before any query can attend to them. Near the end of the buffer the calls
+  feed one token. `calls` counts decode_step calls.
+  """
+  _check(model, prompt_BxL, max_len, prefill_len)
+  batch = prompt_BxL.shape[0]
+  prompt_len_B = prompt_len_B.astype(jnp.int32)
+  cross_kv = _cross_kv(model, images_or_img)
+  cache = model.init_cache(batch, max_len)
+  tokens_BxT = _buffer(prompt_BxL, max_len, pad_id)
+  positions_T = jnp.arange(max_len)
+
+  def gather(x_BxT, idx_BxS):
+    return jnp.take_along_axis(x_BxT, jnp.clip(idx_BxS, 0, max_len - 1), axis=1)
+
+  def propose(tokens_BxT, t_B, m_B):
+    """k proposals for positions t+1..t+k of every row, and where they were
+    copied from. The copy source is the first occurrence of the bigram after
+    m (the source position the row last copied), else its first occurrence,
+    so that a row copying a draft walks through it in order."""
+    last_B = gather(tokens_BxT, t_B[:, None])[:, 0]
+    prev_B = gather(tokens_BxT, jnp.maximum(t_B - 1, 0)[:, None])[:, 0]
+    nxt_BxT = jnp.roll(tokens_BxT, -1, axis=1)
+    hit_BxT = ((tokens_BxT == prev_B[:, None]) & (nxt_BxT == last_B[:, None]) &
+               (positions_T[None] < t_B[:, None] - 1))
+    j_BxT = positions_T[None] + 1
+    rank_BxT = jnp.where(j_BxT > m_B[:, None], j_BxT, j_BxT + max_len)
+    pick_B = jnp.argmin(jnp.where(hit_BxT, rank_BxT, 3 * max_len), axis=1)
+    j_B = jnp.where(jnp.any(hit_BxT, axis=1), pick_B + 1, -1)
+    # Copy what followed; a copy that reaches the present repeats itself
+    # (period t - j), which also continues repeated patterns.
+    period_B = jnp.maximum(t_B - j_B, 1)
+    src_BxK = j_B[:, None] + 1 + jnp.arange(k)[None] % period_B[:, None]
+    copied_BxK = jnp.where(j_B[:, None] >= 0, gather(tokens_BxT, src_BxK),
+                           pad_id)
+    ahead_BxK = t_B[:, None] + 1 + jnp.arange(k)[None]
+    forced_BxK = ahead_BxK < prompt_len_B[:, None]
+    return (jnp.where(forced_BxK, gather(tokens_BxT, ahead_BxK), copied_BxK),
+            forced_BxK, j_B)
+
+  def step_rows(cache, feed_BxS, t_B):
+    """decode_step with every row at its own start position."""
+    def one(kv, layer_caches, toks_S, start):
+      kv1 = [(kk[None], vv[None]) for kk, vv in kv]
+      c1 = [{n: x[None] for n, x in c.items()} for c in layer_caches]
+      logits, new = model.decode_step(kv1, c1, toks_S[None], start)
+      return logits[0], [{n: x[0] for n, x in c.items()} for c in new]
+    return jax.vmap(one)(cross_kv, cache, feed_BxS, t_B)
+
+  def advance(t_B, logits_BxSxV, proposal_BxK, forced_BxK, tokens_BxT, done_B,
+              gen_len_B):
+    """Commits positions t+1..t+a+1 of every row (a: its accepted proposals)."""
+    width = logits_BxSxV.shape[1]
+    greedy_BxS = jnp.argmax(logits_BxSxV, axis=-1).astype(jnp.int32)
+    ahead_BxS = t_B[:, None] + 1 + jnp.arange(width)[None]
+    forced_BxS = ahead_BxS < prompt_len_B[:, None]
+    chosen_BxS = jnp.where(forced_BxS, gather(tokens_BxT, ahead_BxS), greedy_BxS)
+    if proposal_BxK is None:
+      a_B = jnp.zeros((batch,), jnp.int32)
+    else:
+      ok_BxK = forced_BxK | (greedy_BxS[:, :k] == proposal_BxK)
+      a_B = jnp.sum(jnp.cumprod(ok_BxK.astype(jnp.int32), axis=1), axis=1)
+    n_B = jnp.where(done_B, 0, jnp.minimum(a_B + 1, max_len - 1 - t_B))
+    take_BxS = jnp.arange(width)[None] < n_B[:, None]
+    gen_BxS = ~forced_BxS & take_BxS
+    eos_BxS = gen_BxS & (chosen_BxS == eos_id)
+    after_eos_BxS = (jnp.cumsum(eos_BxS, axis=1) - eos_BxS) > 0
+    new_BxS = jnp.where(after_eos_BxS, pad_id, chosen_BxS)
+    live_BxS = gen_BxS & ~after_eos_BxS
+    rel_BxT = positions_T[None] - t_B[:, None] - 1
+    window_BxT = (rel_BxT >= 0) & (rel_BxT < n_B[:, None])
+    tokens_BxT = jnp.where(window_BxT, gather(new_BxS, rel_BxT), tokens_BxT)
+    done_B = done_B | jnp.any(live_BxS & (chosen_BxS == eos_id), axis=1)
+    return t_B + n_B, tokens_BxT, done_B, gen_len_B + live_BxS.sum(1), a_B
+
+  done_B = jnp.zeros((batch,), bool)
+  gen_len_B = jnp.zeros((batch,), jnp.int32)
+  if prefill_len == max_len:
+    return Generation(tokens_BxT, gen_len_B, done_B, jnp.int32(0))
+  logits_BxSxV, cache = model.decode_step(
+      cross_kv, cache, tokens_BxT[:, :prefill_len], 0)
+  t_B = jnp.full((batch,), prefill_len - 1, jnp.int32)
+  t_B, tokens_BxT, done_B, gen_len_B, _ = advance(
+      t_B, logits_BxSxV[:, -1:], None, None, tokens_BxT, done_B, gen_len_B)
+  m_B = jnp.full((batch,), -1, jnp.int32)
+
+  def active(t_B, done_B):
+    return ~done_B & (t_B + 1 < max_len)
+
+  def cond(carry):
+    t_B, _, _, done_B, _, _, _ = carry
+    return jnp.any(active(t_B, done_B))
+
+  def wide(carry):
+    t_B, cache, tokens_BxT, done_B, gen_len_B, m_B = carry
+    proposal_BxK, forced_BxK, j_B = propose(tokens_BxT, t_B, m_B)
+    feed_BxS = jnp.concatenate([gather(tokens_BxT, t_B[:, None]), proposal_BxK],
+                               axis=1)
+    # Finished rows recompute their last position (harmless, never read).
+    start_B = jnp.where(active(t_B, done_B), t_B, jnp.minimum(t_B, max_len - k - 1))
+    logits_BxSxV, cache = step_rows(cache, feed_BxS, start_B)
+    *out, a_B = advance(t_B, logits_BxSxV, proposal_BxK, forced_BxK,
+                        tokens_BxT, done_B, gen_len_B)
+    return (cache, *out, jnp.where(j_B >= 0, j_B + a_B, m_B))
+
+  def narrow(carry):
+    t_B, cache, tokens_BxT, done_B, gen_len_B, m_B = carry
+    logits_BxSxV, cache = step_rows(cache, gather(tokens_BxT, t_B[:, None]),
+                                    jnp.minimum(t_B, max_len - 1))
+    *out, _ = advance(t_B, logits_BxSxV, None, None, tokens_BxT, done_B,
+                      gen_len_B)
+    return (cache, *out, m_B)
+
+  def body(carry):
+    t_B, calls = carry[0], carry[-1]
+    room = jnp.all(~active(t_B, carry[3]) | (t_B + k + 1 <= max_len))
+    cache, t_B, tokens_BxT, done_B, gen_len_B, m_B = jax.lax.cond(
+        room, wide, narrow, carry[:-1])
+    return t_B, cache, tokens_BxT, done_B, gen_len_B, m_B, calls + 1
+
+  carry = (t_B, cache, tokens_BxT, done_B, gen_len_B, m_B, jnp.int32(1))
+  _, _, tokens_BxT, done_B, gen_len_B, _, calls = jax.lax.while_loop(
+      cond, body, carry)
+  return Generation(tokens_BxT, gen_len_B, done_B, calls)

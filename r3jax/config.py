@@ -75,6 +75,7 @@ def defaults() -> ml_collections.ConfigDict:
       p_stop=0.25,          # reflect drafts left correct (target: stop)
       corruptions=list(CORRUPTIONS),  # draft error kinds
       rounds=3,             # reflect -> refine rounds at inference
+      lookup=8,             # prompt-lookup tokens verified per call (0: off)
   )
 
   # R3-RL (r3jax/r3/tree_rl.py): Tree-RL with GRPO instead of supervised
@@ -90,6 +91,7 @@ def defaults() -> ml_collections.ConfigDict:
       perfect_ratio=0.15,   # branch drafts drawn from the V = 1 pool
       train_reflection=True,  # False: only the refined caption is trained
       clip=0.2, kl=0.001,   # PPO clip; k3 KL weight to the starting policy
+      interference=True,    # log cos(RL gradient, VQA / ITA gradients)
   )
 
   c.model = dict(
@@ -236,9 +238,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.r3.corruptions: unknown {bad} or empty; known: "
                      f"{list(CORRUPTIONS)}")
   if (not 0 <= r3.p_stop <= 1 or r3.consistency < 0 or
-      r3.self_questions < 0 or r3.rounds < 1):
+      r3.self_questions < 0 or r3.rounds < 1 or r3.lookup < 0):
     raise ValueError("config.r3 needs 0 <= p_stop <= 1, consistency >= 0, "
-                     f"self_questions >= 0 and rounds >= 1, got {r3.to_dict()}")
+                     "self_questions >= 0, rounds >= 1 and lookup >= 0, got "
+                     f"{r3.to_dict()}")
   if {"reflect", "refine", "refine_direct"} & set(config.tasks) and (
       "caption" not in config.tasks):
     raise ValueError("the R3 tasks refine a caption the model drafts: add the "

@@ -90,9 +90,9 @@ def test_grpo_matches_a_numpy_reference_and_moves_towards_good_samples():
       float(grpo.loss([far], kl_weight=0.0)[0]))
 
 
-def _rl_config(**rl):
+def _rl_config(tasks=("caption", "reflect", "refine"), **rl):
   from conftest import tiny_config
-  c = tiny_config(("caption", "reflect", "refine"))
+  c = tiny_config(tasks)
   c.rl.update(enabled=True, groups=2, group_size=4, **rl)
   c.optim.update(lr=1e-3, warmup_steps=1, end_lr_frac=1.0)
   c.total_steps = 2
@@ -132,12 +132,17 @@ def _run(c, devices, steps):
 @pytest.mark.parametrize("mode", ["tree", "chain"])
 def test_rl_steps_on_8_devices_equal_1_device(monkeypatch, mode):
   _fake_scores(monkeypatch)
-  c1 = _rl_config(mode=mode)
-  c8 = _rl_config(mode=mode)
+  # Tree mode also measures the RL gradient against the VQA gradient.
+  tasks = ("caption", "vqa", "reflect", "refine") if mode == "tree" else (
+      "caption", "reflect", "refine")
+  c1 = _rl_config(tasks, mode=mode)
+  c8 = _rl_config(tasks, mode=mode)
   c8.mesh = {"data": 2, "fsdp": 2, "tensor": 2}
   p1, m1, _ = _run(c1, jax.devices()[:1], 2)
   p8, m8, _ = _run(c8, jax.devices()[:8], 2)
   assert m1[0]["grad_norm"] > 0 and m1[1]["grad_norm"] > 0
+  if mode == "tree":
+    assert all(-1 <= m["interf/cos/rl:vqa"] <= 1 for m in m1)
   for a, b in zip(m1, m8):
     assert a.keys() == b.keys()
     for k in a:

@@ -10,7 +10,10 @@
 
 Each image is encoded and its cross-attention k/v computed once; every stage
 and round reuses them, and both stages of a round share one KV cache (the
-draft is read once). Each round decodes only the examples still in the loop,
+draft is read once); with `lookup` = k > 0 the reflect + refine decode
+verifies up to k tokens per call copied from the draft (prompt-lookup
+decoding, exactly greedy), since a refined caption mostly repeats its draft.
+Each round decodes only the examples still in the loop,
 packed into full batches, so finished examples cost nothing. A reflection
 that is not an instruction counts as a stop, as in the reference code.
 
@@ -64,7 +67,8 @@ class R3Loop:
 
   def __init__(self, setup, tokenizer, world: WorldConfig, *, rounds: int,
                batch_size: int, caption_len: int, r3_len: int,
-               direct: bool = False, temperature: float = 0.0):
+               direct: bool = False, temperature: float = 0.0,
+               lookup: int = 0):
     dp = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
     if batch_size % dp:
       raise ValueError(f"R3 batch_size={batch_size} is not divisible by the "
@@ -76,6 +80,7 @@ class R3Loop:
     self._caption_len, self._r3_len = caption_len, r3_len
     self._shard = sharding.batch_sharding(setup.mesh)
     self._temperature = temperature
+    self._lookup = lookup if temperature == 0 else 0
     graphdef = setup.graphdef
 
     @jax.jit
@@ -91,15 +96,20 @@ class R3Loop:
     key = (max_len, prefill_len)
     if key not in self._gen_fns:
       graphdef, tok, temp = self._graphdef, self._tok, self._temperature
+      lookup = self._lookup if max_len == self._r3_len else 0
 
       @jax.jit
       def fn(params, kv_all, idx_B, prompt_BxL, len_B, rng):
         model = nnx.merge(graphdef, params)
         kv = jax.tree.map(lambda x: x[idx_B], kv_all)
-        return decoding.generate(
-            model, kv, prompt_BxL, len_B, max_len=max_len, eos_id=tok.eos_id,
-            pad_id=tok.pad_id, prefill_len=prefill_len, temperature=temp,
-            rng=rng if temp > 0 else None)
+        kw = dict(max_len=max_len, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                  prefill_len=prefill_len)
+        if lookup:  # the refined caption is confirmed from the draft
+          return decoding.generate_lookup(model, kv, prompt_BxL, len_B,
+                                          k=lookup, **kw)
+        return decoding.generate(model, kv, prompt_BxL, len_B,
+                                 temperature=temp,
+                                 rng=rng if temp > 0 else None, **kw)
       self._gen_fns[key] = fn
     return self._gen_fns[key]
 

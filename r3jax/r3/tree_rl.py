@@ -17,7 +17,11 @@ rollout per draft, and both sequences of a trajectory share one outcome
 reward f f' (1 + V_final).
 Advantages are reward - group mean; the loss is r3jax.r3.grpo's (PPO clip,
 k3 KL to the frozen starting policy); one optimizer update per rollout batch.
-Sampling and the update are jitted and sharded over the mesh like training;
+With VQA / ITA in config.tasks and rl.interference on, every step also logs
+interf/cos/rl:<task>, the cosine between the RL gradient and that task's
+supervised gradient on a fresh batch (its data position is not checkpointed:
+a resumed run draws other understanding batches, which changes only these
+measurements). Sampling and the update are jitted and sharded over the mesh like training;
 scoring runs the exact verifier on the host. The buffer lives for one root +
 branch pair, and checkpoints are written after branch steps only, so a resumed
 run repeats an uninterrupted one exactly.
@@ -39,11 +43,13 @@ import optax
 from jax.experimental import multihost_utils
 
 from r3jax import sharding
+from r3jax.data import pipeline
 from r3jax.data import tasks as tasks_lib
 from r3jax.model import decoding
 from r3jax.r3 import grpo
 from r3jax.r3 import rewards as rewards_lib
 from r3jax.train import checkpoint as ckpt_lib
+from r3jax.train import losses as losses_lib
 from r3jax.train import metrics as metrics_lib
 from r3jax.world.scene import scene_from_arrays
 
@@ -74,6 +80,14 @@ class TreeRL:
     self._samplers: dict = {}
     self._update = self._make_update(schedule)
     self.buffer: list[Rollout] = []
+    # Understanding batches for the RL-vs-VQA/ITA gradient cosines.
+    sup = {k: t for k, t in config.tasks.items() if k in ("vqa", "ita")}
+    self.sup = None
+    if sup and config.rl.interference:
+      self.sup = pipeline.TrainData(
+          self.source, self.tok, sup, config.seed, setup.mesh,
+          config.data.read_threads, config.data.prefetch, "split",
+          world.task_context())
 
   # --- sampling ------------------------------------------------------------
 
@@ -233,7 +247,7 @@ class TreeRL:
   def _make_update(self, schedule):
     setup, rl = self.setup, self.rl
 
-    def update(state, ref_params, batch):
+    def update(state, ref_params, batch, sup):
       with sharding.use_rules(setup.mesh, setup.rules):
         def loss_fn(params):
           parts = []
@@ -249,6 +263,15 @@ class TreeRL:
 
         (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"])
+        # Interference under R3: the RL gradient against the understanding
+        # tasks' supervised gradients (r3jax.interference's cosine).
+        for name, b in sup.items():
+          g = jax.grad(lambda p, b=b: losses_lib.token_xent(
+              setup.model(p)(b["image"], b["tokens"]), b)[0])(state["params"])
+          dot = sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(grads),
+                                                   jax.tree.leaves(g)))
+          m[f"interf/cos/rl:{name}"] = dot / jnp.maximum(
+              optax.tree.norm(grads) * optax.tree.norm(g), 1e-30)
         updates, opt = setup.tx.update(grads, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
       m = dict(m, loss=loss, grad_norm=optax.tree.norm(grads),
@@ -274,8 +297,9 @@ class TreeRL:
       self.buffer = []
     batch = {k: {f: _put(np.asarray(v), self.shard) for f, v in b.items()}
              for k, b in batch.items()}
+    sup = next(self.sup) if self.sup is not None else {}
     with jax.set_mesh(self.setup.mesh):
-      state, dm = self._update(state, ref_params, batch)
+      state, dm = self._update(state, ref_params, batch, sup)
     m.update(jax.device_get(dm))
     return state, {k: float(v) for k, v in m.items()}
 

@@ -82,7 +82,7 @@ class World:
       loop = r3_loop.R3Loop(
           setup, self.tokenizer, self.world, rounds=self.config.r3.rounds,
           batch_size=eval_cfg.batch_size, caption_len=tasks.caption.max_len,
-          r3_len=r3_len, direct=direct)
+          r3_len=r3_len, direct=direct, lookup=self.config.r3.lookup)
     return Evaluation(evaluator_lib.Evaluator(
         setup, records, self.tokenizer, tasks, eval_cfg.batch_size, scorers),
         loop, records)

@@ -1,0 +1,154 @@
+"""Latency of one reason -> reflect -> refine round against single-pass
+captioning, on the same test images, batch and hardware, in one run.
+
+  python benchmarks/r3_latency.py --workdir runs/r3_sft   # a trained R3 model
+      [--examples 256] [--batch 64] [--repeats 5] [--lookup 8]
+
+Prints name=value lines:
+  caption_ms        median time to caption the images (greedy, KV cache)
+  round_ms          one reflect + refine decode of the model's own drafts with
+                    prompt-lookup verification (--lookup tokens per call)
+  round_plain_ms    the same without lookup
+  always_ms         the round on drafts that all need an edit (reference
+                    captions with one corruption), with lookup
+  ratio             (caption + round) / caption
+  ratio_plain       (caption + round_plain) / caption
+  ratio_always_edit (caption + always) / caption
+and the per-stage split: images encoded, drafts edited, generated tokens of
+the reflect and refine stages per example, and decode calls per round.
+Without --workdir a freshly initialised model is timed (it says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from r3jax import config as config_lib  # noqa: E402
+from r3jax.r3 import loop as r3_loop  # noqa: E402
+from r3jax.train import checkpoint as ckpt_lib  # noqa: E402
+from r3jax.train import loop as train_loop  # noqa: E402
+from r3jax.world import available_corruptions, corrupt, scene_from_arrays  # noqa: E402
+
+
+def _config(workdir: str | None) -> ml_collections.ConfigDict:
+  if workdir:
+    with open(os.path.join(workdir, "config.json")) as f:
+      c = ml_collections.ConfigDict(json.load(f))
+    for k in ("shapes", "colors", "sizes", "relation_axes"):
+      c.world[k] = tuple(c.world[k])
+    c.sharding_rules = [tuple(r) for r in c.sharding_rules]
+    return c
+  from configs import r3_sft
+  return r3_sft.get_config()
+
+
+def _time(fn, repeats):
+  fn()  # compile
+  out = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    out.append(time.perf_counter() - t0)
+  return statistics.median(out)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--workdir", default=None)
+  p.add_argument("--examples", type=int, default=256)
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--lookup", type=int, default=8)
+  args = p.parse_args()
+
+  c = _config(args.workdir)
+  c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
+  mesh, world, setup, init = train_loop.build(c)
+  state = init()
+  trained = False
+  if args.workdir:
+    ck = ckpt_lib.Checkpointer(os.path.join(args.workdir, "checkpoints"), 1, 1)
+    if ck.latest_step() is not None:
+      state, _ = ck.restore(setup.abstract)
+      trained = True
+    ck.close()
+  params = state["params"]
+  records = world.records("test", args.examples)
+  tok, cfg = world.tokenizer, world.world
+  kw = dict(rounds=1, batch_size=args.batch, caption_len=c.tasks.caption.max_len,
+            r3_len=c.tasks.refine.max_len)
+  fast = r3_loop.R3Loop(setup, tok, cfg, lookup=args.lookup, **kw)
+  plain = r3_loop.R3Loop(setup, tok, cfg, lookup=0, **kw)
+  rng = jax.random.key(0)
+  n = len(records)
+  rows = list(range(n))
+  lead = tok.task_id("reflect")
+
+  with jax.set_mesh(mesh):
+    kv = fast._encode(params, records)
+    first = [tok.task_id("caption"), tok.sep_id]
+    drafts = fast._decode(params, kv, rows, [first] * n, kw["caption_len"], rng)
+    own = [[lead] + d + [tok.sep_id] for d in drafts]
+    wrong = []
+    for i, r in enumerate(records):
+      scene = scene_from_arrays(r["scene"], cfg)
+      kinds = available_corruptions(scene, cfg)
+      text = corrupt(scene, np.random.default_rng(i), cfg, kinds[i % len(kinds)])
+      wrong.append([lead] + tok.encode(text) + [tok.sep_id])
+
+    def caption():
+      enc = fast._encode(params, records)
+      fast._decode(params, enc, rows, [first] * n, kw["caption_len"], rng)
+
+    def round_with(lp, prompts):
+      return lambda: lp._decode(params, kv, rows, prompts, kw["r3_len"], rng)
+
+    t_cap = _time(caption, args.repeats)
+    t_round = _time(round_with(fast, own), args.repeats)
+    t_plain = _time(round_with(plain, own), args.repeats)
+    t_always = _time(round_with(fast, wrong), args.repeats)
+    outs = {name: fast._decode(params, kv, rows, prompts, kw["r3_len"], rng)
+            for name, prompts in (("own", own), ("wrong", wrong))}
+
+  def split(outs):
+    edited = [o for o in outs if tok.sep_id in o]
+    reflect = [o.index(tok.sep_id) if tok.sep_id in o else len(o) for o in outs]
+    refine = [len(o) - o.index(tok.sep_id) - 1 for o in edited]
+    return (len(edited) / len(outs), float(np.mean(reflect)),
+            float(np.mean(refine)) if refine else 0.0)
+
+  dev = jax.devices()[0]
+  print(f"hardware={dev.platform}:{getattr(dev, 'device_kind', '?')} "
+        f"x{jax.device_count()} host_cpus={os.cpu_count()} "
+        f"({platform.processor() or platform.machine()})")
+  print(f"model={'trained ' + args.workdir if trained else 'untrained (no --workdir checkpoint)'} "
+        f"examples={n} batch={args.batch} lookup={args.lookup} "
+        f"repeats={args.repeats}")
+  print(f"caption_ms={1e3 * t_cap:.1f}")
+  print(f"round_ms={1e3 * t_round:.1f}")
+  print(f"round_plain_ms={1e3 * t_plain:.1f}")
+  print(f"always_ms={1e3 * t_always:.1f}")
+  print(f"ratio={(t_cap + t_round) / t_cap:.3f}")
+  print(f"ratio_plain={(t_cap + t_plain) / t_cap:.3f}")
+  print(f"ratio_always_edit={(t_cap + t_always) / t_cap:.3f}")
+  for name, o in outs.items():
+    edited, reflect, refine = split(o)
+    print(f"{name}_drafts_edited={edited:.3f} {name}_reflect_tokens={reflect:.1f} "
+          f"{name}_refine_tokens={refine:.1f}")
+  print(f"caption_tokens={np.mean([len(d) for d in drafts]):.1f}")
+
+
+if __name__ == "__main__":
+  main()

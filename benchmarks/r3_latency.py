@@ -44,10 +44,22 @@ from r3jax.world import available_corruptions, corrupt, scene_from_arrays  # noq
 
 def _config(workdir: str | None) -> ml_collections.ConfigDict:
   if workdir:
+    # The run's settings over today's defaults (keys added since keep theirs).
     with open(os.path.join(workdir, "config.json")) as f:
-      c = ml_collections.ConfigDict(json.load(f))
-    for k in ("shapes", "colors", "sizes", "relation_axes"):
-      c.world[k] = tuple(c.world[k])
+      saved = json.load(f)
+    c = config_lib.defaults()
+    config_lib.select_tasks(c, list(saved["tasks"]))
+
+    def merge(dst, src):
+      for k, v in src.items():
+        if k in dst and isinstance(dst[k], ml_collections.ConfigDict) and (
+            isinstance(v, dict)) and k not in ("tasks", "enc_overrides",
+                                               "split_sizes", "method_args"):
+          merge(dst[k], v)
+        elif k in dst:
+          dst[k] = type(dst[k])(v) if isinstance(dst[k], tuple) else v
+    with c.unlocked():
+      merge(c, saved)
     c.sharding_rules = [tuple(r) for r in c.sharding_rules]
     return c
   from configs import r3_sft

@@ -1,5 +1,6 @@
 """R3-SFT: captioning + VQA + ITA, plus the reflect and refine stages trained
-on verifier-derived targets with the reflect/refine consistency loss.
+on verifier-derived targets (drafts: corrupted references and the model's own
+captions) with the reflect/refine consistency loss.
 
   python -m r3jax.main --config configs/r3_sft.py --workdir runs/r3_sft
   args: runlocal (CPU smoke run), seed=N, steps=N, method=NAME
@@ -11,4 +12,8 @@ TASKS = ("caption", "vqa", "ita", "reflect", "refine")
 
 
 def get_config(arg: str | None = None):
-  return config_lib.world_experiment(arg, TASKS)
+  c = config_lib.world_experiment(arg, TASKS)
+  # Half the reflect / refine drafts are the model's own captions, refreshed
+  # every 300 steps (r3jax/r3/drafts.py); the rest are corrupted references.
+  c.r3.update(onpolicy_every=300, onpolicy_frac=0.5)
+  return c

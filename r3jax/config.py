@@ -75,7 +75,9 @@ def defaults() -> ml_collections.ConfigDict:
       p_stop=0.25,          # reflect drafts left correct (target: stop)
       corruptions=list(CORRUPTIONS),  # draft error kinds
       rounds=3,             # reflect -> refine rounds at inference
-      lookup=8,             # prompt-lookup tokens verified per call (0: off)
+      lookup=0,             # prompt-lookup tokens verified per call (0: off)
+      onpolicy_every=0,     # refresh the model's own drafts every N steps
+      onpolicy_frac=0.5,    # share of R3 examples then using them
   )
 
   # R3-RL (r3jax/r3/tree_rl.py): Tree-RL with GRPO instead of supervised
@@ -242,6 +244,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.r3 needs 0 <= p_stop <= 1, consistency >= 0, "
                      "self_questions >= 0, rounds >= 1 and lookup >= 0, got "
                      f"{r3.to_dict()}")
+  if r3.onpolicy_every < 0 or not 0 <= r3.onpolicy_frac <= 1:
+    raise ValueError("config.r3 needs onpolicy_every >= 0 and 0 <= "
+                     f"onpolicy_frac <= 1, got {r3.to_dict()}")
+  if r3.onpolicy_every and config.data.layout != "split":
+    raise ValueError("on-policy drafts (config.r3.onpolicy_every) need "
+                     "config.data.layout='split'")
   if {"reflect", "refine", "refine_direct"} & set(config.tasks) and (
       "caption" not in config.tasks):
     raise ValueError("the R3 tasks refine a caption the model drafts: add the "

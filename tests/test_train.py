@@ -60,8 +60,16 @@ class _Crash(Exception):
   pass
 
 
-def test_resume_after_crash_equals_uninterrupted(tiny, tmp_path, monkeypatch):
-  c = tiny()
+@pytest.mark.parametrize("variant", ["joint", "r3_onpolicy"])
+def test_resume_after_crash_equals_uninterrupted(tiny, tmp_path, monkeypatch,
+                                                 variant):
+  if variant == "joint":
+    c = tiny()
+  else:  # R3 tasks whose drafts at step 6 are the model's own (window 1)
+    c = tiny(("caption", "reflect", "refine"))
+    c.r3.update(onpolicy_every=2, onpolicy_frac=0.5)
+    c.data.update(prefetch=1, read_threads=1)
+    c.evals.max_examples = c.final_eval.max_examples = 4
   c.total_steps, c.ckpt_every_steps, c.eval_every_steps = 6, 2, 100
   one = jax.devices()[:1]
   full = loop.train_and_evaluate(c, str(tmp_path / "full"), one)
@@ -90,8 +98,8 @@ def test_resume_after_crash_equals_uninterrupted(tiny, tmp_path, monkeypatch):
                                devices=one)
   b = loop.evaluate_checkpoint(c, str(tmp_path / "crash"), "validation",
                                devices=one)
-  assert {k: v for k, v in a.items() if k != "eval_seconds"} == {
-      k: v for k, v in b.items() if k != "eval_seconds"}
+  assert {k: v for k, v in a.items() if "seconds" not in k} == {
+      k: v for k, v in b.items() if "seconds" not in k}
   assert {k: v for k, v in full.items() if "seconds" not in k} == {
       k: v for k, v in resumed.items() if "seconds" not in k}
 
@@ -112,6 +120,11 @@ def test_resume_after_crash_equals_uninterrupted(tiny, tmp_path, monkeypatch):
   assert [drop(r) for r in rows[0]] == [drop(r) for r in rows[1]]
   assert [r["step"] for r in rows[1] if "loss" in r] == list(range(1, 7))
   assert json.load(open(tmp_path / "crash" / "config.json"))["total_steps"] == 6
+  if variant == "r3_onpolicy":  # step 6 trained on the model's own drafts
+    windows = [json.load(open(tmp_path / s / "drafts" / "window000001.json"))
+               for s in ("full", "crash")]
+    assert windows[0] == windows[1] and windows[0]["reflect"]
+    assert windows[0]["refine"]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(

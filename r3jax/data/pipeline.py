@@ -43,6 +43,12 @@ def _task_seed(seed: int, task: str) -> int:
   return (seed * 1_000_003 + zlib.crc32(task.encode())) % (2**31)
 
 
+def stream(source, task: str, seed: int) -> grain.MapDataset:
+  """A task's example stream before formatting: stream[j] is the record of
+  its j-th example (batch b holds examples b * batch_size ...)."""
+  return grain.MapDataset.source(source).shuffle(seed=_task_seed(seed, task)).repeat()
+
+
 def task_dataset(source, tokenizer, task: str, max_len: int, global_batch: int,
                  seed: int, process_index: int = 0, process_count: int = 1,
                  context: Mapping[str, Any] | None = None) -> grain.MapDataset:
@@ -53,12 +59,13 @@ def task_dataset(source, tokenizer, task: str, max_len: int, global_batch: int,
   task_fmt = tasks_lib.formatter(task, tokenizer, max_len, context)
   tseed = _task_seed(seed, task)
 
-  def fmt(record, rng):
-    out = task_fmt(record, rng)
+  def fmt(indexed, rng):
+    index, record = indexed
+    out = task_fmt(record, rng, index)
     out["image"] = np.asarray(record["image"], np.uint8)
     return out
 
-  ds = grain.MapDataset.source(source).shuffle(seed=tseed).repeat()
+  ds = stream(source, task, seed).map_with_index(lambda j, r: (j, r))
   ds = ds.random_map(fmt, seed=tseed + 1)
   local = global_batch // process_count
   ds = _ProcessRows(ds, global_batch, local, process_index)

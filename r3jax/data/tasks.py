@@ -32,8 +32,9 @@ class Task:
   # record -> [(question or None, target-or-references, extra)]; None: the
   # task has its own evaluation (R3: r3jax.r3.loop)
   eval_items: Callable[[Record], list[tuple[str | None, Any, dict]]] | None
-  # (tokenizer, max_len, context) -> (record, rng) -> training arrays, for
-  # tasks that are more than one question and one target
+  # (tokenizer, max_len, context) -> (record, rng, index) -> training arrays,
+  # for tasks that are more than one question and one target; `index` is the
+  # example's position in the task's stream (None in the shared layout)
   formatter: Callable | None = None
 
 
@@ -84,7 +85,8 @@ register(Task(
 for _name in ("reflect", "refine", "refine_direct"):
   register(Task(_name, sample=None, eval_items=None, formatter=functools.partial(
       lambda name, tokenizer, max_len, context: r3_data.formatter(
-          name, tokenizer, max_len, context["world"], context["r3"]), _name)))
+          name, tokenizer, max_len, context["world"], context["r3"],
+          context.get("drafts")), _name)))
 
 
 def formatter(name: str, tokenizer, max_len: int,
@@ -97,7 +99,8 @@ def formatter(name: str, tokenizer, max_len: int,
       raise ValueError(f"task {name!r} needs the world and r3 settings")
     return task.formatter(tokenizer, max_len, context)
 
-  def fmt(record, rng):
+  def fmt(record, rng, index=None):
+    del index
     question, target = task.sample(record, rng)
     return format_sequence(tokenizer, name, question, target, max_len)
   return fmt

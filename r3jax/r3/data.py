@@ -19,7 +19,10 @@ Tasks (registered in r3jax.data.tasks):
   refine_direct  the <refine> format, loss on REFINED <eos>
 Drafts are reference captions: for `reflect` unchanged with probability
 `p_stop` (target: the stop string), otherwise with one corruption of a kind
-drawn from `corruptions`; `refine` only sees drafts that need an edit.
+drawn from `corruptions`; `refine` only sees such drafts that need an edit.
+With on-policy drafts (r3jax.r3.drafts) a fraction of the examples use the
+model's own recent caption instead, whatever its errors (or none: then the
+reflect target is the stop string and refine repeats it).
 
 Consistency fields (refine only), Q = self_questions, K answers, J words:
   cons_src      [Q]      position whose logits predict the reflection's answer
@@ -199,10 +202,18 @@ def _consistency(tokenizer, questions, refined, cfg, options, reflect_at,
               cons_dst_ids=dst_ids, cons_weight=weight)
 
 
-def formatter(task: str, tokenizer, max_len: int, cfg: WorldConfig, options):
-  """(record, rng) -> training arrays of an R3 task (see the module doc)."""
-  def fmt(record, rng):
-    scene, text = draft(record, rng, cfg, options,
-                        stop_allowed=task == "reflect")
+def formatter(task: str, tokenizer, max_len: int, cfg: WorldConfig, options,
+              drafts=None):
+  """(record, rng, index) -> training arrays of an R3 task (see the module
+  doc); with a DraftStore (r3jax.r3.drafts) its selected examples use the
+  model's own draft."""
+  def fmt(record, rng, index=None):
+    if drafts is not None and index is not None and task in drafts.batch and (
+        drafts.selected(task, index)):
+      scene = scene_from_arrays(record["scene"], cfg)
+      text = drafts.get(task, index)
+    else:
+      scene, text = draft(record, rng, cfg, options,
+                          stop_allowed=task == "reflect")
     return sequence(tokenizer, task, text, scene, cfg, options, rng, max_len)
   return fmt

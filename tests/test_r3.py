@@ -81,21 +81,31 @@ def test_correct_drafts_teach_the_stop_string(world):
     assert trained.endswith(edit.STOP + " <eos>")
 
 
-def test_consistency_positions_point_at_answer_and_caption_word(world):
+@pytest.mark.parametrize("self_questions", [0, 2])
+def test_consistency_pairs_point_at_reflection_and_caption_words(
+    world, self_questions):
+  """Each pair links a word the reflection commits to (a self-question's
+  answer, or a word of the instruction's new item) to the caption word of
+  REFINED stating the same answer."""
   tok = world.tokenizer
-  fmt = tasks_lib.formatter("refine", tok, 144, world.task_context())
+  opts = world.config.r3.copy_and_resolve_references()
+  opts.self_questions = self_questions
+  fmt = tasks_lib.formatter("refine", tok, 144,
+                            {"world": world.world, "r3": opts})
   pairs = 0
   for i in range(30):
     out = fmt(world.train_source[i], np.random.default_rng(i))
+    assert out["cons_src"].shape == (self_questions + r3_data.PHRASE_WORDS,)
     for q in np.flatnonzero(out["cons_weight"]):
-      answer = out["targets"][out["cons_src"][q]]
+      said = out["targets"][out["cons_src"][q]]
       word = out["targets"][out["cons_dst"][q]]
-      k = list(out["cons_src_ids"][q]).index(answer)
-      assert word in out["cons_dst_ids"][q, k]
+      k = [a for a in range(out["cons_src_ids"].shape[1])
+           if said in out["cons_src_ids"][q, a]]
+      assert len(k) == 1 and word in out["cons_dst_ids"][q, k[0]]
       assert out["loss_mask"][out["cons_dst"][q]] == 1  # inside REFINED
       assert out["loss_mask"][out["cons_src"][q]] == 0  # reflection is context
       pairs += 1
-  assert pairs >= 15
+  assert pairs >= 30
 
 
 def _cons_batch(v=8):
@@ -147,15 +157,14 @@ def test_consistency_gradient_stops_at_the_reflect_side():
   assert float(jnp.abs(g[0, 1]).max()) > 1e-3  # refine caption-word logits
 
 
-def test_consistency_needs_self_questions():
+def test_r3_settings_are_checked():
   from conftest import tiny_config
   c = tiny_config(("caption", "refine"))
-  c.r3.self_questions = 0
-  with pytest.raises(ValueError, match="needs config.r3.self_questions > 0"):
-    config_lib.validate(c)
-  c.r3.consistency = 0.0
   config_lib.validate(c)
   c.r3.corruptions = ["colour"]
   with pytest.raises(ValueError, match=r"unknown \['colour'\]"):
+    config_lib.validate(c)
+  c = tiny_config(("vqa", "refine"))
+  with pytest.raises(ValueError, match="add the caption task"):
     config_lib.validate(c)
   assert r3_data.num_answers(world_setup.world_config(c)) == 4

@@ -1,12 +1,15 @@
 """The consistency loss between the reflect and the refine stage.
 
-In one refine sequence the reflection asks questions about the draft and
-answers them from the image ("how many small red circles are there ? two"),
-and the refined caption later states the same thing in a caption word ("two
-small red circles"). For every such pair q (r3jax.r3.data):
+In one refine sequence the reflection commits to facts before the refined
+caption states them: the instruction's new item ("replace ... with two small
+red circles": a count, a size, a colour, a shape) and, in the self-questioning
+variant, its answers from the image ("how many small red circles are there ?
+two"). The refined caption later states each in a caption word ("two small
+red circles"). For every such pair q (r3jax.r3.data), with the answers a of
+the slot's kind (counts, sizes, colours or shapes):
 
-  p_q(a)  = softmax of the logits predicting the reflection's answer,
-            restricted to the question's answers and renormalised
+  p_q(a)  = the probability the reflect stage gives to the words stating a
+            where it commits (restricted to the slot's answers, renormalised)
   r_q(a)  = the probability the refine stage gives, at the caption word, to
             the words that state answer a ("one": "a" / "an" / "one"),
             restricted and renormalised the same way

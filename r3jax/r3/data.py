@@ -24,14 +24,18 @@ With on-policy drafts (r3jax.r3.drafts) a fraction of the examples use the
 model's own recent caption instead, whatever its errors (or none: then the
 reflect target is the stop string and refine repeats it).
 
-Consistency fields (refine only), Q = self_questions, K answers, J words:
-  cons_src      [Q]      position whose logits predict the reflection's answer
-  cons_dst      [Q]      position whose logits predict the caption word that
-                         states the same thing in REFINED
-  cons_src_ids  [Q,K]    token of each possible answer (-1: none)
+Consistency pairs (refine only; r3jax.r3.consistency): a word the reflection
+commits to, and the word of REFINED that states the same thing. They come
+from the instruction's new phrase ("... with two small red circles", "add a
+large blue square": its count, size, colour and shape words, each paired with
+the same word of that phrase in REFINED) and from the self-questions' answers
+(paired with the caption word that answers them). Q = self_questions +
+PHRASE_WORDS pairs, K answers, J words per answer:
+  cons_src      [Q]      position whose logits predict the reflection's word
+  cons_dst      [Q]      position whose logits predict the caption word
+  cons_src_ids  [Q,K,J]  reflection words stating each answer (-1: none)
   cons_dst_ids  [Q,K,J]  caption words stating each answer ("one": a/an/one)
-  cons_weight   [Q]      the coefficient, 0 where the refined caption does not
-                         state the answer (e.g. a kind with count zero)
+  cons_weight   [Q]      the coefficient; 0 for unused pairs
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from r3jax.world import edit as edit_lib
 from r3jax.world.config import NUMBERS, WorldConfig
 from r3jax.world.corrupt import available_corruptions, corrupt
 from r3jax.world.facts import KindCount, Ref, resolve
-from r3jax.world.language import _item_text, article, plural
+from r3jax.world.language import _item_text, plural
 from r3jax.world.scene import Scene, scene_from_arrays
 
 _J = 3  # caption words per answer at most ("a", "an", "one")
@@ -108,16 +112,21 @@ def _slot(refined: str, key: tuple, cfg: WorldConfig) -> int | None:
   return None
 
 
-def _answer_words(key: tuple, cfg: WorldConfig) -> list[tuple[str, list[str]]]:
-  """(answer, caption words stating it) for every answer of the question."""
-  if key[0] == "count":
-    return [(NUMBERS[n], [article(key[1][0]), "one"] if n == 1 else
-             [NUMBERS[n]]) for n in range(1, cfg.max_objects + 1)]
-  return [(c, [c]) for c in cfg.colors]
+PHRASE_WORDS = 4  # det size colour shape of an item in an instruction
+
+
+def _answers(kind: str, cfg: WorldConfig) -> list[list[str]]:
+  """The words that state each answer of one kind of slot."""
+  if kind == "count":
+    return [["a", "an", "one"] if n == 1 else [NUMBERS[n]]
+            for n in range(1, cfg.max_objects + 1)]
+  if kind == "shape":
+    return [[s, plural(s)] for s in cfg.shapes]
+  return [[v] for v in (cfg.colors if kind == "color" else cfg.sizes)]
 
 
 def num_answers(cfg: WorldConfig) -> int:
-  return max(cfg.max_objects, len(cfg.colors))
+  return max(cfg.max_objects, len(cfg.colors), len(cfg.shapes), len(cfg.sizes))
 
 
 def reflection(questions, instruction: str) -> str:
@@ -150,8 +159,8 @@ def sequence(tokenizer, task: str, text: str, scene: Scene, cfg: WorldConfig,
   refined = edit_lib.apply(edit, text, scene, cfg)
   parts.append(("refine", tokenizer.encode(refined) + [tokenizer.eos_id]))
   out = _arrays(tokenizer, task, parts, max_len, text)
-  out.update(_consistency(tokenizer, questions, refined, cfg, options,
-                            len(prompt), len(prompt) + len(reflect_ids) + 1))
+  out.update(_consistency(tokenizer, questions, instr, refined, cfg, options,
+                          len(prompt), len(prompt) + len(reflect_ids) + 1))
   return out
 
 
@@ -176,28 +185,54 @@ def _arrays(tokenizer, task, parts, max_len, text) -> dict[str, np.ndarray]:
   return dict(tokens=tokens, targets=targets, loss_mask=loss_mask)
 
 
-def _consistency(tokenizer, questions, refined, cfg, options, reflect_at,
-                 refine_at) -> dict[str, np.ndarray]:
-  q, k = options.self_questions, num_answers(cfg)
+def _phrase_pairs(instruction: str, refined: str, cfg: WorldConfig
+                  ) -> list[tuple[int, int, str]]:
+  """(word index in the instruction, word index in REFINED, slot kind) for
+  the new item phrase of an add / replace instruction found in REFINED."""
+  words = instruction.split()
+  if words[:1] == ["add"]:
+    start = 1
+  elif words[:1] == ["replace"] and "with" in words:
+    start = words.index("with") + 1
+  else:
+    return []
+  phrase = words[start:]
+  if len(phrase) != PHRASE_WORDS or phrase[1] not in cfg.sizes:
+    return []  # a relation clause, not an item
+  out_words = refined.split()
+  for i in range(len(out_words) - len(phrase) + 1):
+    if out_words[i:i + len(phrase)] == phrase:
+      return [(start + o, i + o, kind) for o, kind in
+              enumerate(("count", "size", "color", "shape"))]
+  return []
+
+
+def _consistency(tokenizer, questions, instruction, refined, cfg, options,
+                 reflect_at, refine_at) -> dict[str, np.ndarray]:
+  q, k = options.self_questions + PHRASE_WORDS, num_answers(cfg)
   src = np.zeros(q, np.int32)
   dst = np.zeros(q, np.int32)
-  src_ids = np.full((q, k), -1, np.int32)
+  src_ids = np.full((q, k, _J), -1, np.int32)
   dst_ids = np.full((q, k, _J), -1, np.int32)
   weight = np.zeros(q, np.float32)
+  pairs = []  # (full index of the reflection word, word index in REFINED, kind)
   pos = reflect_at
-  for i, (question, _, key) in enumerate(questions):
+  for question, _, key in questions:
     answer_at = pos + len(question.split())  # the question ends with "?"
     pos = answer_at + 2  # past the answer and "."
     slot = _slot(refined, key, cfg)
-    if slot is None:
-      continue
-    for j, (answer, words) in enumerate(_answer_words(key, cfg)):
-      src_ids[i, j] = tokenizer.encode(answer)[0]
-      ids = [tokenizer.encode(w)[0] for w in dict.fromkeys(words)]
-      dst_ids[i, j, :len(ids)] = ids
+    if slot is not None:
+      pairs.append((answer_at, slot, key[0]))
+  pairs += [(pos + i, j, kind) for i, j, kind in
+            _phrase_pairs(instruction, refined, cfg)]
+  for n, (at, slot, kind) in enumerate(pairs):
+    for a, words in enumerate(_answers(kind, cfg)):
+      ids = [tokenizer.encode(w)[0] for w in words]
+      src_ids[n, a, :len(ids)] = ids
+      dst_ids[n, a, :len(ids)] = ids
     # Logits at position p predict token p + 1.
-    src[i], dst[i] = answer_at - 1, refine_at + slot - 1
-    weight[i] = options.consistency
+    src[n], dst[n] = at - 1, refine_at + slot - 1
+    weight[n] = options.consistency
   return dict(cons_src=src, cons_dst=dst, cons_src_ids=src_ids,
               cons_dst_ids=dst_ids, cons_weight=weight)
 

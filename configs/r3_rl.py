@@ -26,5 +26,6 @@ def get_config(arg: str | None = None):
     c.optim.warmup_steps = 1
   else:
     c.total_steps = a.steps or 200
-    c.log_every_steps, c.ckpt_every_steps, c.eval_every_steps = 2, 50, 100
+    # Every step logged: root and branch steps alternate.
+    c.log_every_steps, c.ckpt_every_steps, c.eval_every_steps = 1, 50, 100
   return c

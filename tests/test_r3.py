@@ -168,3 +168,29 @@ def test_r3_settings_are_checked():
   with pytest.raises(ValueError, match="add the caption task"):
     config_lib.validate(c)
   assert r3_data.num_answers(world_setup.world_config(c)) == 4
+
+
+def test_on_policy_drafts_keep_the_batch_structure(world, tmp_path):
+  """The model's own draft replaces the corrupted reference for selected
+  examples; a right draft still teaches reflect to stop, while refine then
+  falls back to a corrupted draft, so every example has the same arrays."""
+  from r3jax.r3.drafts import DraftStore
+  tok, cfg = world.tokenizer, world.world
+  store = DraftStore(str(tmp_path), every=1, frac=1.0, margin=0,
+                     batch_sizes={"reflect": 1, "refine": 1}, seed=0)
+  record = world.train_source[0]
+  right = str(record["captions"][0])
+  store.put(1, {"reflect": {1: right}, "refine": {1: right}})
+  ctx = {"world": cfg, "r3": world.config.r3, "drafts": store}
+  for task in ("reflect", "refine"):
+    fmt = tasks_lib.formatter(task, tok, world.config.tasks[task].max_len, ctx)
+    plain = fmt(record, np.random.default_rng(0), 0)  # window 0: no draft
+    mine = fmt(record, np.random.default_rng(0), 1)
+    assert {k: v.shape for k, v in plain.items()} == {
+        k: v.shape for k, v in mine.items()}
+    full, trained = _parts(tok, mine)
+    if task == "reflect":
+      assert full.startswith(f"<reflect> {right} <sep>")
+      assert trained == edit.STOP + " <eos>"
+    else:
+      assert not full.startswith(f"<reflect> {right} <sep>")

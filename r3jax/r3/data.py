@@ -21,8 +21,8 @@ Drafts are reference captions: for `reflect` unchanged with probability
 `p_stop` (target: the stop string), otherwise with one corruption of a kind
 drawn from `corruptions`; `refine` only sees such drafts that need an edit.
 With on-policy drafts (r3jax.r3.drafts) a fraction of the examples use the
-model's own recent caption instead, whatever its errors (or none: then the
-reflect target is the stop string and refine repeats it).
+model's own recent caption instead, whatever its errors; a right one teaches
+`reflect` to stop, and `refine` replaces it by a corrupted reference caption.
 
 Consistency pairs (refine only; r3jax.r3.consistency): a word the reflection
 commits to, and the word of REFINED that states the same thing. They come
@@ -243,11 +243,14 @@ def formatter(task: str, tokenizer, max_len: int, cfg: WorldConfig, options,
   doc); with a DraftStore (r3jax.r3.drafts) its selected examples use the
   model's own draft."""
   def fmt(record, rng, index=None):
+    text = None
     if drafts is not None and index is not None and task in drafts.batch and (
         drafts.selected(task, index)):
       scene = scene_from_arrays(record["scene"], cfg)
       text = drafts.get(task, index)
-    else:
+      if task != "reflect" and edit_lib.diagnose(text, scene, cfg) is None:
+        text = None  # nothing to refine in a right draft: use a corrupted one
+    if text is None:
       scene, text = draft(record, rng, cfg, options,
                           stop_allowed=task == "reflect")
     return sequence(tokenizer, task, text, scene, cfg, options, rng, max_len)

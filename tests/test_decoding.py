@@ -192,7 +192,7 @@ REPEAT_LENS = jnp.array([5, 4, 3, 5], jnp.int32)
 
 
 @pytest.mark.parametrize("eos_id", [3, 99])
-@pytest.mark.parametrize("k", [1, 3, 6])
+@pytest.mark.parametrize("k", [1, 6])
 @pytest.mark.parametrize("seed", [2, 5])
 def test_lookup_decoding_equals_greedy(eos_id, k, seed):
   """Prompt-lookup verification changes only the speed: tokens, lengths and

@@ -260,9 +260,12 @@ def _vaccine_coeffs(gram_TxT, target_TxT, order_TxT, beta: float):
 
 class _Base:
   per_group = False
+  enumerates: ClassVar[bool] = False  # solves over all 2^T task subsets
 
   def init(self, num_tasks: int, num_groups: int) -> Any:
-    del num_tasks, num_groups
+    del num_groups
+    if self.enumerates:
+      _check_tasks(self.name, num_tasks)
     return {}
 
 
@@ -423,16 +426,13 @@ class MGDA(_Base):
   ||sum_i (alpha_i / n_i) g_i|| over the shared parameters.
   """
   name: ClassVar[str] = "mgda"
+  enumerates: ClassVar[bool] = True
   normalize: str = "none"
   ub: bool = False
 
   def __post_init__(self):
     _check_choice(self.name, "normalize", self.normalize,
                   ("none", "l2", "loss", "loss+"))
-
-  def init(self, num_tasks: int, num_groups: int):
-    _check_tasks(self.name, num_tasks)
-    return {}
 
   def __call__(self, inp: Inputs, state):
     t = _num_tasks(inp)
@@ -468,16 +468,13 @@ class CAGrad(_Base):
   direction's, so c = 0 is the plain sum. Measures the objective.
   """
   name: ClassVar[str] = "cagrad"
+  enumerates: ClassVar[bool] = True
   c: float = 0.4
   rescale: int = 1
 
   def __post_init__(self):
     _check(self.c >= 0, f"cagrad: c must be >= 0, got {self.c}")
     _check_choice(self.name, "rescale", self.rescale, (0, 1, 2))
-
-  def init(self, num_tasks: int, num_groups: int):
-    _check_tasks(self.name, num_tasks)
-    return {}
 
   def __call__(self, inp: Inputs, state):
     t = _num_tasks(inp)
@@ -660,16 +657,13 @@ class UPGrad(_Base):
   bound and the free ones solve G_FF v_F = -G_FA v_A; all 2^T candidates are
   clipped to the bounds and the best kept (T <= 8)."""
   name: ClassVar[str] = "upgrad"
+  enumerates: ClassVar[bool] = True
   norm_eps: float = 1e-4
   reg_eps: float = 1e-4
 
   def __post_init__(self):
     _check(self.norm_eps >= 0 and self.reg_eps >= 0, "upgrad: norm_eps and "
            f"reg_eps must be >= 0, got {self.norm_eps}, {self.reg_eps}")
-
-  def init(self, num_tasks: int, num_groups: int):
-    _check_tasks(self.name, num_tasks)
-    return {}
 
   def __call__(self, inp: Inputs, state):
     t = _num_tasks(inp)

@@ -42,7 +42,7 @@ from jax.experimental import multihost_utils
 from r3jax import sharding
 from r3jax.data import tasks as tasks_lib
 from r3jax.model import decoding
-from r3jax.world import edit as edit_lib
+from r3jax.r3 import rewards as rewards_lib
 from r3jax.world.config import WorldConfig
 from r3jax.world.scene import scene_from_arrays
 from r3jax.world.verify import verify
@@ -150,13 +150,15 @@ class R3Loop:
         out[sel[j]] = [t for t in ids[:cut] if t != self._tok.pad_id]
     return [out[i] for i in range(len(rows))]
 
+  def _drafts(self, params, kv_all, n: int, rng) -> list[list[int]]:
+    first = tasks_lib.prompt_ids(self._tok, "caption", None)
+    return self._decode(params, kv_all, list(range(n)), [first] * n,
+                        self._caption_len, rng)
+
   def captions(self, params, records: Sequence[Mapping[str, Any]],
                seed: int = 0) -> list[str]:
     """Round 0 only: the model's draft caption of every record."""
-    kv_all = self._encode(params, records)
-    first = tasks_lib.prompt_ids(self._tok, "caption", None)
-    ids = self._decode(params, kv_all, list(range(len(records))),
-                       [first] * len(records), self._caption_len,
+    ids = self._drafts(params, self._encode(params, records), len(records),
                        jax.random.key(seed))
     return [self._tok.decode(d) for d in ids]
 
@@ -166,14 +168,13 @@ class R3Loop:
     tok = self._tok
     rng = jax.random.key(seed)
     kv_all = self._encode(params, records)
-    n = len(records)
-    first = tasks_lib.prompt_ids(tok, "caption", None)
-    drafts = self._decode(params, kv_all, list(range(n)), [first] * n,
-                          self._caption_len, jax.random.fold_in(rng, 0))
+    drafts = self._drafts(params, kv_all, len(records), jax.random.fold_in(rng, 0))
     trajs = [Trajectory([tok.decode(d)], [], tokens=len(d) + 1) for d in drafts]
-    active = list(range(n))
+    active = list(range(len(records)))
     lead = tok.task_id("refine" if self._direct else "reflect")
     for r in range(1, self._rounds + 1):
+      if not active:
+        break
       prompts = [[lead] + tok.encode(trajs[i].captions[-1]) + [tok.sep_id]
                  for i in active]
       outs = self._decode(params, kv_all, active, prompts, self._r3_len,
@@ -187,26 +188,19 @@ class R3Loop:
           stop = refined == t.captions[-1]
         else:
           reflection, sep, rest = _split_at(ids, tok.sep_id)
-          reflection = tok.decode(reflection)
-          instruction = reflection.rsplit(" . ", 1)[-1]
-          parsed = edit_lib.parse_instruction(instruction)
-          stop = parsed is None or parsed[0] == "stop" or not sep
-          refined = tok.decode(rest)
+          reflection, refined = tok.decode(reflection), tok.decode(rest)
+          _, stopped = rewards_lib.read_branch(reflection,
+                                               refined if sep else None)
+          stop = stopped or not sep
         t.reflections.append(reflection)
         if stop:
           t.stopped = True
-          t.captions.append(t.captions[-1])
         else:
           t.captions.append(refined)
           still.append(i)
-      for i in set(range(n)) - set(active):
-        trajs[i].captions.append(trajs[i].captions[-1])
       active = still
-      if not active:
-        for rr in range(r + 1, self._rounds + 1):
-          for t in trajs:
-            t.captions.append(t.captions[-1])
-        break
+    for t in trajs:  # an example that stopped keeps its caption
+      t.captions += [t.captions[-1]] * (self._rounds + 1 - len(t.captions))
     seconds = time.perf_counter() - t0
     return trajs, self.scores(trajs, records, seconds)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -154,8 +154,8 @@ class TreeRL:
     g = self.rl.group_size
     rows = [r for r in self._groups(step) for _ in range(g)]
     prompt = tasks_lib.prompt_ids(self.tok, "caption", None)
-    outs = self._sample(params, self._images(rows), [prompt] * len(rows),
-                        self.cap_len, rng)
+    images = self._images(rows)
+    outs = self._sample(params, images, [prompt] * len(rows), self.cap_len, rng)
     rewards, vs = [], []
     for row, (ids, _) in zip(rows, outs):
       draft = self.tok.decode(ids)
@@ -166,7 +166,7 @@ class TreeRL:
       self.buffer.append(Rollout(row, draft, v))
     batch = self._sequences([prompt] * len(rows), outs, [0] * len(rows),
                             self.cap_len)
-    batch["image"] = self._images(rows)
+    batch["image"] = images
     batch["advantage"] = rewards_lib.advantages(rewards, g)
     m = {"rl/reward": np.mean(rewards), "rl/v": np.mean(vs),
          "rl/format": np.mean([r > 0 for r in rewards]), "rl/stage": 0.0}
@@ -191,8 +191,8 @@ class TreeRL:
     items = [d for d in drafts for _ in range(k)]
     prompts = [[tok.task_id("reflect")] + tok.encode(d.draft) + [tok.sep_id]
                for d in items]
-    outs = self._sample(params, self._images([d.record for d in items]),
-                        prompts, self.r3_len, rng)
+    images = self._images([d.record for d in items])
+    outs = self._sample(params, images, prompts, self.r3_len, rng)
     info = {k: [] for k in ("reward", "v", "stop", "format", "final",
                             "from", "to")}
     for d, (ids, _) in zip(items, outs):
@@ -214,7 +214,7 @@ class TreeRL:
       info["to"].append(cut + 1 if stopped else None)
     batch = self._sequences(prompts, outs, info["from"], self.r3_len,
                             info["to"])
-    batch["image"] = self._images([d.record for d in items])
+    batch["image"] = images
     batch["advantage"] = rewards_lib.advantages(info["reward"], k)
     m = {"rl/reward": np.mean(info["reward"]), "rl/v": np.mean(info["v"]),
          "rl/v_prev": np.mean([d.v for d in items]),
@@ -343,6 +343,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   rl = TreeRL(config, world, setup,
               optim.schedule(config.optim, config.total_steps))
   writer = metrics_lib.Writer(workdir)
+  evaluator = world.evaluator(setup, config.evals)
   t0 = time.perf_counter()
   try:
     for step in range(first, config.total_steps):
@@ -362,8 +363,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       if done % config.eval_every_steps == 0 and done != config.total_steps:
         with jax.set_mesh(mesh):
           writer.write(done, {f"{config.evals.split}/{k}": v for k, v in
-                              world.evaluator(setup, config.evals).run(
-                                  state["params"]).items()})
+                              evaluator.run(state["params"]).items()})
     ckpt.wait()
     train_seconds = time.perf_counter() - t0
     with jax.set_mesh(mesh):
@@ -376,12 +376,3 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
     ckpt.close()
 
-
-def rollout_view(batch: Mapping[str, np.ndarray], tokenizer) -> list[str]:
-  """Readable rows of a rollout batch (debugging aid)."""
-  out = []
-  for toks, mask in zip(batch["tokens"], batch["loss_mask"]):
-    words = [("[" + tokenizer.tokens[t] + "]") if m else tokenizer.tokens[t]
-             for t, m in zip(toks, mask) if t != tokenizer.pad_id]
-    out.append(" ".join(words))
-  return out

@@ -56,13 +56,16 @@ def make_instrument(config: ml_collections.ConfigDict, make_model
       {k: t.weight for k, t in config.tasks.items()}, config.data.layout)
 
 
-def make_update(config: ml_collections.ConfigDict, setup, make_model):
-  """The configured training step (plain or instrumented)."""
+def make_update(config: ml_collections.ConfigDict, setup, make_model,
+                instrument: interference_step.Instrument | None = None):
+  """The configured training step (plain or instrumented); `instrument`
+  defaults to make_instrument(config, make_model)."""
+  if instrument is None:
+    instrument = make_instrument(config, make_model)
   return step_lib.make_update(
       setup, {k: t.weight for k, t in config.tasks.items()},
       optim.schedule(config.optim, config.total_steps),
-      layout=config.data.layout,
-      instrument=make_instrument(config, make_model), seed=config.seed)
+      layout=config.data.layout, instrument=instrument, seed=config.seed)
 
 
 def _truncate_metrics(workdir: str, step: int) -> None:
@@ -106,9 +109,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpoint, and returns the final evaluation."""
   os.makedirs(workdir, exist_ok=True)
   mesh, world, setup, init_state = build(config, devices)
+  instrument = make_instrument(config, world.make_model)
   if jax.process_index() == 0:
     config_lib.dump(config, os.path.join(workdir, "config.json"))
-    instrument = make_instrument(config, world.make_model)
     if instrument is not None:  # the logged keys come sorted; keep the order
       with open(os.path.join(workdir, "interference.json"), "w") as f:
         json.dump({"tasks": instrument.tasks,
@@ -134,11 +137,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   first = int(jax.device_get(state["step"]))
   _truncate_metrics(workdir, first)
 
-  update = make_update(config, setup, world.make_model)
+  update = make_update(config, setup, world.make_model, instrument)
   probe = None
-  if config.interference.enabled and config.interference.probe_every > 0:
-    probe = interference_step.make_probe(
-        setup, make_instrument(config, world.make_model))
+  if instrument is not None and config.interference.probe_every > 0:
+    probe = interference_step.make_probe(setup, instrument)
   evaluator = world.evaluator(setup, config.evals)
   writer = metrics_lib.Writer(workdir)
   examples_per_step = sum(t.batch_size for t in config.tasks.values())

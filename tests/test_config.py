@@ -1,11 +1,15 @@
 """Bad configs fail early with messages that name the problem."""
 
+import glob
 import importlib
+import json
 import os
 import subprocess
 import sys
 
 import jax
+import ml_collections
+import numpy as np
 import pytest
 
 from r3jax import config as config_lib
@@ -119,3 +123,175 @@ def test_method_and_generation_weight_arguments():
   c.interference.method, c.interference.method_args = "cagrad", {"cc": 0.5}
   with pytest.raises(ValueError, match="has no hyper-parameter 'cc'"):
     config_lib.validate(c)
+
+
+SHIPPED = sorted(
+    os.path.basename(p)[:-3] for p in glob.glob(os.path.join(
+        os.path.dirname(__file__), "..", "configs", "*.py"))
+    if not p.endswith("__init__.py"))
+
+
+def test_every_config_file_is_shipped():
+  assert len(SHIPPED) >= 11 and set(EXPECTED_TASKS) <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_validates_and_fits(name):
+  for arg in (None, "runlocal"):
+    c = importlib.import_module(f"configs.{name}").get_config(arg)
+    config_lib.validate(c)
+    for devices in (1, 8):
+      shape = config_lib.check_devices(c, devices)
+      assert shape["data"] * shape["fsdp"] * shape["tensor"] == devices
+
+
+def _from_dict(edit):
+  """A config built from plain values, as a saved config.json would be:
+  ConfigDict's own assignment checks never saw them."""
+  d = config_lib.defaults().to_dict()
+  edit(d)
+  return ml_collections.ConfigDict(d)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(total_steps="100"),
+     r"config.total_steps must be an int, got str '100'"),
+    (lambda d: d.update(total_steps=100.0),
+     r"config.total_steps must be an int, got float 100.0"),
+    (lambda d: d.update(seed=True), r"config.seed must be an int, got bool"),
+    (lambda d: d.update(progress_bar=[1]),
+     r"config.progress_bar must be a bool, got list \[1\]"),
+    (lambda d: d["optim"].update(lr="2e-3"),
+     r"config.optim.lr must be a float \(or int\), got str"),
+    (lambda d: d["world"].update(shapes=("circle", 3)),
+     r"config.world.shapes\[1\] must be a str, got int 3"),
+    (lambda d: d["world"].update(shapes="circle"),
+     r"config.world.shapes must be a list or tuple, got str"),
+    (lambda d: d["tasks"]["vqa"].update(batch_size=8.0),
+     r"config.tasks.vqa.batch_size must be an int, got float 8.0"),
+    (lambda d: d["data"]["split_sizes"].update(train="64"),
+     r"config.data.split_sizes.train must be an int, got str"),
+    (lambda d: d["model"].update(enc_overrides=dict(widht=64)),
+     r"unknown key 'widht' in config.model.enc_overrides; known: "
+     r"\['width', 'depth', 'heads', 'mlp'\]"),
+    (lambda d: d["model"].update(enc_overrides=dict(width="64")),
+     r"config.model.enc_overrides.width must be an int"),
+    (lambda d: d["mesh"].update(data=None),
+     r"config.mesh.data must be an int, got NoneType None"),
+    (lambda d: d.update(world="big"), r"config.world must be a dict, got str"),
+    (lambda d: d.update(total_steps=dict(train=3)),
+     r"config.total_steps is one setting \(an int\), not a dict \(got "
+     r"config.total_steps.train\)"),
+])
+def test_wrong_types_name_the_key_and_both_types(edit, message):
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(_from_dict(edit))
+
+
+def test_compatible_types_are_accepted():
+  def edit(d):
+    d["optim"]["lr"] = 1  # an int where a float is expected
+    d["world"]["shapes"] = ["circle", "square"]  # a list for a tuple
+    d["sharding_rules"] = [list(r) for r in d["sharding_rules"]]
+    d["interference"]["thresholds"] = (0, -0.5)
+    d["total_steps"] = np.int64(10)
+  config_lib.validate(_from_dict(edit))
+  # A run's config.json, read back, validates as the config it was.
+  c = importlib.import_module("configs.r3_sft").get_config("runlocal")
+  config_lib.validate(ml_collections.ConfigDict(
+      json.loads(json.dumps(c.to_dict()))))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.model.update(dict(encoder="XL")),
+     r"config.model.encoder='XL' is not a named size; known: "
+     r"\['mu', 'Ti', 'S', 'B', 'L'\]"),
+    (lambda c: c.model.update(dict(stem="conv2")), r"'patch' or 'conv'"),
+    (lambda c: c.model.update(dict(patch_size=7)),
+     r"config.world.image_size=64 is not divisible by "
+     r"config.model.patch_size=7"),
+    (lambda c: c.model.update(dict(dec_heads=3)),
+     r"dec width 128 is not divisible by its 3 heads"),
+    (lambda c: c.model.enc_overrides.update(dict(depth=0)),
+     r"enc sizes must be > 0, got \{'depth': 0\}"),
+    (lambda c: c.mesh.update(dict(fsdp=0)),
+     r"config.mesh.fsdp=0: mesh sizes are positive or -1"),
+    (lambda c: c.evals.update(dict(split="dev")),
+     r"config.evals.split='dev' is not in config.data.split_sizes"),
+    (lambda c: c.final_eval.update(dict(batch_size=0)),
+     r"config.final_eval needs batch_size > 0"),
+    (lambda c: c.data.split_sizes.update(dict(test=0)),
+     r"config.data.split_sizes.test must be > 0"),
+    (lambda c: c.data.update(dict(layout="shared")),
+     r"layout='shared' needs equal task batch sizes"),
+])
+def test_bad_model_data_and_mesh_values(edit, message):
+  c = config_lib.defaults()
+  with c.unlocked():
+    edit(c)
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(c)
+
+
+def test_mesh_and_batches_must_fit_the_devices(tiny):
+  c = tiny()
+  c.mesh = dict(data=2, fsdp=2, tensor=1)
+  with pytest.raises(ValueError, match=(
+      r"config.mesh=\{'data': 2, 'fsdp': 2, 'tensor': 1\} needs 4 devices but "
+      r"8 are available; set config.mesh.data=-1 \(here 4\)")):
+    config_lib.check_devices(c, 8)
+  c.mesh = dict(data=-1, fsdp=3, tensor=1)
+  with pytest.raises(ValueError, match=(
+      r"needs a multiple of 3 devices but 8 are available; choose sizes whose "
+      r"product is 8")):
+    config_lib.check_devices(c, 8)
+  c.mesh = dict(data=-1, fsdp=1, tensor=2)
+  assert config_lib.check_devices(c, 8) == dict(data=4, fsdp=1, tensor=2)
+  c.tasks.vqa.batch_size = 6
+  with pytest.raises(ValueError, match=(
+      r"config.tasks.vqa.batch_size=6 is not divisible by the data-parallel "
+      r"size data\*fsdp=4 .*; use a multiple of 4")):
+    config_lib.check_devices(c, 8)
+  c.tasks.vqa.batch_size = 8
+  assert config_lib.check_devices(c, 8, num_processes=2)["data"] == 4
+  c.mesh = dict(data=1, fsdp=1, tensor=-1)
+  with pytest.raises(ValueError, match=(
+      r"config.tasks.caption.batch_size=8 .* and the 16 processes; use a "
+      r"multiple of 16")):
+    config_lib.check_devices(c, 16, num_processes=16)
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  c.evals.batch_size = 12
+  with pytest.raises(ValueError, match=r"config.evals.batch_size=12 is not "
+                                       r"divisible .* data\*fsdp=8"):
+    config_lib.check_devices(c, 8)
+  c.evals.batch_size = 8
+  c.final_eval.batch_size = 4
+  with pytest.raises(ValueError, match=r"config.final_eval.batch_size=4"):
+    config_lib.check_devices(c, 8)
+  c = importlib.import_module("configs.r3_rl").get_config("runlocal")
+  c.rl.group_size = 3  # 2 groups of 3 rollouts
+  with pytest.raises(ValueError, match=r"config.rl.groups\*group_size=6"):
+    config_lib.check_devices(c, 8)
+
+
+def test_build_rejects_a_misfit_before_building_anything(tiny, monkeypatch):
+  from r3jax.train import loop
+
+  def unreachable(*args, **kwargs):
+    raise AssertionError("build went past its checks")
+
+  monkeypatch.setattr(loop.world_setup, "load", unreachable)
+  monkeypatch.setattr(loop.sharding, "make_mesh", unreachable)
+  c = tiny(data=2)
+  with pytest.raises(ValueError, match=r"needs 2 devices but 8 are available; "
+                                       r"set config.mesh.data=-1 \(here 8\)"):
+    loop.build(c, jax.devices())
+  c = tiny(data=-1)
+  c.tasks.caption.batch_size = 4
+  with pytest.raises(ValueError, match=r"config.tasks.caption.batch_size=4 is "
+                                       r"not divisible .* data\*fsdp=8"):
+    loop.build(c, jax.devices())
+  c = tiny()
+  c.model.encoder = "XL"
+  with pytest.raises(ValueError, match=r"config.model.encoder='XL'"):
+    loop.build(c, jax.devices())

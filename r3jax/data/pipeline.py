@@ -39,6 +39,28 @@ class _ProcessRows(grain.MapDataset):
     return self._parents[0][k * self._g + self._p * self._b + j]
 
 
+def check_image(record: Mapping[str, Any], image_size: int | None = None
+                ) -> np.ndarray:
+  """The record's image as (S, S, 3) uint8, or a ValueError naming the record
+  (a float image is never cast: 0..1 values would all become 0)."""
+  image = np.asarray(record["image"])
+  want = (image_size, image_size, 3) if image_size else ("S", "S", 3)
+  if (image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or
+      image.shape[0] != image.shape[1] or
+      (image_size and image.shape[0] != image_size)):
+    where = f"record {record['index']}" if "index" in record else "a record"
+    raise ValueError(
+        f"{where} has an image of shape {image.shape} and dtype {image.dtype};"
+        f" expected shape {want} and dtype uint8 (0..255), the size being "
+        "config.world.image_size")
+  return image
+
+
+def _image_size(context: Mapping[str, Any] | None) -> int | None:
+  world = (context or {}).get("world")
+  return world.image_size if world is not None else None
+
+
 def _task_seed(seed: int, task: str) -> int:
   return (seed * 1_000_003 + zlib.crc32(task.encode())) % (2**31)
 
@@ -58,11 +80,13 @@ def task_dataset(source, tokenizer, task: str, max_len: int, global_batch: int,
                      f"divisible by the {process_count} processes")
   task_fmt = tasks_lib.formatter(task, tokenizer, max_len, context)
   tseed = _task_seed(seed, task)
+  image_size = _image_size(context)
 
   def fmt(indexed, rng):
     index, record = indexed
+    image = check_image(record, image_size)
     out = task_fmt(record, rng, index)
-    out["image"] = np.asarray(record["image"], np.uint8)
+    out["image"] = image
     return out
 
   ds = stream(source, task, seed).map_with_index(lambda j, r: (j, r))
@@ -86,9 +110,10 @@ def shared_dataset(source, tokenizer, tasks_cfg: Mapping[str, Any],
 
   fmts = {name: tasks_lib.formatter(name, tokenizer, tasks_cfg[name].max_len,
                                     context) for name in names}
+  image_size = _image_size(context)
 
   def fmt(record, rng):
-    image = np.asarray(record["image"], np.uint8)
+    image = check_image(record, image_size)
     out = {}
     for name in names:
       out[name] = fmts[name](record, rng)
@@ -100,6 +125,37 @@ def shared_dataset(source, tokenizer, tasks_cfg: Mapping[str, Any],
   local = global_batch // process_count
   ds = _ProcessRows(ds, global_batch, local, process_index)
   return ds.batch(local, drop_remainder=True)
+
+
+def _check_batch_sizes(tasks_cfg: Mapping[str, Any],
+                       mesh: jax.sharding.Mesh) -> None:
+  dp = mesh.shape["data"] * mesh.shape["fsdp"]
+  for name, t in sorted(tasks_cfg.items()):
+    if t.batch_size % dp:
+      raise ValueError(
+          f"config.tasks.{name}.batch_size={t.batch_size} is not divisible "
+          f"by the data-parallel size data*fsdp={dp}")
+
+
+def abstract_batch(tasks_cfg: Mapping[str, Any], tokenizer,
+                   record: Mapping[str, Any], mesh: jax.sharding.Mesh,
+                   context: Mapping[str, Any] | None = None
+                   ) -> dict[str, dict[str, jax.ShapeDtypeStruct]]:
+  """The global batch TrainData yields (either layout), as ShapeDtypeStructs
+  carrying its sharding: formatting `record`, any record of the world, once
+  per task fixes every shape and dtype, so nothing is read (for compiling
+  ahead of time)."""
+  _check_batch_sizes(tasks_cfg, mesh)
+  shard = sharding.batch_sharding(mesh)
+  rng = np.random.default_rng(0)
+  out = {}
+  for name, t in sorted(tasks_cfg.items()):
+    row = tasks_lib.formatter(name, tokenizer, t.max_len, context)(record, rng)
+    row["image"] = np.asarray(record["image"], np.uint8)
+    out[name] = {k: jax.ShapeDtypeStruct((t.batch_size, *np.shape(v)),
+                                         np.asarray(v).dtype, sharding=shard)
+                 for k, v in row.items()}
+  return out
 
 
 class TrainData:
@@ -115,14 +171,9 @@ class TrainData:
                prefetch: int = 4, layout: str = "split",
                context: Mapping[str, Any] | None = None):
     self._sharding = sharding.batch_sharding(mesh)
-    dp = mesh.shape["data"] * mesh.shape["fsdp"]
     opts = grain.ReadOptions(num_threads=read_threads,
                              prefetch_buffer_size=prefetch)
-    for name, t in sorted(tasks_cfg.items()):
-      if t.batch_size % dp:
-        raise ValueError(
-            f"config.tasks.{name}.batch_size={t.batch_size} is not divisible "
-            f"by the data-parallel size data*fsdp={dp}")
+    _check_batch_sizes(tasks_cfg, mesh)
     self._iters = {}
     if layout == "shared":
       sizes = {name: t.batch_size for name, t in tasks_cfg.items()}

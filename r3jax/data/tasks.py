@@ -8,13 +8,19 @@ Attention is causal over the whole sequence; the prompt is simply never
 supervised. Tasks register themselves in TASKS; a task says how to draw one
 training (question, target) pair from a world record and how to list all of a
 record's evaluation items.
+
+Bad records fail here with a ValueError that names the record (its "index"),
+never later inside the model: a missing or empty text field, an empty
+question or target, a word outside the vocabulary (texts are encoded with
+`strict=True`; <unk> is for model output only) and a sequence longer than
+config.tasks.<task>.max_len (nothing is truncated).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,6 +42,8 @@ class Task:
   # for tasks that are more than one question and one target; `index` is the
   # example's position in the task's stream (None in the shared layout)
   formatter: Callable | None = None
+  # the record's text fields the task reads (checked before formatting)
+  fields: tuple[str, ...] = ()
 
 
 TASKS: dict[str, Task] = {}
@@ -53,6 +61,7 @@ register(Task(
     sample=lambda r, rng: (None, r["captions"][rng.integers(
         len(r["captions"]))]),
     eval_items=lambda r: [(None, list(r["captions"]), {})],
+    fields=("captions",),
 ))
 
 
@@ -66,6 +75,7 @@ register(Task(
     sample=_vqa_sample,
     eval_items=lambda r: [(q, a, {"qtype": t}) for q, a, t in zip(
         r["vqa_questions"], r["vqa_answers"], r["vqa_types"])],
+    fields=("vqa_questions", "vqa_answers"),
 ))
 
 
@@ -79,6 +89,7 @@ register(Task(
     sample=_ita_sample,
     eval_items=lambda r: [(c, l, {}) for c, l in zip(
         r["ita_captions"], r["ita_labels"])],
+    fields=("ita_captions", "ita_labels"),
 ))
 
 
@@ -86,36 +97,80 @@ for _name in ("reflect", "refine", "refine_direct"):
   register(Task(_name, sample=None, eval_items=None, formatter=functools.partial(
       lambda name, tokenizer, max_len, context: r3_data.formatter(
           name, tokenizer, max_len, context["world"], context["r3"],
-          context.get("drafts")), _name)))
+          context.get("drafts")), _name), fields=("captions",)))
 
 
 def formatter(name: str, tokenizer, max_len: int,
               context: Mapping[str, Any] | None = None):
   """(record, rng) -> {tokens, targets, loss_mask, ...} for task `name`;
-  context holds what the task needs beyond the record (R3: "world", "r3")."""
+  context holds what the task needs beyond the record (R3: "world", "r3").
+  A bad record is a ValueError naming it (see the module doc)."""
   task = TASKS[name]
   if task.formatter is not None:
     if context is None:
       raise ValueError(f"task {name!r} needs the world and r3 settings")
-    return task.formatter(tokenizer, max_len, context)
+    inner = task.formatter(tokenizer, max_len, context)
+    # The R3 formatters encode reference captions leniently: check them here.
+    check_words = task.fields
+  else:
+    def inner(record, rng, index=None):
+      del index
+      question, target = task.sample(record, rng)
+      return format_sequence(tokenizer, name, question, target, max_len)
+    check_words = ()
 
   def fmt(record, rng, index=None):
-    del index
-    question, target = task.sample(record, rng)
-    return format_sequence(tokenizer, name, question, target, max_len)
+    try:
+      check_texts(record, task.fields, tokenizer, check_words)
+      return inner(record, rng, index)
+    except ValueError as e:
+      where = f"record {record['index']}" if "index" in record else "a record"
+      raise ValueError(f"{where} ({name} task): {e}") from e
   return fmt
 
 
-def prompt_ids(tokenizer, task: str, question: str | None) -> list[int]:
-  q = tokenizer.encode(question) if question else []
+def check_texts(record: Record, fields: Sequence[str], tokenizer=None,
+                vocab_fields: Sequence[str] = ()) -> None:
+  """Each of `fields` is a non-empty list of non-empty texts; those in
+  `vocab_fields` hold only vocabulary words."""
+  for field in fields:
+    if field not in record:
+      raise ValueError(f"no text field {field!r} (the record has "
+                       f"{sorted(record)})")
+    texts = record[field]
+    if isinstance(texts, str) or not len(texts):
+      raise ValueError(f"field {field!r} must be a non-empty list of texts, "
+                       f"got {texts!r}")
+    for text in texts:
+      if not isinstance(text, str):
+        raise ValueError(f"field {field!r} holds a {type(text).__name__}, not "
+                         f"a str: {text!r} (world_tfds.data_source decodes "
+                         "the stored bytes)")
+      if not text.strip():
+        raise ValueError(f"field {field!r} holds an empty text: {texts!r}")
+      if field in vocab_fields:
+        tokenizer.encode(text, strict=True)
+
+
+def prompt_ids(tokenizer, task: str, question: str | None,
+               strict: bool = False) -> list[int]:
+  """<task> question <sep>; `strict` rejects unknown words and an empty
+  question (None: the task has none)."""
+  if strict and question is not None and not question.strip():
+    raise ValueError(f"{task} example has an empty question {question!r}")
+  q = tokenizer.encode(question, strict=strict) if question else []
   return [tokenizer.task_id(task), *q, tokenizer.sep_id]
 
 
 def format_sequence(tokenizer, task: str, question: str | None, target: str,
                     max_len: int) -> dict[str, np.ndarray]:
-  """One training sequence; raises if it does not fit `max_len`."""
-  prompt = prompt_ids(tokenizer, task, question)
-  full = prompt + tokenizer.encode(target) + [tokenizer.eos_id]
+  """One training sequence; raises on an empty text, a word outside the
+  vocabulary, or a sequence that does not fit `max_len`."""
+  if not target.strip():
+    raise ValueError(f"{task} example has an empty target {target!r} "
+                     f"(question {question!r})")
+  prompt = prompt_ids(tokenizer, task, question, strict=True)
+  full = prompt + tokenizer.encode(target, strict=True) + [tokenizer.eos_id]
   if len(full) - 1 > max_len:
     raise ValueError(
         f"{task} example needs {len(full) - 1} tokens but "
@@ -133,7 +188,7 @@ def format_sequence(tokenizer, task: str, question: str | None, target: str,
 def format_prompt(tokenizer, task: str, question: str | None,
                   max_len: int) -> tuple[np.ndarray, int]:
   """Right-padded prompt for generation and its length."""
-  prompt = prompt_ids(tokenizer, task, question)
+  prompt = prompt_ids(tokenizer, task, question, strict=True)
   if len(prompt) >= max_len:
     raise ValueError(f"{task} prompt of {len(prompt)} tokens leaves no room "
                      f"in config.tasks.{task}.max_len={max_len}")

@@ -34,7 +34,7 @@ class Tokenizer(Protocol):
 
   def task_id(self, name: str) -> int: ...
 
-  def encode(self, text: str) -> list[int]: ...
+  def encode(self, text: str, strict: bool = False) -> list[int]: ...
 
   def decode(self, ids: Sequence[int]) -> str: ...
 
@@ -51,6 +51,8 @@ class WordTokenizer:
     self.tokens = tuple(tokens)
     self._ids = {t: i for i, t in enumerate(tokens)}
     self._n_special = len(SPECIALS) + len(TASKS)
+    self._word_ids = {t: i for i, t in enumerate(tokens)
+                      if i >= self._n_special}
 
   @classmethod
   def from_world(cls, cfg: WorldConfig) -> WordTokenizer:
@@ -81,8 +83,23 @@ class WordTokenizer:
       raise KeyError(f"unknown task {name!r}; known: {TASKS}")
     return self._ids[f"<{name}>"]
 
-  def encode(self, text: str) -> list[int]:
-    return [self._ids.get(w, self.unk_id) for w in text.split()]
+  def encode(self, text: str, strict: bool = False) -> list[int]:
+    """Ids of the whitespace-separated words of `text`.
+
+    A word outside the vocabulary becomes <unk> (model output and free text);
+    with `strict` (training and evaluation data) it is a ValueError naming
+    the word, and so is a special token such as <eos> written in the text.
+    """
+    if not strict:
+      return [self._ids.get(w, self.unk_id) for w in text.split()]
+    ids = [self._word_ids.get(w, -1) for w in text.split()]
+    if -1 in ids:
+      bad = dict.fromkeys(w for w in text.split()
+                          if w not in self._word_ids)
+      raise ValueError(f"{', '.join(map(repr, bad))} not in the vocabulary "
+                       f"({self.vocab_size - self._n_special} words of the "
+                       f"world): {text!r}")
+    return ids
 
   def decode(self, ids: Sequence[int]) -> str:
     """Words up to the first <eos>; other specials are dropped except <unk>.

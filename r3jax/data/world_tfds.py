@@ -10,6 +10,12 @@ Text fields are `tfds.features.Tensor(shape=(n,), dtype=np.object_)`: this
 serialises without TF (like `Text`/`Sequence(Text)`, which also work) and keeps
 one fixed length per field. The reader hands them back as bytes;
 `data_source` decodes them to lists of str.
+
+`build` checks a dataset it reuses: metadata that do not parse, a missing or
+truncated split file, a record count or settings that differ from the
+config, or a vocab.json that is not the world's vocabulary are a ValueError
+naming the directory (delete it to rebuild). A directory holding other
+versions or other worlds is left alone: each builds next to the others.
 """
 
 from __future__ import annotations
@@ -121,12 +127,81 @@ class R3World(tfds.core.GeneratorBasedBuilder):
       yield i, to_record(generate_example(cfg.world, seed, i), i)
 
 
+def _damaged(directory: str, problem: str) -> ValueError:
+  return ValueError(f"the world dataset in {directory} {problem}; delete that "
+                    "directory to rebuild it (or set config.data.dir to "
+                    "another directory)")
+
+
+def _short(e: BaseException) -> str:
+  text = f"{type(e).__name__}: {e}".replace("\n", " ")
+  return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _check_prepared(builder: R3World) -> None:
+  """Raises if the prepared files are not this config's complete dataset."""
+  directory = builder.data_dir
+  cfg = builder.builder_config
+  try:
+    with open(os.path.join(directory, "dataset_info.json")) as f:
+      stored = json.load(f)
+  except (OSError, ValueError) as e:
+    raise _damaged(directory, f"has no readable dataset_info.json "
+                              f"({_short(e)})") from e
+  if stored.get("configDescription") != cfg.description:
+    try:
+      theirs = _flat(json.loads(stored.get("configDescription", "")))
+    except ValueError:
+      theirs = {}
+    ours = _flat(json.loads(cfg.description))
+    diff = {k: (theirs.get(k), v) for k, v in ours.items()
+            if theirs.get(k) != v}
+    raise _damaged(directory, "was built for other settings (stored, config): "
+                              f"{diff}")
+  for split, n in cfg.split_sizes:
+    try:
+      source = builder.as_data_source(split)
+      if len(source) != n:
+        raise ValueError(f"{len(source)} records, not {n}")
+      source[0], source[n - 1]  # a truncated file fails to read these
+    except Exception as e:  # noqa: BLE001 (TFDS and array_record raise many)
+      raise _damaged(directory, f"has a bad {split!r} split ({_short(e)})"
+                     ) from e
+
+
 def build(world_cfg: WorldConfig, data_dir: str,
           split_sizes: Mapping[str, int], seed: int) -> R3World:
-  """The prepared builder; generates only if the dataset is not there yet."""
-  builder = R3World(config=builder_config(world_cfg, split_sizes, seed),
-                    data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare()  # a no-op when the dataset already exists
+  """The prepared builder; generates only if the dataset is not there yet and
+  checks one that is (see the module doc)."""
+  cfg = builder_config(world_cfg, split_sizes, seed)
+  directory = os.path.join(data_dir, R3World.name, cfg.name,
+                           str(R3World.VERSION))
+  existed = os.path.exists(directory)
+  try:
+    os.makedirs(data_dir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"cannot create the dataset directory {data_dir!r} "
+                     f"({_short(e)}); set config.data.dir (or R3JAX_DATA_DIR)"
+                     " to a writable directory") from e
+  try:
+    builder = R3World(config=cfg, data_dir=data_dir,
+                      file_format="array_record")
+    builder.download_and_prepare()  # a no-op when the dataset already exists
+  except Exception as e:  # noqa: BLE001 (TFDS raises many kinds)
+    if not existed:
+      raise
+    raise _damaged(directory, f"cannot be read ({_short(e)})") from e
+  _check_prepared(builder)
   vocab = os.path.join(builder.data_dir, VOCAB_FILE)
   if not os.path.exists(vocab):
     WordTokenizer.from_world(world_cfg).save(vocab)
@@ -135,16 +210,25 @@ def build(world_cfg: WorldConfig, data_dir: str,
 
 class _Decoded:
   """Random access like the wrapped source, with text fields as list[str]
-  and scalars as numpy scalars of their feature dtype (not python ints)."""
+  and scalars as numpy scalars of their feature dtype (not python ints).
+  A record that cannot be read is a ValueError naming it and `where`."""
 
-  def __init__(self, source):
+  def __init__(self, source, where: str = "the dataset"):
     self._source = source
+    self._where = where
 
   def __len__(self) -> int:
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    record = dict(self._source[index])
+    try:
+      record = dict(self._source[index])
+    except (IndexError, KeyError):
+      raise
+    except Exception as e:  # noqa: BLE001 (array_record / TFDS decoding)
+      raise ValueError(f"record {index} of {self._where} cannot be read "
+                       f"({_short(e)}); the files are damaged: delete the "
+                       "directory to rebuild it") from e
     for k in TEXT_FIELDS:
       record[k] = [v.decode() for v in record[k]]
     record["index"] = np.int64(record["index"])
@@ -157,8 +241,23 @@ class _Decoded:
 
 
 def data_source(builder: R3World, split: str) -> _Decoded:
-  return _Decoded(builder.as_data_source(split))
+  return _Decoded(builder.as_data_source(split),
+                  f"the {split!r} split in {builder.data_dir}")
 
 
 def load_tokenizer(builder: R3World) -> WordTokenizer:
-  return WordTokenizer.load(os.path.join(builder.data_dir, VOCAB_FILE))
+  """The dataset's vocabulary; a ValueError if vocab.json is unreadable or
+  not the vocabulary of the builder's world."""
+  path = os.path.join(builder.data_dir, VOCAB_FILE)
+  try:
+    tok = WordTokenizer.load(path)
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise _damaged(builder.data_dir, f"has no readable {VOCAB_FILE} "
+                                     f"({_short(e)})") from e
+  want = WordTokenizer.from_world(builder.builder_config.world)
+  if tok.tokens != want.tokens:
+    extra = sorted(set(tok.tokens) ^ set(want.tokens))[:8]
+    raise _damaged(builder.data_dir, f"has a {VOCAB_FILE} of "
+                   f"{tok.vocab_size} tokens that is not the world's "
+                   f"vocabulary of {want.vocab_size} (differing: {extra})")
+  return tok

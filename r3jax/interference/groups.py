@@ -5,6 +5,14 @@ first rule whose regex matches a path wins and the group's name is the template
 expanded with the match (so r"\\1" names a block by its index). Groups are
 ordered by rule, then naturally by name, so the default rules list the encoder
 from input to output and then the decoder sublayer by sublayer.
+
+With config.model.scan_layers the blocks' parameters are stacked along a leading
+layers axis (r3jax/model/scan.py) and their paths carry no block index
+("decoder/blocks/self_attn/query/kernel"), so a group cannot hold one layer. The
+default rules then give each stacked sublayer type one group over all layers:
+"enc/blocks" (every encoder block), "dec/blocks/self_attn",
+"dec/blocks/cross_attn" and "dec/blocks/mlp"; each is the union of the plain
+layout's per-block groups of that kind (enc/block<i>, dec/block<i>/...).
 """
 
 from __future__ import annotations
@@ -18,12 +26,17 @@ import jax
 DEFAULT_RULES: tuple[tuple[str, str], ...] = (
     (r"^encoder/(patch_embed|conv_stem|pos_embed)/?", "enc/embed"),
     (r"^encoder/blocks/(\d+)/", r"enc/block\1"),
+    (r"^encoder/blocks/", "enc/blocks"),  # scan_layers: stacked over layers
     (r"^encoder/ln_final/", "enc/final_ln"),
     (r"^img_proj/", "enc/proj"),
     (r"^decoder/(tok_embed|pos_embed)$", "dec/embed"),
     (r"^decoder/blocks/(\d+)/(ln_self|self_attn)/", r"dec/block\1/self_attn"),
     (r"^decoder/blocks/(\d+)/(ln_cross|cross_attn)/", r"dec/block\1/cross_attn"),
     (r"^decoder/blocks/(\d+)/(ln_mlp|mlp)/", r"dec/block\1/mlp"),
+    # scan_layers: each sublayer type stacked over layers.
+    (r"^decoder/blocks/(ln_self|self_attn)/", "dec/blocks/self_attn"),
+    (r"^decoder/blocks/(ln_cross|cross_attn)/", "dec/blocks/cross_attn"),
+    (r"^decoder/blocks/(ln_mlp|mlp)/", "dec/blocks/mlp"),
     (r"^decoder/(ln_final|head)/", "dec/head"),
 )
 

@@ -20,8 +20,10 @@ when a dict changes the width but not the mlp. Other keywords set fields directl
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 # (width, depth, heads, mlp)
@@ -35,13 +37,35 @@ VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
+# Activation checkpointing (remat) policies for every encoder and decoder block,
+# by name: what a block keeps from its forward pass for the backward pass.
+REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
+    # No remat: everything is kept.
+    "none": None,
+    # Keeps nothing but the block's input; the backward pass reruns the block.
+    "full": jax.checkpoint_policies.nothing_saveable,
+    # Keeps the products with weights (q/k/v/out projections, MLP); recomputes
+    # attention scores and softmax, LayerNorms and GELU.
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Keeps every matrix product, attention's batched ones too.
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    # As "dots", but the kept products wait in host memory (pinned_host).
+    "offload": jax.checkpoint_policies.offload_dot_with_no_batch_dims(
+        "device", "pinned_host"),
+}
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
   """Sizes of the ViT encoder and the text decoder.
 
   `dtype` is the compute dtype; parameters are always float32. `max_len` bounds the
-  decoder sequence (learned positions and KV-cache length).
+  decoder sequence (learned positions and KV-cache length). `remat` names a
+  `REMAT_POLICIES` entry applied to every block. With `scan_layers` the encoder's
+  and the decoder's blocks are each one module whose parameters are stacked along
+  a leading "layers" axis and run by jax.lax.scan (r3jax/model/scan.py); the
+  model computes the same function, and scan.pyloop_to_scan / scan_to_pyloop
+  convert parameters between the two layouts.
   """
   vocab_size: int
   image_size: int = 64
@@ -56,7 +80,8 @@ class ModelConfig:
   dec_mlp: int
   max_len: int
   dtype: str = "float32"
-  remat: bool = False
+  remat: str = "none"
+  scan_layers: bool = False
   # "patch": the ViT's linear patch embedding. "conv": stride-2 3x3 convolutions
   # down to patch_size / 2, then a 2x2 linear patch embedding (Xiao et al., 2021,
   # "Early convolutions help transformers see better"): same tokens, but small
@@ -88,6 +113,13 @@ class ModelConfig:
       raise ValueError(
           f"ModelConfig.image_size={self.image_size} is not divisible by "
           f"patch_size={self.patch_size}.")
+    if not isinstance(self.remat, str) or self.remat not in REMAT_POLICIES:
+      raise ValueError(
+          f"ModelConfig.remat={self.remat!r} is not a remat policy; expected one "
+          f"of {list(REMAT_POLICIES)} (formerly False = 'none', True = 'full').")
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(
+          f"ModelConfig.scan_layers must be a bool, got {self.scan_layers!r}.")
     if self.dtype not in _DTYPES:
       raise ValueError(
           f"ModelConfig.dtype={self.dtype!r}; expected one of {sorted(_DTYPES)}.")

@@ -9,7 +9,10 @@ Dimensions:
 Two paths share the parameters: `__call__` runs teacher forcing over a whole sequence;
 `step` appends S tokens to a per-layer KV cache (a plain pytree, so it can be carried
 through jax.lax.while_loop) and reuses cross-attention keys/values computed once per
-image by `cross_kv`.
+image by `cross_kv`. With scan_layers the blocks' parameters are stacked
+(r3jax/model/scan.py): teacher forcing scans over them, and the decode-step paths
+slice one layer at a time, so the cache and cross k/v are per-layer lists in both
+layouts.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from r3jax.model import scan
 from r3jax.model.config import ModelConfig
-from r3jax.model.layers import (ACT_BxLxD, Attention, Dense, LayerNorm, Mlp,
-                                maybe_remat, param)
+from r3jax.model.layers import ACT_BxLxD, Attention, Dense, LayerNorm, Mlp, param
 from r3jax.sharding import constrain
 
 # One (k_BxPxNxK, v_BxPxNxK) pair per layer.
@@ -73,13 +76,14 @@ class Decoder(nnx.Module):
     self.dtype = dtype
     self.max_len = cfg.max_len
     self.remat = cfg.remat
+    self.scan_layers = cfg.scan_layers
     self.tok_embed = param(rngs, nnx.initializers.normal(width ** -0.5),
                            (cfg.vocab_size, width), ("vocab", "embed"))
     self.pos_embed = param(rngs, nnx.initializers.normal(width ** -0.5),
                            (cfg.max_len, width), ("pos", "embed"))
-    self.blocks = nnx.List([
-        DecoderBlock(width, cfg.dec_heads, cfg.dec_mlp, rngs=rngs, dtype=dtype)
-        for _ in range(cfg.dec_depth)])
+    blocks = [DecoderBlock(width, cfg.dec_heads, cfg.dec_mlp, rngs=rngs, dtype=dtype)
+              for _ in range(cfg.dec_depth)]
+    self.blocks = scan.stack(blocks) if cfg.scan_layers else nnx.List(blocks)
     self.ln_final = LayerNorm(width, rngs=rngs, dtype=dtype)
     # Zero-initialised head (as in CapPa): training starts from uniform predictions.
     self.head = Dense((width,), (cfg.vocab_size,), ("embed",), ("vocab",),
@@ -104,19 +108,21 @@ class Decoder(nnx.Module):
     self._check_len(tokens_BxL.shape[1], "Sequence length")
     x_BxLxD = self._embed(tokens_BxL, 0)
     img_BxPxD = img_BxPxD.astype(self.dtype)
-    apply = maybe_remat(self.remat)
-    for block in self.blocks:
-      x_BxLxD = apply(block, x_BxLxD, img_BxPxD)
+    x_BxLxD = scan.run_blocks(self.blocks, x_BxLxD, img_BxPxD, remat=self.remat,
+                              scanned=self.scan_layers)
     return self.head(self.ln_final(x_BxLxD))
+
+  def _layers(self) -> list[DecoderBlock]:
+    return scan.layers(self.blocks, self.scan_layers)
 
   def cross_kv(self, img_BxPxD: jax.Array) -> CrossKV:
     img_BxPxD = img_BxPxD.astype(self.dtype)
-    return [block.cross_attn.kv(img_BxPxD) for block in self.blocks]
+    return [block.cross_attn.kv(img_BxPxD) for block in self._layers()]
 
   def init_cache(self, batch: int, max_len: int) -> Cache:
     self._check_len(max_len, "Cache length")
     cache = []
-    for block in self.blocks:
+    for block in self._layers():
       heads, head_dim = block.self_attn.key.kernel.shape[1:]
       zeros = jnp.zeros((batch, max_len, heads, head_dim), self.dtype)
       cache.append({"k": zeros, "v": zeros})
@@ -131,7 +137,7 @@ class Decoder(nnx.Module):
     pos_S = start + jnp.arange(num_new)
     mask_SxT = jnp.arange(cache_len)[None, :] <= pos_S[:, None]
     new_cache = []
-    for block, kv, layer_cache in zip(self.blocks, cross_kv, cache):
+    for block, kv, layer_cache in zip(self._layers(), cross_kv, cache):
       x_BxSxD, layer_cache = block.step(x_BxSxD, kv, layer_cache, start,
                                         mask_SxT[None, None])
       new_cache.append(layer_cache)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from r3jax.model.config import REMAT_POLICIES
 from r3jax.sharding import constrain
 
 Initializer = Callable[..., jax.Array]
@@ -129,11 +130,13 @@ class Attention(nnx.Module):
     return self.attend(x_BxLxD, k_BxSxNxK, v_BxSxNxK, is_causal=is_causal)
 
 
-def maybe_remat(remat: bool) -> Callable[..., jax.Array]:
+def maybe_remat(policy: str) -> Callable[..., jax.Array]:
   """`apply(block, *args)` calls the block, rematerialised in the backward pass
-  when `remat` is set (trading compute for activation memory)."""
+  under the named `REMAT_POLICIES` entry (trading compute for activation memory)."""
 
   def apply(block: nnx.Module, *args: jax.Array) -> jax.Array:
     return block(*args)
 
-  return nnx.remat(apply) if remat else apply
+  if policy == "none":
+    return apply
+  return nnx.remat(apply, policy=REMAT_POLICIES[policy])

@@ -11,6 +11,11 @@ or abstractly with `nnx.eval_shape` inside either. Training and evaluation keep
 `graphdef, state = nnx.split(model)` and call, inside jit,
 `nnx.merge(graphdef, state).decode(...)` (or `encode`, `__call__`); incremental
 decoding goes through r3jax.model.decoding.
+
+`cfg.remat` names the activation-checkpointing policy of every block and
+`cfg.scan_layers` stacks each part's blocks along a leading "layers" axis run by
+jax.lax.scan (r3jax/model/scan.py, with the converters between the two parameter
+layouts); the methods below behave the same in both layouts.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from r3jax.model import scan
 from r3jax.model.config import ModelConfig
-from r3jax.model.layers import (ACT_BxLxD, Attention, Dense, LayerNorm, Mlp,
-                                maybe_remat, param)
+from r3jax.model.layers import ACT_BxLxD, Attention, Dense, LayerNorm, Mlp, param
 from r3jax.sharding import constrain
 
 
@@ -73,6 +73,7 @@ class Encoder(nnx.Module):
     self.image_size = cfg.image_size
     self.dtype = dtype
     self.remat = cfg.remat
+    self.scan_layers = cfg.scan_layers
     self.stem = cfg.stem
     if cfg.stem == "conv":
       self.conv_stem = ConvStem(cfg.patch_size, width, rngs=rngs, dtype=dtype)
@@ -83,9 +84,9 @@ class Encoder(nnx.Module):
                                kernel_init=nnx.initializers.lecun_normal())
     self.pos_embed = param(rngs, nnx.initializers.normal(width ** -0.5),
                            (cfg.num_patches, width), ("pos", "embed"))
-    self.blocks = nnx.List([
-        EncoderBlock(width, cfg.enc_heads, cfg.enc_mlp, rngs=rngs, dtype=dtype)
-        for _ in range(cfg.enc_depth)])
+    blocks = [EncoderBlock(width, cfg.enc_heads, cfg.enc_mlp, rngs=rngs, dtype=dtype)
+              for _ in range(cfg.enc_depth)]
+    self.blocks = scan.stack(blocks) if cfg.scan_layers else nnx.List(blocks)
     self.ln_final = LayerNorm(width, rngs=rngs, dtype=dtype)
 
   def __call__(self, images_BxHxWx3: jax.Array) -> jax.Array:
@@ -106,7 +107,6 @@ class Encoder(nnx.Module):
       x_BxPxD = self.patch_embed(patches_BxPxC)
     x_BxPxD = x_BxPxD + self.pos_embed[...].astype(self.dtype)
     x_BxPxD = constrain(x_BxPxD, ACT_BxLxD)
-    apply = maybe_remat(self.remat)
-    for block in self.blocks:
-      x_BxPxD = apply(block, x_BxPxD)
+    x_BxPxD = scan.run_blocks(self.blocks, x_BxPxD, remat=self.remat,
+                              scanned=self.scan_layers)
     return self.ln_final(x_BxPxD)

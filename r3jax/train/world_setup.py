@@ -34,8 +34,8 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int,
                    mlp=m.dec_mlp),
       vocab_size=vocab_size, image_size=image_size,
       max_len=max(t.max_len for t in config.tasks.values()),
-      dtype=m.dtype, remat=m.remat, stem=m.stem, **{f"enc_{k}": v for k, v in
-                                        m.enc_overrides.items()})
+      dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers, stem=m.stem,
+      **{f"enc_{k}": v for k, v in m.enc_overrides.items()})
 
 
 def make_caption_scorer(cfg: world_lib.WorldConfig):

@@ -21,6 +21,7 @@ from r3jax.interference import gram as gram_lib
 from r3jax.interference import grads as grads_lib
 from r3jax.interference import groups as groups_lib
 from r3jax.interference import methods as methods_lib
+from r3jax.train import nonfinite as nonfinite_lib
 
 
 class Instrument:
@@ -76,7 +77,10 @@ class Instrument:
     return jax.tree.unflatten(treedef, out)
 
 
-def make_update(setup, instrument: Instrument, schedule, seed: int):
+def make_update(setup, instrument: Instrument, schedule, seed: int,
+                nonfinite: str = "stop"):
+  """The instrumented step; `nonfinite="skip"` keeps the state when the loss,
+  gradient or update is non-finite (r3jax.train.nonfinite.guard)."""
   tasks = instrument.tasks
   base = dict(zip(tasks, instrument.base_T))
   base_key = jax.random.key(seed)
@@ -133,9 +137,11 @@ def make_update(setup, instrument: Instrument, schedule, seed: int):
         m.update(gram_lib.null_statistics(halves_KxK, gram_TxT, tasks))
     m.update(gram_lib.alignment(tg.grads, updates, gram_TxT, tasks))
 
-    new = {"step": state["step"] + 1, "params": params, "opt": opt}
+    new = {**state, "step": state["step"] + 1, "params": params, "opt": opt}
     if "aux" in state:
       new["aux"] = {**state["aux"], "method": method_state}
+    if nonfinite == "skip":
+      return nonfinite_lib.guard(state, new, m)
     return new, m
 
   repl = sharding.replicated(setup.mesh)

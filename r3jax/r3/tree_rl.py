@@ -51,6 +51,8 @@ from r3jax.r3 import rewards as rewards_lib
 from r3jax.train import checkpoint as ckpt_lib
 from r3jax.train import losses as losses_lib
 from r3jax.train import metrics as metrics_lib
+from r3jax.train import nonfinite as nonfinite_lib
+from r3jax.train import preemption
 from r3jax.world.scene import scene_from_arrays
 
 
@@ -277,7 +279,9 @@ class TreeRL:
       m = dict(m, loss=loss, grad_norm=optax.tree.norm(grads),
                update_norm=optax.tree.norm(updates),
                lr=jnp.asarray(schedule(state["step"]), jnp.float32))
-      new = {"step": state["step"] + 1, "params": params, "opt": opt}
+      new = {**state, "step": state["step"] + 1, "params": params, "opt": opt}
+      if self.cfg.nonfinite == "skip":
+        return nonfinite_lib.guard(state, new, m)
       return new, m
 
     repl = sharding.replicated(setup.mesh)
@@ -323,7 +327,11 @@ def _initial_params(config, setup, init_state):
 
 def train(config: ml_collections.ConfigDict, workdir: str,
           devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
-  """R3-RL to config.total_steps (resuming from `workdir`), then evaluation."""
+  """R3-RL to config.total_steps (resuming from `workdir`), then evaluation.
+
+  Faults as in r3jax.train.loop.train_and_evaluate; a stop signal during a
+  root step takes effect after the branch step that completes the pair.
+  """
   from r3jax import config as config_lib
   from r3jax.train import loop as loop_lib
   from r3jax.train import optim
@@ -335,9 +343,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   ref_params = jax.tree.map(jnp.copy, start["params"])
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                config.keep_ckpts, 1)
-  state = start
-  if ckpt.latest_step() is not None:
-    state, _ = ckpt.restore(setup.abstract)
+  restored = ckpt.restore_latest_intact(setup.abstract)
+  state = start if restored is None else restored[1]
   first = int(jax.device_get(state["step"]))
   loop_lib._truncate_metrics(workdir, first)
   rl = TreeRL(config, world, setup,
@@ -346,24 +353,26 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   evaluator = world.evaluator(setup, config.evals)
   t0 = time.perf_counter()
   try:
-    for step in range(first, config.total_steps):
-      state, m = rl.step(state, ref_params, step)
-      bad = [k for k, v in m.items() if not np.isfinite(v)]
-      if bad:
-        raise FloatingPointError(
-            f"non-finite {', '.join(bad)} at RL step {step + 1}; the last "
-            f"checkpoint (step {ckpt.latest_step()}) is kept")
-      done = step + 1
-      if done % config.log_every_steps == 0 or done == config.total_steps:
-        writer.write(done, m)
-      between = config.rl.mode == "tree" and done % 2
-      if not between and (done % config.ckpt_every_steps == 0 or
-                          done == config.total_steps):
-        ckpt.save(done, state, {}, force=True)
-      if done % config.eval_every_steps == 0 and done != config.total_steps:
-        with jax.set_mesh(mesh):
-          writer.write(done, {f"{config.evals.split}/{k}": v for k, v in
-                              evaluator.run(state["params"]).items()})
+    with preemption.StopOnSignal() as signals:
+      for step in range(first, config.total_steps):
+        state, m = rl.step(state, ref_params, step)
+        done = step + 1
+        nonfinite_lib.check(m, done, ckpt.latest_step(),
+                            skip=config.nonfinite == "skip", where="RL step")
+        if done % config.log_every_steps == 0 or done == config.total_steps:
+          writer.write(done, m)
+        between = config.rl.mode == "tree" and done % 2
+        stop = signals.agreed() and not between
+        if not between and (done % config.ckpt_every_steps == 0 or
+                            done == config.total_steps or stop):
+          ckpt.save(done, state, {}, force=True)
+        if stop:
+          ckpt.wait()
+          raise preemption.Preempted(done, signals.signal_name)
+        if done % config.eval_every_steps == 0 and done != config.total_steps:
+          with jax.set_mesh(mesh):
+            writer.write(done, {f"{config.evals.split}/{k}": v for k, v in
+                                evaluator.run(state["params"]).items()})
     ckpt.wait()
     train_seconds = time.perf_counter() - t0
     with jax.set_mesh(mesh):

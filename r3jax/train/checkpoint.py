@@ -1,22 +1,121 @@
-"""Orbax checkpoints of {train state, data iterator state}, atomic and keep-N.
+"""Orbax checkpoints of {train state, data iterator state}: atomic, keep-N,
+verified.
 
-A save only becomes visible once complete (orbax commits by rename), so a run
-that dies mid-save still has its previous checkpoint.
+A save only becomes visible once complete (orbax writes a temporary directory
+and renames it), so a run that dies mid-save still has its previous
+checkpoint. Each checkpoint also stores a fingerprint of the state's bits (item
+"integrity": one uint32 per array, and a hash of the data state); restoring
+recomputes it, so a truncated or garbled array file, which orbax may read back
+without an error, is caught.
+`restore_latest_intact` resumes from the newest checkpoint that restores and
+matches; newer ones that do not, and half-written temporary directories, are
+reported and moved aside to `<directory>_bad/`, never deleted.
+
+Everything on disk is JSON, zarr/OCDBT array data or plain text: loading a
+checkpoint runs no code from it (no pickle).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
+import shutil
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+# Orbax's marker for a step directory still being written.
+_TMP_MARKER = ".orbax-checkpoint-tmp"
+# State entries newer than some checkpoints (those without an "integrity"
+# item): restoring such a checkpoint fills them with zeros.
+_ADDED_LATER = ("skipped",)
+
+
+class CorruptCheckpoint(ValueError):
+  """A checkpoint whose restored arrays differ from the fingerprint saved with
+  them."""
+
+
+def _mix(h):
+  """murmur3's 32-bit finaliser: a bijection that spreads every input bit."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+  """sum_i mix(bits_i ^ golden * i) mod 2^32 over the flat index i: any change
+  to one element changes it; the integer sum is exact, so the value does not
+  depend on the sharding or the reduction order."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    bits = x.astype(jnp.uint32)
+  elif x.dtype.itemsize == 8:  # two words per element: a trailing axis of 2
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  else:
+    width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32)
+  index = jnp.zeros(bits.shape, jnp.uint32)
+  stride = 1
+  for d in reversed(range(bits.ndim)):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, d) * (
+        jnp.uint32(stride % 2**32))
+    stride *= bits.shape[d]
+  return jnp.sum(_mix(bits ^ (index * jnp.uint32(0x9E3779B9))),
+                 dtype=jnp.uint32)
+
+
+@functools.lru_cache(maxsize=None)
+def _fingerprint_fn(out_sharding):
+  return jax.jit(lambda state: jnp.stack([_leaf_fingerprint(x) for x in
+                                          jax.tree.leaves(state)]),
+                 out_shardings=out_sharding)
+
+
+def fingerprint(state) -> dict[str, int]:
+  """{path: uint32} of every array in `state`, computed where it lives."""
+  paths, leaves = zip(*jax.tree_util.tree_flatten_with_path(state)[0])
+  sharding = leaves[0].sharding
+  if isinstance(sharding, NamedSharding):
+    sharding = NamedSharding(sharding.mesh, P())
+  values = jax.device_get(_fingerprint_fn(sharding)(state).addressable_data(0))
+  return {jax.tree_util.keystr(p): int(v) for p, v in zip(paths, values)}
+
+
+def _data_hash(data_state: Any) -> str:
+  return hashlib.sha256(json.dumps(data_state, sort_keys=True).encode()
+                        ).hexdigest()
+
+
+def _zeros(a: jax.ShapeDtypeStruct) -> jax.Array:
+  return jax.make_array_from_callback(
+      a.shape, a.sharding, lambda index: np.zeros(a.shape, a.dtype)[index])
+
+
+def _all_processes(ok: bool) -> bool:
+  if jax.process_count() == 1:
+    return ok
+  return bool(multihost_utils.process_allgather(np.int32(ok)).min())
 
 
 class Checkpointer:
 
   def __init__(self, directory: str, keep: int, every_steps: int):
+    self.directory = os.path.abspath(directory)
     self._mngr = ocp.CheckpointManager(
-        os.path.abspath(directory),
+        self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=every_steps, create=True,
             enable_async_checkpointing=True))
@@ -29,23 +128,119 @@ class Checkpointer:
 
   def save(self, step: int, state, data_state: dict[str, Any],
            force: bool = False) -> bool:
+    if not force and not self._mngr.should_save(step):
+      return False
     return self._mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state)), force=force)
+        data=ocp.args.JsonSave(data_state),
+        integrity=ocp.args.JsonSave({"fingerprint": fingerprint(state),
+                                     "data": _data_hash(data_state)})),
+        force=force)
 
   def restore(self, abstract_state, step: int | None = None):
-    """(state, data_state) at `step` (default latest), placed per abstract_state."""
+    """(state, data_state) at `step` (default latest), placed per abstract_state.
+
+    Raises CorruptCheckpoint when the restored state does not match the
+    fingerprint saved with it (checkpoints without one are not checked).
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError("no checkpoint to restore")
-    out = self._mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=ocp.args.JsonRestore()))
+    checked = os.path.isdir(os.path.join(self.directory, str(step),
+                                         "integrity"))
+    missing = []
+    if not checked and isinstance(abstract_state, dict):
+      tree = ocp.StandardCheckpointHandler().metadata(
+          epath.Path(self.directory) / str(step) / "state")
+      missing = [k for k in _ADDED_LATER
+                 if k in abstract_state and k not in tree.keys()]
+    items = dict(state=ocp.args.StandardRestore(
+        {k: v for k, v in abstract_state.items() if k not in missing}
+        if missing else abstract_state), data=ocp.args.JsonRestore())
+    if checked:
+      items["integrity"] = ocp.args.JsonRestore()
+    out = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    for k in missing:
+      out["state"][k] = jax.tree.map(_zeros, abstract_state[k])
+    if checked:
+      saved = out["integrity"]["fingerprint"]
+      got = fingerprint(out["state"])
+      bad = [k for k in saved if got.get(k) != saved[k]]
+      if out["integrity"]["data"] != _data_hash(out["data"]):
+        bad.append("the data state")
+      if bad or saved.keys() != got.keys():
+        raise CorruptCheckpoint(
+            f"checkpoint at step {step} does not match the fingerprint saved "
+            f"with it: {', '.join(bad[:4]) or 'the tree'}"
+            f"{' and more' if len(bad) > 4 else ''}")
     return out["state"], out["data"]
+
+  def restore_latest_intact(self, abstract_state):
+    """(step, state, data_state) of the newest checkpoint that restores intact,
+    or None when there is no checkpoint.
+
+    Half-written checkpoints (orbax temporary directories) and newer
+    checkpoints that fail to restore are reported and moved aside, so the run
+    saves those steps again. When no checkpoint restores, the newest one's
+    error is raised and nothing is moved: that is a config no longer matching
+    the checkpoints more often than every checkpoint being corrupt.
+    """
+    self._set_aside([(n, f"half-written checkpoint for step {n.split('.')[0]}")
+                     for n in self._partial()])
+    failed: list[tuple[int, Exception]] = []
+    for step in sorted(self.all_steps(), reverse=True):
+      error = None
+      try:
+        state, data_state = self.restore(abstract_state, step)
+      except Exception as e:  # orbax and tensorstore raise bare Exceptions
+        error = e
+      if not _all_processes(error is None):
+        error = error or RuntimeError("it failed to restore on another process")
+        logging.warning("checkpoint at step %d does not restore (%s: %s); "
+                        "trying the one before", step, type(error).__name__,
+                        error)
+        failed.append((step, error))
+        continue
+      self._set_aside([(str(bad), f"checkpoint at step {bad} is corrupt or "
+                        f"unreadable ({type(e).__name__}: {str(e)[:300]})")
+                       for bad, e in failed])
+      return step, state, data_state
+    if failed:
+      raise failed[0][1]
+    return None
+
+  def _partial(self) -> list[str]:
+    """Orbax temporary directories: saves that never completed. Every process
+    lists them before any is moved."""
+    names = [n for n in sorted(os.listdir(self.directory)) if _TMP_MARKER in n]
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("r3jax listed partial checkpoints")
+    return names
+
+  def _set_aside(self, entries: list[tuple[str, str]]) -> None:
+    """Moves each (name, why) entry of the directory to <directory>_bad/,
+    with a warning; process 0 moves, every process waits for it."""
+    if not entries:
+      return
+    aside = self.directory + "_bad"
+    for name, why in entries:
+      if jax.process_index() != 0:
+        logging.warning("%s; set aside by process 0", why)
+        continue
+      target = os.path.join(aside, name)
+      n = 0
+      while os.path.exists(target):
+        n += 1
+        target = os.path.join(aside, f"{name}-{n}")
+      logging.warning("%s; moved to %s", why, target)
+      os.makedirs(aside, exist_ok=True)
+      shutil.move(os.path.join(self.directory, name), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("r3jax set checkpoints aside")
+    self._mngr.reload()
 
   def wait(self) -> None:
     self._mngr.wait_until_finished()
 
   def close(self) -> None:
     self._mngr.close()
-

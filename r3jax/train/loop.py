@@ -10,7 +10,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
 from r3jax import config as config_lib
 from r3jax import sharding
@@ -20,7 +19,9 @@ from r3jax.r3 import drafts as r3_drafts
 from r3jax.r3 import loop as r3_loop
 from r3jax.train import checkpoint as ckpt_lib
 from r3jax.train import metrics as metrics_lib
+from r3jax.train import nonfinite as nonfinite_lib
 from r3jax.train import optim
+from r3jax.train import preemption
 from r3jax.train import state as state_lib
 from r3jax.train import step as step_lib
 from r3jax.train import world_setup
@@ -33,6 +34,8 @@ def build(config: ml_collections.ConfigDict,
   if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  config_lib.check_devices(config, len(devices or jax.devices()),
+                           jax.process_count())
   mesh = sharding.make_mesh(config.mesh, devices)
   world = world_setup.load(config)
   tx = optim.make(config.optim, config.total_steps)
@@ -65,18 +68,27 @@ def make_update(config: ml_collections.ConfigDict, setup, make_model,
   return step_lib.make_update(
       setup, {k: t.weight for k, t in config.tasks.items()},
       optim.schedule(config.optim, config.total_steps),
-      layout=config.data.layout, instrument=instrument, seed=config.seed)
+      layout=config.data.layout, instrument=instrument, seed=config.seed,
+      nonfinite=config.nonfinite)
 
 
 def _truncate_metrics(workdir: str, step: int) -> None:
-  """Drops log rows past `step`: a resumed run rewrites them identically."""
+  """Drops log rows past `step`, and a last row cut short by a killed run:
+  a resumed run rewrites them identically."""
   path = os.path.join(workdir, "metrics.jsonl")
   if jax.process_index() or not os.path.exists(path):
     return
+  rows = []
   with open(path) as f:
-    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-  with open(path, "w") as f:
+    for line in f:
+      try:
+        if json.loads(line)["step"] <= step:
+          rows.append(line)
+      except json.JSONDecodeError:  # only the last line can be cut short
+        pass
+  with open(path + ".tmp", "w") as f:
     f.writelines(rows)
+  os.replace(path + ".tmp", path)
 
 
 def _draft_store(config, workdir: str) -> r3_drafts.DraftStore | None:
@@ -106,7 +118,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: Sequence[jax.Device] | None = None
                        ) -> dict[str, Any]:
   """Trains to config.total_steps, resuming from `workdir` if it holds a
-  checkpoint, and returns the final evaluation."""
+  checkpoint, and returns the final evaluation.
+
+  Faults: SIGTERM or SIGINT ends training after the step in progress, with a
+  checkpoint of that step (every process stops at the same step), and raises
+  preemption.Preempted; calling again resumes. A half-written or corrupt latest
+  checkpoint is set aside and the run resumes from the one before
+  (Checkpointer.restore_latest_intact). A non-finite loss or gradient raises
+  FloatingPointError before anything of that step is saved, or with
+  config.nonfinite="skip" leaves the state unchanged (nonfinite.py).
+  """
   os.makedirs(workdir, exist_ok=True)
   mesh, world, setup, init_state = build(config, devices)
   instrument = make_instrument(config, world.make_model)
@@ -129,8 +150,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             config.data.prefetch, config.data.layout, context)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                config.keep_ckpts, config.ckpt_every_steps)
-  if ckpt.latest_step() is not None:
-    state, data_state = ckpt.restore(setup.abstract)
+  restored = ckpt.restore_latest_intact(setup.abstract)
+  if restored is not None:
+    _, state, data_state = restored
     data.set_state(data_state)
   else:
     state = init_state()
@@ -158,11 +180,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def finish(pending):
     step, m = pending
     m = jax.device_get(m)
-    bad = [k for k, v in m.items() if not np.isfinite(v)]
-    if bad:
-      raise FloatingPointError(
-          f"non-finite {', '.join(bad)} at step {step}; the last checkpoint "
-          f"(step {ckpt.latest_step()}) is kept and nothing later is saved")
+    nonfinite_lib.check(m, step, ckpt.latest_step(),
+                        skip=config.nonfinite == "skip")
     if step % config.log_every_steps == 0 or step == last:
       now = time.perf_counter()
       m["examples_per_sec"] = ((step - window[1]) * examples_per_step /
@@ -176,24 +195,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       refresh=False)
 
   try:
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), preemption.StopOnSignal() as signals:
       for step in range(first + 1, last + 1):
         batch = next(data)
         if probe is not None and (step - 1) % config.interference.probe_every == 0:
+          if pending is not None:  # the state it probes is checked first
+            finish(pending)
+            pending = None
           writer.write(step, probe(state, batch))
         state, m = update(state, batch)
         if pending is not None:
           finish(pending)
         pending = (step, m)
-        if drafts is not None and step % drafts.every == 0 and (
-            not drafts.has(step // drafts.every)):
-          _refresh_drafts(drafts, step // drafts.every, config, world,
-                          draft_loop, state["params"])
-        if step % config.ckpt_every_steps == 0 or step == last:
+        stop = signals.agreed()
+        refresh = drafts is not None and step % drafts.every == 0 and (
+            not drafts.has(step // drafts.every))
+        save = step % config.ckpt_every_steps == 0 or step == last or stop
+        evaluate = step % config.eval_every_steps == 0 and step != last
+        if refresh or save or evaluate:  # nothing non-finite goes further
           finish(pending)
           pending = None
-          ckpt.save(step, state, data.get_state(), force=step == last)
-        if step % config.eval_every_steps == 0 and step != last:
+        if refresh:
+          _refresh_drafts(drafts, step // drafts.every, config, world,
+                          draft_loop, state["params"])
+        if save:
+          ckpt.save(step, state, data.get_state(), force=step == last or stop)
+        if stop:
+          ckpt.wait()
+          raise preemption.Preempted(step, signals.signal_name)
+        if evaluate:
           writer.write(step, {f"{config.evals.split}/{k}": v for k, v in
                               evaluator.run(state["params"]).items()})
       if pending is not None:

@@ -3,6 +3,8 @@ init with out_shardings, so no device ever holds an unsharded copy.
 
 The state crossing the jit boundary is a plain dict:
   {"step": int32[], "params": nested dict of arrays, "opt": optax state,
+   "skipped": int32[] (steps whose update was dropped as non-finite,
+   r3jax.train.nonfinite),
    "aux": {"method": aggregation-method state}  (only when there is some)}.
 """
 
@@ -67,9 +69,10 @@ def create(make_model: Callable[[nnx.Rngs], nnx.Module],
       tx, lambda _, s: s, abs_opt, param_sh,
       transform_non_params=lambda _: repl,
       is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-  shardings = {"step": repl, "params": param_sh, "opt": opt_sh}
+  shardings = {"step": repl, "params": param_sh, "opt": opt_sh,
+               "skipped": repl}
   shapes = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abs_params,
-            "opt": abs_opt}
+            "opt": abs_opt, "skipped": jax.ShapeDtypeStruct((), jnp.int32)}
   if aux_init:
     shardings["aux"] = {"method": jax.tree.map(lambda _: repl, abs_aux)}
     shapes["aux"] = {"method": abs_aux}
@@ -84,7 +87,7 @@ def create(make_model: Callable[[nnx.Rngs], nnx.Module],
       model = make_model(nnx.Rngs(jax.random.key(seed)))
     params = nnx.to_pure_dict(nnx.state(model))
     state = {"step": jnp.zeros((), jnp.int32), "params": params,
-             "opt": tx.init(params)}
+             "opt": tx.init(params), "skipped": jnp.zeros((), jnp.int32)}
     if aux_init:
       state["aux"] = {"method": aux_init()}
     return state

@@ -121,11 +121,23 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(("data", "fsdp")))
 
 
+def _nbytes(x) -> int:
+  return math.prod(x.shape) * np.dtype(x.dtype).itemsize
+
+
 def unsharded_large_params(params, min_bytes: int = 1 << 20) -> list[str]:
-  """Paths of parameters of at least `min_bytes` that every device holds whole."""
+  """Paths of parameters of at least `min_bytes` that every device holds whole
+  (arrays, or ShapeDtypeStructs carrying shardings)."""
   out = []
   for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-    if x.nbytes >= min_bytes and x.sharding.is_fully_replicated and (
+    if _nbytes(x) >= min_bytes and x.sharding.is_fully_replicated and (
         len(x.sharding.device_set) > 1):
       out.append(jax.tree_util.keystr(path))
   return out
+
+
+def bytes_per_device(tree) -> int:
+  """Bytes one device holds of a tree of arrays or ShapeDtypeStructs sharded
+  over the whole mesh: one shard of every leaf, before any layout padding."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) *
+             np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))

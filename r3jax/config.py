@@ -7,14 +7,15 @@ of its config and nothing else.
 
 from __future__ import annotations
 
-import difflib
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
+from r3jax import config_checks as checks
 from r3jax.data import tasks as tasks_lib
 from r3jax.interference import groups as interference_groups
 from r3jax.world.corrupt import CORRUPTIONS
@@ -105,7 +106,12 @@ def defaults() -> ml_collections.ConfigDict:
       enc_overrides=dict(width=128, depth=2, heads=4, mlp=512),
       dec_width=128, dec_depth=2, dec_heads=4, dec_mlp=512,
       dtype="float32",        # compute dtype; parameters stay float32
-      remat=False,
+      # Activation checkpointing per block: "none", "full", "dots",
+      # "dots_saveable" or "offload" (r3jax.model.config.REMAT_POLICIES).
+      remat="none",
+      # Stack each part's blocks along a "layers" axis and jax.lax.scan over
+      # them (compile time independent of depth; r3jax/model/scan.py).
+      scan_layers=False,
   )
 
   c.optim = dict(
@@ -134,6 +140,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.log_every_steps = 10
   c.ckpt_every_steps = 200
   c.keep_ckpts = 2
+  # A step whose loss, gradient or update is non-finite: "stop" the run (the
+  # last checkpoint is kept) or "skip" its update in-graph and count it
+  # (r3jax/train/nonfinite.py).
+  c.nonfinite = "stop"
   c.eval_every_steps = 500
   c.evals = dict(split="validation", max_examples=256, batch_size=64)
   c.final_eval = dict(split="test", max_examples=-1, batch_size=128)
@@ -198,14 +208,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first problem found in `config`."""
   ref = _flat_keys(defaults().to_dict())
   got = _flat_keys(config.to_dict())
-  for key in got:
-    if key not in ref:
-      near = difflib.get_close_matches(key, list(ref), n=1)
-      hint = f" (did you mean {near[0]!r}?)" if near else ""
-      raise ValueError(f"unknown config key {key!r}{hint}")
-  for key in ref:
-    if key not in got:
-      raise ValueError(f"config key {key!r} is missing")
+  checks.check_keys(got, ref)
+  checks.check_types(got, ref, task_defaults(1, 1))
 
   if not config.tasks:
     raise ValueError("config.tasks is empty: name at least one of "
@@ -227,13 +231,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"unknown split {split!r} in config.data.split_sizes")
   if sum(v == -1 for v in config.mesh.values()) > 1:
     raise ValueError(f"at most one mesh axis may be -1, got {dict(config.mesh)}")
+  for axis, size in config.mesh.items():
+    if size != -1 and size < 1:
+      raise ValueError(f"config.mesh.{axis}={size}: mesh sizes are positive "
+                       "or -1 (the devices the other axes leave)")
+  checks.check_data(config)
+  checks.check_model(config)
   for name in ("total_steps", "log_every_steps", "ckpt_every_steps",
                "eval_every_steps", "keep_ckpts"):
     if config[name] <= 0:
       raise ValueError(f"config.{name} must be > 0, got {config[name]}")
+  if config.nonfinite not in ("stop", "skip"):
+    raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got "
+                     f"{config.nonfinite!r}")
   if config.model.dtype not in ("float32", "bfloat16"):
     raise ValueError(f"config.model.dtype must be float32 or bfloat16, got "
                      f"{config.model.dtype!r}")
+  from r3jax.model.config import REMAT_POLICIES  # noqa: PLC0415
+  if (not isinstance(config.model.remat, str) or
+      config.model.remat not in REMAT_POLICIES or
+      not isinstance(config.model.scan_layers, bool)):
+    raise ValueError(f"config.model.remat must be one of {list(REMAT_POLICIES)} "
+                     "and config.model.scan_layers a bool, got "
+                     f"{config.model.remat!r}, {config.model.scan_layers!r}")
   r3 = config.r3
   bad = sorted(set(r3.corruptions) - set(CORRUPTIONS))
   if bad or not r3.corruptions:
@@ -289,6 +309,51 @@ def validate(config: ml_collections.ConfigDict) -> None:
                  **dict(config.interference.method_args))
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.interference: {e}") from None
+
+
+def mesh_shape(mesh: Mapping[str, int], num_devices: int) -> dict[str, int]:
+  """config.mesh resolved on `num_devices` devices (-1: what the others
+  leave); a ValueError that says how to fix a mesh that does not fit."""
+  shape = {a: int(mesh.get(a, 1)) for a in ("data", "fsdp", "tensor")}
+  fixed = math.prod(s for s in shape.values() if s != -1)
+  others = shape["fsdp"] * shape["tensor"]
+  hint = (f"set config.mesh.data=-1 (here {num_devices // others})"
+          if shape["fsdp"] > 0 and shape["tensor"] > 0 and
+          num_devices % others == 0 else
+          f"choose sizes whose product is {num_devices}")
+  free = [a for a, s in shape.items() if s == -1]
+  if free and num_devices % fixed == 0:
+    shape[free[0]] = num_devices // fixed
+  elif free or fixed != num_devices:
+    need = (f"a multiple of {fixed}" if free else str(fixed))
+    raise ValueError(f"config.mesh={dict(mesh)} needs {need} devices but "
+                     f"{num_devices} are available; {hint}")
+  return shape
+
+
+def check_devices(config: ml_collections.ConfigDict, num_devices: int,
+                  num_processes: int = 1) -> dict[str, int]:
+  """Checks, before anything is built, that config.mesh fits the devices and
+  every batch splits over the data-parallel devices (data * fsdp) and the
+  processes (training batches); returns the mesh shape."""
+  shape = mesh_shape(config.mesh, num_devices)
+  dp = shape["data"] * shape["fsdp"]
+  batches = {f"config.tasks.{name}.batch_size": (t.batch_size,
+                                                 math.lcm(dp, num_processes))
+             for name, t in sorted(config.tasks.items())}
+  for key in ("evals", "final_eval"):
+    batches[f"config.{key}.batch_size"] = (config[key].batch_size, dp)
+  if config.rl.enabled:  # every sampling batch is groups * group_size
+    batches["config.rl.groups*group_size"] = (
+        config.rl.groups * config.rl.group_size, dp)
+  for key, (size, unit) in batches.items():
+    if size % unit:
+      procs = f" and the {num_processes} processes" if unit != dp else ""
+      raise ValueError(
+          f"{key}={size} is not divisible by the data-parallel size "
+          f"data*fsdp={dp} (config.mesh on {num_devices} devices: {shape})"
+          f"{procs}; use a multiple of {unit}")
+  return shape
 
 
 def dump(config: ml_collections.ConfigDict, path: str) -> None:

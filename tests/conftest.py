@@ -1,6 +1,7 @@
 """Tests run on 8 fake CPU devices with a persistent compilation cache."""
 
 import os
+import sys
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8")
@@ -35,3 +36,28 @@ def tiny_config(tasks=("caption", "vqa", "ita"), **mesh):
 @pytest.fixture
 def tiny():
   return tiny_config
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main_command(c, workdir: str, *extra: str) -> list[str]:
+  """`python -m r3jax.main` on configs/joint.py:runlocal with the overrides
+  that make it the tiny config `c` (of the joint tasks); run it from ROOT."""
+  keys = ["total_steps", "keep_ckpts", "ckpt_every_steps", "eval_every_steps",
+          "final_eval.max_examples", "interference.enabled",
+          *(f"mesh.{k}" for k in c.mesh)]
+  value = lambda key: c[key] if "." not in key else c[key.split(".")[0]][
+      key.split(".")[1]]
+  return [sys.executable, "-m", "r3jax.main",
+          "--config=configs/joint.py:runlocal", f"--workdir={workdir}",
+          f"--config.data.dir={c.data.dir}", "--config.progress_bar=False",
+          f"--config.compilation_cache_dir={os.path.abspath(_CACHE)}",
+          *(f"--config.{k}={value(k)}" for k in keys), *extra]
+
+
+def committed_steps(workdir: str) -> list[int]:
+  """Steps of the complete checkpoints in a run's workdir."""
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if (
+      os.path.isdir(d)) else []

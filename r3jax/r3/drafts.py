@@ -21,6 +21,7 @@ import time
 import zlib
 from collections.abc import Mapping
 
+import jax
 import numpy as np
 
 
@@ -64,10 +65,11 @@ class DraftStore:
 
   def put(self, w: int, drafts: Mapping[str, Mapping[int, str]]) -> None:
     data = {t: {str(j): d for j, d in m.items()} for t, m in drafts.items()}
-    tmp = self._path(w) + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(data, f)
-    os.replace(tmp, self._path(w))
+    if jax.process_index() == 0:  # every process holds the same drafts
+      tmp = self._path(w) + ".tmp"
+      with open(tmp, "w") as f:
+        json.dump(data, f)
+      os.replace(tmp, self._path(w))
     with self._ready:
       self._windows[w] = data
       self._ready.notify_all()

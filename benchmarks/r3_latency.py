@@ -22,7 +22,6 @@ Without --workdir a freshly initialised model is timed (it says so).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -44,24 +43,7 @@ from r3jax.world import available_corruptions, corrupt, scene_from_arrays  # noq
 
 def _config(workdir: str | None) -> ml_collections.ConfigDict:
   if workdir:
-    # The run's settings over today's defaults (keys added since keep theirs).
-    with open(os.path.join(workdir, "config.json")) as f:
-      saved = json.load(f)
-    c = config_lib.defaults()
-    config_lib.select_tasks(c, list(saved["tasks"]))
-
-    def merge(dst, src):
-      for k, v in src.items():
-        if k in dst and isinstance(dst[k], ml_collections.ConfigDict) and (
-            isinstance(v, dict)) and k not in ("tasks", "enc_overrides",
-                                               "split_sizes", "method_args"):
-          merge(dst[k], v)
-        elif k in dst:
-          dst[k] = type(dst[k])(v) if isinstance(dst[k], tuple) else v
-    with c.unlocked():
-      merge(c, saved)
-    c.sharding_rules = [tuple(r) for r in c.sharding_rules]
-    return c
+    return config_lib.load_saved(os.path.join(workdir, "config.json"))
   from configs import r3_sft
   return r3_sft.get_config()
 

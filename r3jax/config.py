@@ -361,6 +361,40 @@ def dump(config: ml_collections.ConfigDict, path: str) -> None:
     json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
 
 
+# Values older runs saved that mean something else today: key -> {old: new}.
+_RENAMED_VALUES = {"model.remat": {False: "none", True: "full"}}
+
+
+def load_saved(path: str) -> ml_collections.ConfigDict:
+  """A run's saved config.json over today's defaults: keys added since keep
+  their defaults, values whose spelling changed are translated, and the
+  result is validated."""
+  with open(path) as f:
+    saved = json.load(f)
+  c = defaults()
+  select_tasks(c, list(saved["tasks"]))
+
+  def merge(dst, src, prefix=""):
+    for k, v in src.items():
+      key = prefix + k
+      if k not in dst:
+        continue
+      if isinstance(dst[k], ml_collections.ConfigDict) and isinstance(
+          v, dict) and k not in _OPEN_DICTS:
+        merge(dst[k], v, key + ".")
+        continue
+      v = _RENAMED_VALUES.get(key, {}).get(v, v) if not isinstance(
+          v, (list, dict)) else v
+      dst[k] = type(dst[k])(v) if isinstance(dst[k], tuple) else v
+
+  with c.unlocked():
+    merge(c, saved)
+  c.sharding_rules = [tuple(tuple(a) if isinstance(a, list) else a for a in r)
+                      for r in c.sharding_rules]
+  validate(c)
+  return c
+
+
 def select_tasks(c: ml_collections.ConfigDict, names) -> None:
   """Keeps only the named tasks (their defaults as set in `defaults()`)."""
   known = all_tasks()

@@ -202,6 +202,22 @@ def test_compatible_types_are_accepted():
       json.loads(json.dumps(c.to_dict()))))
 
 
+def test_a_saved_config_loads_over_todays_defaults(tmp_path):
+  """An older run's config.json: a key added since takes its default, an old
+  spelling of a value is translated, the run's own values are kept."""
+  c = importlib.import_module("configs.r3_sft").get_config("runlocal,seed=4")
+  d = json.loads(json.dumps(c.to_dict()))
+  del d["nonfinite"]
+  d["model"]["remat"] = True
+  path = tmp_path / "config.json"
+  path.write_text(json.dumps(d))
+  loaded = config_lib.load_saved(str(path))
+  assert loaded.nonfinite == "stop" and loaded.model.remat == "full"
+  assert loaded.seed == 4 and set(loaded.tasks) == set(c.tasks)
+  assert loaded.to_dict() == {**c.to_dict(), "model": {
+      **c.model.to_dict(), "remat": "full"}}
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c.model.update(dict(encoder="XL")),
      r"config.model.encoder='XL' is not a named size; known: "

@@ -3,7 +3,7 @@ R3-SFT checkpoint.
 
   python -m r3jax.main --config configs/r3_sft.py --workdir runs/r3_sft
   python -m r3jax.main --config configs/r3_rl.py --workdir runs/r3_rl \\
-      --config.rl.init_from=runs/r3_sft
+      --config.init_from=runs/r3_sft
   args: runlocal (CPU smoke run), seed=N, steps=N
 """
 

@@ -1,7 +1,7 @@
 """R3-RL ablation: chain RL (one outcome reward for the whole draft -> reflect -> refine trajectory).
 
   python -m r3jax.main --config configs/r3_rl_chain.py --workdir runs/r3_rl_chain \
-      --config.rl.init_from=runs/r3_sft
+      --config.init_from=runs/r3_sft
 """
 
 from configs import r3_rl

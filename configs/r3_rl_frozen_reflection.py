@@ -1,7 +1,7 @@
 """R3-RL ablation: reflection tokens not trained (only the refined caption).
 
   python -m r3jax.main --config configs/r3_rl_frozen_reflection.py --workdir runs/r3_rl_frozen_reflection \
-      --config.rl.init_from=runs/r3_sft
+      --config.init_from=runs/r3_sft
 """
 
 from configs import r3_rl

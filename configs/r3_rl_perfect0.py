@@ -1,7 +1,7 @@
 """R3-RL ablation: perfect_ratio 0 (branch drafts never drawn from the V = 1 pool).
 
   python -m r3jax.main --config configs/r3_rl_perfect0.py --workdir runs/r3_rl_perfect0 \
-      --config.rl.init_from=runs/r3_sft
+      --config.init_from=runs/r3_sft
 """
 
 from configs import r3_rl

@@ -85,7 +85,6 @@ def defaults() -> ml_collections.ConfigDict:
   # steps when enabled; `config.optim` is the RL optimizer then.
   c.rl = dict(
       enabled=False,
-      init_from="",         # workdir whose latest checkpoint RL starts from
       mode="tree",          # "tree" (root / branch steps) or "chain"
       groups=4,             # images (prompts) per step
       group_size=8,         # rollouts per group
@@ -135,6 +134,12 @@ def defaults() -> ml_collections.ConfigDict:
       method_args={},       # the method's hyper-parameters by name
       probe_every=0,        # lookahead transference probe cadence (0: off)
   )
+
+  # A workdir whose latest checkpoint's parameters start this run (its
+  # optimizer, step and data order start fresh); "" starts from a fresh
+  # initialisation. R3-RL starts from an R3-SFT run this way. A run that has
+  # checkpoints of its own resumes from them instead.
+  c.init_from = ""
 
   c.total_steps = 1_500
   c.log_every_steps = 10

@@ -2,6 +2,8 @@
 checkpoints, non-finite steps; and no checkpoint holds a pickle."""
 
 import ast
+import copy
+import functools
 import glob
 import os
 import re
@@ -416,3 +418,32 @@ def test_a_checkpoint_from_before_the_skip_count_restores_with_zero(tmp_path):
   assert data_state == {"pos": 7}
   assert (int(got["step"]), int(got["skipped"])) == (7, 0)
   np.testing.assert_array_equal(got["w"], np.arange(4.0))
+
+
+def test_init_from_starts_from_another_runs_parameters_only(reference,
+                                                            tmp_path):
+  """config.init_from loads the parameters alone: the new run has another
+  aggregation method (other state) and a fresh optimizer; with a zero
+  learning rate it ends where the other run's parameters were."""
+  c = copy.deepcopy(reference["config"])
+  c.interference.enabled, c.interference.method = True, "famo"
+  c.total_steps, c.optim.lr, c.init_from = 2, 0.0, reference["workdir"]
+  one = jax.devices()[:1]
+  loop.train_and_evaluate(c, str(tmp_path / "next"), one)
+  _, _, setup, _ = loop.build(c, one)
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "next" / "checkpoints"), 2, 2)
+  state, _ = ck.restore(setup.abstract)
+  ck.close()
+  assert int(state["step"]) == 2 and "method" in state["aux"]
+  flat = jax.tree_util.tree_flatten_with_path(state["params"])[0]
+  start = reference["final"][0]["params"]
+  for path, x in flat:
+    np.testing.assert_array_equal(
+        x, functools.reduce(lambda d, k: d[k.key], path, start),
+        err_msg=jax.tree_util.keystr(path))
+  # The optimizer started fresh: its step counts are this run's 2, not 18.
+  counts = [int(x) for p, x in jax.tree_util.tree_flatten_with_path(
+      state["opt"])[0] if "count" in jax.tree_util.keystr(p)]
+  assert counts and set(counts) == {2}
+  with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+    ckpt_lib.load_params(str(tmp_path / "nothing"), setup.abstract["params"])

@@ -310,18 +310,11 @@ class TreeRL:
 
 def _initial_params(config, setup, init_state):
   """The policy RL starts from (and the frozen KL reference): the latest
-  checkpoint of config.rl.init_from, else a fresh initialisation."""
+  checkpoint of config.init_from, else a fresh initialisation."""
   state = init_state()
-  if not config.rl.init_from:
-    return state
-  src = ckpt_lib.Checkpointer(os.path.join(config.rl.init_from, "checkpoints"),
-                              1, 1)
-  if src.latest_step() is None:
-    raise FileNotFoundError(f"config.rl.init_from={config.rl.init_from!r} has "
-                            "no checkpoint")
-  loaded, _ = src.restore(setup.abstract)
-  src.close()
-  state["params"] = loaded["params"]
+  if config.init_from:
+    state["params"] = ckpt_lib.load_params(config.init_from,
+                                           setup.abstract["params"])
   return state
 
 

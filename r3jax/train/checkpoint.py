@@ -175,6 +175,31 @@ class Checkpointer:
             f"{' and more' if len(bad) > 4 else ''}")
     return out["state"], out["data"]
 
+  def restore_params(self, abstract_params, step: int | None = None):
+    """The parameters alone of the checkpoint at `step` (default latest),
+    placed per abstract_params and checked against the saved fingerprint: the
+    run that wrote it may have had other optimizer, method or data state."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    item = {"params": abstract_params}
+    items = dict(state=ocp.args.PyTreeRestore(
+        item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True))
+    checked = os.path.isdir(os.path.join(self.directory, str(step),
+                                         "integrity"))
+    if checked:
+      items["integrity"] = ocp.args.JsonRestore()
+    out = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    if checked:
+      saved = out["integrity"]["fingerprint"]
+      bad = [k for k, v in fingerprint(out["state"]).items() if saved.get(k) != v]
+      if bad:
+        raise CorruptCheckpoint(
+            f"parameters of the checkpoint at step {step} in {self.directory} "
+            f"do not match the fingerprint saved with them: {', '.join(bad[:4])}")
+    return out["state"]["params"]
+
   def restore_latest_intact(self, abstract_state):
     """(step, state, data_state) of the newest checkpoint that restores intact,
     or None when there is no checkpoint.
@@ -244,3 +269,15 @@ class Checkpointer:
 
   def close(self) -> None:
     self._mngr.close()
+
+
+def load_params(workdir: str, abstract_params):
+  """The parameters of `workdir`'s latest checkpoint (config.init_from)."""
+  ck = Checkpointer(os.path.join(workdir, "checkpoints"), 1, 1)
+  try:
+    if ck.latest_step() is None:
+      raise FileNotFoundError(f"config.init_from={workdir!r} holds no "
+                              "checkpoint (train that run first)")
+    return ck.restore_params(abstract_params)
+  finally:
+    ck.close()

@@ -156,6 +156,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     data.set_state(data_state)
   else:
     state = init_state()
+    if config.init_from:
+      state["params"] = ckpt_lib.load_params(config.init_from,
+                                             setup.abstract["params"])
   first = int(jax.device_get(state["step"]))
   _truncate_metrics(workdir, first)
 

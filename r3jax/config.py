@@ -104,6 +104,9 @@ def defaults() -> ml_collections.ConfigDict:
       # learns the default world in minutes on a laptop CPU.
       enc_overrides=dict(width=128, depth=2, heads=4, mlp=512),
       dec_width=128, dec_depth=2, dec_heads=4, dec_mlp=512,
+      # Decoder positions; 0: the longest configured task's max_len. Runs
+      # that pass parameters on (config.init_from) between task sets fix it.
+      max_len=0,
       dtype="float32",        # compute dtype; parameters stay float32
       # Activation checkpointing per block: "none", "full", "dots",
       # "dots_saveable" or "offload" (r3jax.model.config.REMAT_POLICIES).
@@ -246,6 +249,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                "eval_every_steps", "keep_ckpts"):
     if config[name] <= 0:
       raise ValueError(f"config.{name} must be > 0, got {config[name]}")
+  longest = max(t.max_len for t in config.tasks.values())
+  if config.model.max_len and config.model.max_len < longest:
+    raise ValueError(f"config.model.max_len={config.model.max_len} is shorter "
+                     f"than the longest task (max_len {longest}); raise it or "
+                     "set 0 (the longest task's)")
   if config.nonfinite not in ("stop", "skip"):
     raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got "
                      f"{config.nonfinite!r}")

@@ -57,6 +57,8 @@ def test_unknown_key_names_it_and_suggests():
     (lambda c: c.mesh.update(dict(data=-1, fsdp=-1)), "at most one mesh axis"),
     (lambda c: c.update(dict(total_steps=0)), "total_steps must be > 0"),
     (lambda c: c.model.update(dict(dtype="float16")), "float32 or bfloat16"),
+    (lambda c: c.model.update(dict(max_len=40)),
+     r"config.model.max_len=40 is shorter than the longest task \(max_len 44\)"),
     (lambda c: c.data.split_sizes.update(dict(dev=3)), "unknown split 'dev'"),
 ])
 def test_bad_values(edit, message):

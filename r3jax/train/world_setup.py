@@ -33,7 +33,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int,
       decoder=dict(width=m.dec_width, depth=m.dec_depth, heads=m.dec_heads,
                    mlp=m.dec_mlp),
       vocab_size=vocab_size, image_size=image_size,
-      max_len=max(t.max_len for t in config.tasks.values()),
+      max_len=m.max_len or max(t.max_len for t in config.tasks.values()),
       dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers, stem=m.stem,
       **{f"enc_{k}": v for k, v in m.enc_overrides.items()})
 

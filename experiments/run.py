@@ -1,0 +1,268 @@
+"""Runs a study's arms over seeds in-process, then writes its RESULTS.md.
+
+  python -m experiments.run dilemma                     # 3 seeds, every arm
+  python -m experiments.run mitigation --seeds 1 --arms pcgrad,famo --scale
+  python -m experiments.run tiny --set data.dir=/tmp/d --set mesh.data=1
+  python -m experiments.run r3 --dry-run                # print the commands
+
+Each run lives in <root>/<study>/runs/<arm>/seed<k> with a result.json (final
+metrics, wall seconds, the `python -m r3jax.main` command that reproduces it);
+an arm whose result.json exists is not run again (one made by a different
+command is an error). Run the printed commands from the repository root. Arms run after the arm they
+start from (`Arm.after`), which is added when --arms leaves it out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+
+from experiments import report
+from experiments import studies as studies_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """`path.py:arg` -> the file's get_config(arg); paths are relative to the
+  repository root (config files import `configs.*`)."""
+  path, _, arg = spec.partition(":")
+  full = path if os.path.isabs(path) else os.path.join(ROOT, path)
+  if not os.path.isfile(full):
+    raise ValueError(f"config file {path!r} not found (looked in {ROOT})")
+  if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+  name = "_experiment_config_" + os.path.splitext(os.path.basename(full))[0]
+  module_spec = importlib.util.spec_from_file_location(name, full)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def parse_value(text: str, current: Any) -> Any:
+  """A command-line string typed like the value it replaces."""
+  if isinstance(current, bool):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise ValueError(f"expected a bool, got {text!r}")
+    return text.lower() in ("true", "1")
+  if isinstance(current, int):
+    return int(text)
+  if isinstance(current, float):
+    return float(text)
+  if isinstance(current, str):
+    return text
+  return ast.literal_eval(text)
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, str]:
+  out = {}
+  for item in items:
+    key, eq, value = item.partition("=")
+    if not eq or not key:
+      raise ValueError(f"--set {item!r}: expected key=value")
+    out[key.strip()] = value
+  return out
+
+
+def set_key(config: ml_collections.ConfigDict, key: str, value: Any,
+            from_text: bool = False) -> None:
+  """Sets dotted `key`; a key the config does not have is an error naming it
+  (inside the open dicts, e.g. interference.method_args, keys are data)."""
+  from r3jax import config as config_lib  # noqa: PLC0415
+  *parents, leaf = key.split(".")
+  node = config
+  for i, p in enumerate(parents):
+    if not isinstance(node, ml_collections.ConfigDict) or p not in node:
+      raise ValueError(f"config has no key {'.'.join(parents[:i + 1])!r} "
+                       f"(setting {key!r})")
+    node = node[p]
+  open_dict = bool(parents) and parents[-1] in config_lib._OPEN_DICTS  # noqa: SLF001
+  if not isinstance(node, ml_collections.ConfigDict) or (
+      leaf not in node and not open_dict):
+    raise ValueError(f"config has no key {key!r}")
+  current = node[leaf] if leaf in node else None
+  if from_text:
+    try:
+      value = (parse_value(value, current) if current is not None else
+               ast.literal_eval(value))
+    except (ValueError, SyntaxError) as e:
+      raise ValueError(f"config key {key!r}: cannot read {value!r} ({e})"
+                       ) from None
+  if isinstance(current, float) and isinstance(value, int) and not (
+      isinstance(value, bool)):
+    value = float(value)
+  try:
+    with node.unlocked():
+      node[leaf] = value
+  except TypeError as e:
+    raise ValueError(f"config key {key!r}: {e}") from None
+
+
+def _flag_value(v: Any) -> str:
+  if isinstance(v, (list, tuple, dict)):
+    return shlex.quote(json.dumps(v, separators=(",", ":")))
+  return shlex.quote(str(v))
+
+
+def workdir(root: str, study: str, arm: str, seed: int) -> str:
+  return os.path.join(root, study, "runs", arm, f"seed{seed}")
+
+
+def init_key(config: ml_collections.ConfigDict) -> str | None:
+  """The key through which a run starts from another run's parameters:
+  `init_from`, or for R3-RL in older configs `rl.init_from`."""
+  if "init_from" in config:
+    return "init_from"
+  if config.rl.enabled and "init_from" in config.rl:
+    return "rl.init_from"
+  return None
+
+
+def resolve(study: studies_lib.Study, arm: studies_lib.Arm, seed: int,
+            root: str, sets: Mapping[str, str], scale: bool = False
+            ) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """The arm's config for `seed` (arm overrides, then the study's scale, then
+  --set, then the starting point) and the command that reproduces it."""
+  spec = arm.config.format(seed=seed)
+  config = load_config(spec)
+  applied: dict[str, Any] = {}
+  layers = [arm.overrides, study.scale if scale else {}]
+  for layer in layers:
+    for key, value in layer.items():
+      set_key(config, key, value)
+      applied[key] = value
+  for key, text in sets.items():
+    set_key(config, key, text, from_text=True)
+    applied[key] = _get(config, key)
+  if arm.after:
+    key = init_key(config)
+    if key is None:
+      raise ValueError(f"arm {arm.name!r} starts from arm {arm.after!r} but "
+                       "the config has no init_from key")
+    value = os.path.abspath(workdir(root, study.name, arm.after, seed))
+    set_key(config, key, value)
+    applied[key] = value
+  from r3jax import config as config_lib  # noqa: PLC0415
+  config_lib.validate(config)
+  wd = workdir(root, study.name, arm.name, seed)
+  command = ["python", "-m", "r3jax.main", f"--config={spec}",
+             f"--workdir={shlex.quote(os.path.abspath(wd))}"]
+  command += [f"--config.{k}={_flag_value(v)}" for k, v in applied.items()]
+  return config, command
+
+
+def _get(config, key):
+  for p in key.split("."):
+    config = config[p]
+  return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else (
+      config)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          devices=None) -> dict[str, Any]:
+  """What r3jax.main runs for `config` (the library functions)."""
+  if config.rl.enabled:
+    from r3jax.r3 import tree_rl  # noqa: PLC0415
+    return tree_rl.train(config, workdir, devices)
+  from r3jax.train import loop  # noqa: PLC0415
+  return loop.train_and_evaluate(config, workdir, devices)
+
+
+def hardware() -> dict[str, Any]:
+  import jax  # noqa: PLC0415
+  return {"device_kind": jax.devices()[0].device_kind,
+          "devices": jax.device_count(), "cpus": os.cpu_count()}
+
+
+def run_study(name: str, root: str = "experiments", seeds: int | None = None,
+              arms: Sequence[str] | None = None,
+              sets: Mapping[str, str] | None = None, scale: bool = False,
+              dry_run: bool = False, log=print, devices=None
+              ) -> list[dict[str, Any]]:
+  """Runs (or with dry_run, prints the commands of) the study's arms over
+  seeds 0..seeds-1 (on `devices`, default all); returns one record per run: arm, seed, command, status
+  ("ran", "done" (result.json existed) or "dry-run")."""
+  study = studies_lib.get(name)
+  ordered = study.order(arms)
+  sets = dict(sets or {})
+  records = []
+  for seed in range(study.seeds if seeds is None else seeds):
+    for arm in ordered:
+      config, command = resolve(study, arm, seed, root, sets, scale)
+      line = " ".join(command)
+      wd = workdir(root, study.name, arm.name, seed)
+      path = os.path.join(wd, "result.json")
+      record = {"arm": arm.name, "seed": seed, "command": line}
+      if dry_run:
+        log(line)
+        records.append({**record, "status": "dry-run"})
+        continue
+      if os.path.exists(path):
+        with open(path) as f:
+          done = json.load(f)
+        if done["command"] != line:
+          raise ValueError(f"{path} was made by another command:\n  "
+                           f"{done['command']}\nnot\n  {line}\nremove it or "
+                           "use another --root")
+        log(f"[{study.name}] {arm.name} seed {seed}: done ({path})")
+        records.append({**record, "status": "done"})
+        continue
+      log(f"[{study.name}] {arm.name} seed {seed}: {line}")
+      t0 = time.perf_counter()
+      metrics = train(config, wd, devices)
+      wall = time.perf_counter() - t0
+      result = {"study": study.name, "arm": arm.name, "seed": seed,
+                "after": arm.after, "command": line,
+                "metrics": {k: float(v) for k, v in metrics.items()},
+                "wall_seconds": wall, "hardware": hardware()}
+      os.makedirs(wd, exist_ok=True)
+      tmp = path + ".tmp"
+      with open(tmp, "w") as f:
+        json.dump(result, f, indent=1, sort_keys=True)
+      os.replace(tmp, path)  # a killed run leaves no result.json
+      records.append({**record, "status": "ran"})
+  return records
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m experiments.run", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("study", help=f"one of {sorted(studies_lib.STUDIES)}")
+  parser.add_argument("--seeds", type=int, default=None,
+                      help="seeds 0..N-1 (default: the study's)")
+  parser.add_argument("--arms", default=None,
+                      help="comma-separated arms (default: all)")
+  parser.add_argument("--root", default="experiments")
+  parser.add_argument("--set", dest="sets", action="append", default=[],
+                      metavar="KEY=VALUE", help="config override, every arm")
+  parser.add_argument("--scale", action="store_true",
+                      help="apply the study's reduced-size overrides")
+  parser.add_argument("--dry-run", action="store_true",
+                      help="print the commands, run nothing")
+  args = parser.parse_args(argv)
+  try:
+    arms = [a for a in args.arms.split(",") if a] if args.arms else None
+    run_study(args.study, args.root, args.seeds, arms, parse_sets(args.sets),
+              args.scale, args.dry_run)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if not args.dry_run:
+    path = report.collect(args.root, args.study)
+    print(f"wrote {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,174 @@
+"""The study runner: dependency order, init_from plumbing, skip-on-rerun,
+RESULTS.md statistics and error messages."""
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import _DATA_DIR
+from experiments import report
+from experiments import run
+from experiments import studies
+from r3jax.train import metrics as metrics_lib
+
+SETS = [f"--set=data.dir={_DATA_DIR}", "--set=progress_bar=False",
+        "--set=compilation_cache_dir=", "--set=mesh.data=1"]
+
+
+def _result(root, arm, seed=0):
+  with open(os.path.join(root, "tiny", "runs", arm, f"seed{seed}",
+                         "result.json")) as f:
+    return json.load(f)
+
+
+def test_tiny_study_runs_in_order_skips_done_arms_and_reports(
+    tmp_path, monkeypatch, capsys):
+  root = str(tmp_path)
+  sets = run.parse_sets([s.removeprefix("--set=") for s in SETS])
+  records = run.run_study("tiny", root, 1, None, sets, log=lambda _: None,
+                          devices=jax.devices()[:1])
+  assert [(r["arm"], r["status"]) for r in records] == [
+      ("first", "ran"), ("frozen", "ran")]
+  first, frozen = _result(root, "first"), _result(root, "frozen")
+  first_dir = os.path.join(root, "tiny", "runs", "first", "seed0")
+  with open(os.path.join(root, "tiny", "runs", "frozen", "seed0",
+                         "config.json")) as f:
+    saved = json.load(f)
+  assert saved["init_from"] == os.path.abspath(first_dir)
+  assert saved["optim"]["lr"] == 0.0 and saved["total_steps"] == 2
+  assert saved["data"]["dir"] == _DATA_DIR and saved["mesh"]["data"] == 1
+  # At learning rate 0 the second arm keeps the first arm's final parameters
+  # (the norm logged after each update), not a fresh initialisation's (the
+  # first arm's step-1 norm: its warmup makes that update zero).
+  norms = {arm: [r["param_norm"] for r in metrics_lib.read(os.path.join(
+      root, "tiny", "runs", arm, "seed0")) if "param_norm" in r]
+           for arm in ("first", "frozen")}
+  assert norms["frozen"] == [norms["first"][-1]] * 2
+  assert norms["first"][0] != norms["first"][-1]
+  for k in ("caption/f1", "vqa/accuracy", "ita/accuracy"):
+    assert frozen["metrics"][k] == first["metrics"][k], k
+  assert frozen["command"].endswith(
+      f"--config.init_from={os.path.abspath(first_dir)}")
+  assert "--config.optim.lr=0.0" in frozen["command"]
+  assert first["wall_seconds"] > 0 and first["hardware"]["cpus"] == os.cpu_count()
+
+  # A rerun trains nothing: every arm has its result.json.
+  def no_training(config, workdir):
+    raise AssertionError(f"trained {workdir} again")
+  monkeypatch.setattr(run, "train", no_training)
+  assert run.main(["tiny", "--seeds=1", f"--root={root}", *SETS]) == 0
+  assert capsys.readouterr().out.count(": done (") == 2
+  # ... but a different command for the same workdir is refused.
+  with pytest.raises(ValueError, match="made by another command"):
+    run.run_study("tiny", root, 1, None, {"data.dir": _DATA_DIR},
+                  log=lambda _: None)
+
+  text = open(os.path.join(root, "tiny", "RESULTS.md")).read()
+  row = next(l for l in text.splitlines() if l.startswith("| `frozen`"))
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert cells[1] == "1"  # seeds
+  assert cells[2] == f"{frozen['metrics']['caption/f1']:.4f}"  # no std: 1 seed
+  assert cells[5] == f"{frozen['metrics']['vqa/accuracy']:.4f}"
+  assert cells[-1] == "n/a (1 seed)"
+  assert "| `first` | 1 |" in text and "reference" in text
+  assert "![caption F1 vs VQA accuracy](pareto.png)" in text
+  assert os.path.getsize(os.path.join(root, "tiny", "pareto.png")) > 1000
+  assert first["command"] in text
+
+
+def _fake(root, arm, seed, f1, vqa):
+  d = os.path.join(root, "tiny", "runs", arm, f"seed{seed}")
+  os.makedirs(d)
+  with open(os.path.join(d, "result.json"), "w") as f:
+    json.dump({"arm": arm, "seed": seed, "command": f"cmd {arm} {seed}",
+               "metrics": {"caption/f1": f1, "vqa/accuracy": vqa,
+                           "train_seconds": 1.0},
+               "wall_seconds": 2.0, "hardware": {"device_kind": "cpu",
+                                                 "devices": 1, "cpus": 2}}, f)
+
+
+def test_collect_mean_std_and_seed_noise_column(tmp_path):
+  root = str(tmp_path)
+  ref_f1, ref_vqa = [0.50, 0.52, 0.54], [0.70, 0.71, 0.72]
+  arm_f1, arm_vqa = [0.60, 0.61, 0.62], [0.705, 0.69, 0.72]  # F1 up, VQA same
+  for s in range(3):
+    _fake(root, "first", s, ref_f1[s], ref_vqa[s])
+    _fake(root, "frozen", s, arm_f1[s], arm_vqa[s])
+  text = open(report.collect(root, "tiny")).read()
+  rows = {l.split("|")[1].strip(): [c.strip() for c in l.strip("|").split("|")]
+          for l in text.splitlines() if l.startswith("| `")}
+  f1 = rows["`frozen`"][2]
+  assert f1 == f"{np.mean(arm_f1):.4f} ± {np.std(arm_f1, ddof=1):.4f}"
+  assert rows["`first`"][5] == (f"{np.mean(ref_vqa):.4f} ± "
+                                f"{np.std(ref_vqa, ddof=1):.4f}")
+  assert rows["`frozen`"][-1] == "caption F1 +"
+  assert rows["`first`"][-1] == "reference"
+  assert rows["`frozen`"][3] == "-"  # V_strict was not measured
+  assert "- cpu × 1 devices, 2 CPUs" in text
+  # The threshold: two standard errors of the difference.
+  se = math.sqrt(np.var(arm_vqa, ddof=1) / 3 + np.var(ref_vqa, ddof=1) / 3)
+  gap = abs(np.mean(arm_vqa) - np.mean(ref_vqa))
+  assert report.differs((np.mean(arm_vqa), np.std(arm_vqa, ddof=1), 3),
+                        (np.mean(ref_vqa), np.std(ref_vqa, ddof=1), 3)) == (
+                            gap > 2 * se) == False  # noqa: E712
+  assert report.differs((1.0, 0.0, 1), (0.0, 0.0, 3)) is None
+  assert report.pareto_front({"a": (1, 0), "b": (0, 1), "c": (0, 0)}) == [
+      "a", "b"]
+
+
+def test_dry_run_prints_commands_in_dependency_order(tmp_path, capsys):
+  root = str(tmp_path)
+  assert run.main(["tiny", "--arms=frozen", "--seeds=2", f"--root={root}",
+                   "--dry-run", "--set=total_steps=6"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  first = [os.path.abspath(os.path.join(root, "tiny", "runs", "first",
+                                        f"seed{s}")) for s in (0, 1)]
+  assert [l.split("--workdir=")[1].split()[0] for l in lines] == [
+      first[0], first[0].replace("first", "frozen"),
+      first[1], first[1].replace("first", "frozen")]
+  assert lines[0].startswith(
+      "python -m r3jax.main --config=configs/joint.py:runlocal,seed=0 ")
+  assert "configs/joint.py:runlocal,seed=1 " in lines[2]
+  # --set replaces the arm's own override; init_from comes last.
+  assert "--config.total_steps=2" not in lines[1]
+  assert lines[1].index("--config.total_steps=6") < lines[1].index(
+      "--config.optim.lr=0.0") < lines[1].index(
+          f"--config.init_from={first[0]}")
+  assert not os.path.exists(os.path.join(root, "tiny"))
+
+
+def test_registry_studies_resolve():
+  mitigation = studies.get("mitigation")
+  assert [a.name for a in mitigation.arms][:5] == [
+      "weighted_sum_w0.25", "weighted_sum_w0.5", "weighted_sum_w1",
+      "weighted_sum_w2", "weighted_sum_w4"]
+  config, _ = run.resolve(mitigation, mitigation.arm("weighted_sum_w2"), 1,
+                          "x", {})
+  assert (config.tasks.caption.weight, config.seed) == (2.0, 1)
+  r3 = studies.get("r3")
+  config, command = run.resolve(r3, r3.arm("r3_rl_perfect0"), 2, "x", {},
+                                scale=True)
+  assert config.rl.enabled and config.rl.perfect_ratio == 0.0
+  assert config.init_from == os.path.abspath("x/r3/runs/r3_sft/seed2")
+  assert config.total_steps == r3.scale["total_steps"]
+  assert [a.name for a in r3.order(["r3_rl"])] == ["r3_sft", "r3_rl"]
+  dilemma = studies.get("dilemma")
+  assert {a.name: a.after for a in dilemma.arms} == {
+      "base": None, "gen_only": "base", "und_only": "base", "joint": "base"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["nope"], "unknown study 'nope'; known: "),
+    (["tiny", "--arms=first,second"], "study 'tiny' has no arm 'second'"),
+    (["tiny", "--set=model.nope=1"], "config has no key 'model.nope'"),
+    (["tiny", "--set=nope.depth=1"], "config has no key 'nope'"),
+    (["tiny", "--set=total_steps=abc"], "config key 'total_steps': cannot read"),
+    (["tiny", "--set=total_steps"], "expected key=value"),
+])
+def test_clear_errors(argv, message, capsys, tmp_path):
+  assert run.main([*argv, "--dry-run", f"--root={tmp_path}"]) == 2
+  assert message in capsys.readouterr().err

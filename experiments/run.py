@@ -118,16 +118,6 @@ def workdir(root: str, study: str, arm: str, seed: int) -> str:
   return os.path.join(root, study, "runs", arm, f"seed{seed}")
 
 
-def init_key(config: ml_collections.ConfigDict) -> str | None:
-  """The key through which a run starts from another run's parameters:
-  `init_from`, or for R3-RL in older configs `rl.init_from`."""
-  if "init_from" in config:
-    return "init_from"
-  if config.rl.enabled and "init_from" in config.rl:
-    return "rl.init_from"
-  return None
-
-
 def resolve(study: studies_lib.Study, arm: studies_lib.Arm, seed: int,
             root: str, sets: Mapping[str, str], scale: bool = False
             ) -> tuple[ml_collections.ConfigDict, list[str]]:
@@ -144,14 +134,10 @@ def resolve(study: studies_lib.Study, arm: studies_lib.Arm, seed: int,
   for key, text in sets.items():
     set_key(config, key, text, from_text=True)
     applied[key] = _get(config, key)
-  if arm.after:
-    key = init_key(config)
-    if key is None:
-      raise ValueError(f"arm {arm.name!r} starts from arm {arm.after!r} but "
-                       "the config has no init_from key")
+  if arm.after:  # its parameters start from that arm's run
     value = os.path.abspath(workdir(root, study.name, arm.after, seed))
-    set_key(config, key, value)
-    applied[key] = value
+    set_key(config, "init_from", value)
+    applied["init_from"] = value
   from r3jax import config as config_lib  # noqa: PLC0415
   config_lib.validate(config)
   wd = workdir(root, study.name, arm.name, seed)

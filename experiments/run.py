@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import json
 import os
 import shlex
@@ -27,26 +26,11 @@ from typing import Any
 
 import ml_collections
 
+from r3jax import config as config_lib
 from experiments import report
 from experiments import studies as studies_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """`path.py:arg` -> the file's get_config(arg); paths are relative to the
-  repository root (config files import `configs.*`)."""
-  path, _, arg = spec.partition(":")
-  full = path if os.path.isabs(path) else os.path.join(ROOT, path)
-  if not os.path.isfile(full):
-    raise ValueError(f"config file {path!r} not found (looked in {ROOT})")
-  if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-  name = "_experiment_config_" + os.path.splitext(os.path.basename(full))[0]
-  module_spec = importlib.util.spec_from_file_location(name, full)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
 
 
 def parse_value(text: str, current: Any) -> Any:
@@ -78,7 +62,6 @@ def set_key(config: ml_collections.ConfigDict, key: str, value: Any,
             from_text: bool = False) -> None:
   """Sets dotted `key`; a key the config does not have is an error naming it
   (inside the open dicts, e.g. interference.method_args, keys are data)."""
-  from r3jax import config as config_lib  # noqa: PLC0415
   *parents, leaf = key.split(".")
   node = config
   for i, p in enumerate(parents):
@@ -124,7 +107,7 @@ def resolve(study: studies_lib.Study, arm: studies_lib.Arm, seed: int,
   """The arm's config for `seed` (arm overrides, then the study's scale, then
   --set, then the starting point) and the command that reproduces it."""
   spec = arm.config.format(seed=seed)
-  config = load_config(spec)
+  config = config_lib.from_file(spec, ROOT)
   applied: dict[str, Any] = {}
   layers = [arm.overrides, study.scale if scale else {}]
   for layer in layers:
@@ -138,7 +121,6 @@ def resolve(study: studies_lib.Study, arm: studies_lib.Arm, seed: int,
     value = os.path.abspath(workdir(root, study.name, arm.after, seed))
     set_key(config, "init_from", value)
     applied["init_from"] = value
-  from r3jax import config as config_lib  # noqa: PLC0415
   config_lib.validate(config)
   wd = workdir(root, study.name, arm.name, seed)
   command = ["python", "-m", "r3jax.main", f"--config={spec}",

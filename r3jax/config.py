@@ -7,9 +7,11 @@ of its config and nothing else.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +21,6 @@ from r3jax import config_checks as checks
 from r3jax.data import tasks as tasks_lib
 from r3jax.interference import groups as interference_groups
 from r3jax.world.corrupt import CORRUPTIONS
-
 
 
 def task_defaults(batch_size: int, max_len: int, weight: float = 1.0):
@@ -249,24 +250,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                "eval_every_steps", "keep_ckpts"):
     if config[name] <= 0:
       raise ValueError(f"config.{name} must be > 0, got {config[name]}")
-  longest = max(t.max_len for t in config.tasks.values())
-  if config.model.max_len and config.model.max_len < longest:
-    raise ValueError(f"config.model.max_len={config.model.max_len} is shorter "
-                     f"than the longest task (max_len {longest}); raise it or "
-                     "set 0 (the longest task's)")
   if config.nonfinite not in ("stop", "skip"):
     raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got "
                      f"{config.nonfinite!r}")
-  if config.model.dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"config.model.dtype must be float32 or bfloat16, got "
-                     f"{config.model.dtype!r}")
-  from r3jax.model.config import REMAT_POLICIES  # noqa: PLC0415
-  if (not isinstance(config.model.remat, str) or
-      config.model.remat not in REMAT_POLICIES or
-      not isinstance(config.model.scan_layers, bool)):
-    raise ValueError(f"config.model.remat must be one of {list(REMAT_POLICIES)} "
-                     "and config.model.scan_layers a bool, got "
-                     f"{config.model.remat!r}, {config.model.scan_layers!r}")
   r3 = config.r3
   bad = sorted(set(r3.corruptions) - set(CORRUPTIONS))
   if bad or not r3.corruptions:
@@ -406,6 +392,24 @@ def load_saved(path: str) -> ml_collections.ConfigDict:
                       for r in c.sharding_rules]
   validate(c)
   return c
+
+
+def from_file(spec: str, root: str | None = None) -> ml_collections.ConfigDict:
+  """'path.py:arg' -> that file's get_config(arg), the path relative to `root`
+  (default: the working directory), which is also put on sys.path so that
+  config files can import `configs.*`."""
+  root = os.path.abspath(root or os.getcwd())
+  path, _, arg = spec.partition(":")
+  full = path if os.path.isabs(path) else os.path.join(root, path)
+  if not os.path.isfile(full):
+    raise ValueError(f"config file {path!r} not found (looked in {root})")
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  name = "_r3jax_config_" + os.path.splitext(os.path.basename(full))[0]
+  module_spec = importlib.util.spec_from_file_location(name, full)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
 
 
 def select_tasks(c: ml_collections.ConfigDict, names) -> None:

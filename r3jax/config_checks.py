@@ -129,9 +129,21 @@ def check_data(config: ml_collections.ConfigDict) -> None:
 
 
 def check_model(config: ml_collections.ConfigDict) -> None:
-  """The named encoder size, the stem and the sizes that must divide."""
-  from r3jax.model.config import VIT_SIZES  # noqa: PLC0415 (jax-heavy import)
+  """The named encoder size, the stem, the dtype, the remat policy, the
+  decoder length and the sizes that must divide (types are checked before)."""
+  from r3jax.model.config import REMAT_POLICIES, VIT_SIZES  # noqa: PLC0415
   m = config.model
+  if m.dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"config.model.dtype must be float32 or bfloat16, got "
+                     f"{m.dtype!r}")
+  if m.remat not in REMAT_POLICIES:
+    raise ValueError(f"config.model.remat must be one of "
+                     f"{list(REMAT_POLICIES)}, got {m.remat!r}")
+  longest = max(t.max_len for t in config.tasks.values())
+  if m.max_len and m.max_len < longest:
+    raise ValueError(f"config.model.max_len={m.max_len} is shorter than the "
+                     f"longest task (max_len {longest}); raise it or set 0 "
+                     "(the longest task's)")
   if m.encoder not in VIT_SIZES:
     raise ValueError(f"config.model.encoder={m.encoder!r} is not a named size; "
                      f"known: {list(VIT_SIZES)} (config.model.enc_overrides "

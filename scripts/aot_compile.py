@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import math
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -48,24 +46,12 @@ from r3jax.data import world_tfds
 from r3jax.data.tokenizer import WordTokenizer
 from r3jax.model import Model
 from r3jax.train import loop
-from r3jax.train import optim
 from r3jax.train import state as state_lib
 from r3jax.train import world_setup
 from r3jax.world import generate_example
 
 # By default parameters of 1 MiB or more must be split over some mesh axis.
 LARGE_PARAM_BYTES = 1 << 20
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """A config file's get_config(arg), from 'path.py' or 'path.py:arg'."""
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("aot_config", path)
-  if module_spec is None or not os.path.exists(path):
-    raise SystemExit(f"aot_compile: no config file {path!r}")
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -132,11 +118,8 @@ def abstract_step(config: ml_collections.ConfigDict,
   mcfg = world_setup.model_config(config, tokenizer.vocab_size, wcfg.image_size)
   make_model = lambda rngs: Model(mcfg, rngs=rngs)  # noqa: E731
   world = world_setup.World(config, wcfg, None, tokenizer, None, make_model)
-  tx = optim.make(config.optim, config.total_steps)
   instrument = loop.make_instrument(config, make_model)
-  setup, _ = state_lib.create(
-      make_model, tx, mesh, config.sharding_rules, config.seed,
-      aux_init=instrument.init_state if instrument else None)
+  setup, _ = loop.make_setup(config, mesh, make_model, instrument)
   record = world_tfds.to_record(generate_example(wcfg, config.data.seed, 0), 0)
   batch = pipeline.abstract_batch(config.tasks, tokenizer, record, mesh,
                                   world.task_context())
@@ -261,7 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="params+opt bytes per device for fsdp = 1, 2, "
                       "4, ...")
   args = parser.parse_args(argv)
-  config = load_config(args.config)
+  try:
+    config = config_lib.from_file(args.config)
+  except ValueError as e:
+    raise SystemExit(f"aot_compile: {e}") from None
   if args.mesh:
     config.mesh = parse_mesh(args.mesh)
   devices = devices_for(args.topology)

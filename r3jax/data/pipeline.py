@@ -151,7 +151,7 @@ def abstract_batch(tasks_cfg: Mapping[str, Any], tokenizer,
   out = {}
   for name, t in sorted(tasks_cfg.items()):
     row = tasks_lib.formatter(name, tokenizer, t.max_len, context)(record, rng)
-    row["image"] = np.asarray(record["image"], np.uint8)
+    row["image"] = check_image(record)
     out[name] = {k: jax.ShapeDtypeStruct((t.batch_size, *np.shape(v)),
                                          np.asarray(v).dtype, sharding=shard)
                  for k, v in row.items()}

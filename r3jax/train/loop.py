@@ -38,12 +38,21 @@ def build(config: ml_collections.ConfigDict,
                            jax.process_count())
   mesh = sharding.make_mesh(config.mesh, devices)
   world = world_setup.load(config)
-  tx = optim.make(config.optim, config.total_steps)
-  instrument = make_instrument(config, world.make_model)
-  setup, init_state = state_lib.create(
-      world.make_model, tx, mesh, config.sharding_rules, config.seed,
-      aux_init=instrument.init_state if instrument else None)
+  setup, init_state = make_setup(config, mesh, world.make_model)
   return mesh, world, setup, init_state
+
+
+def make_setup(config: ml_collections.ConfigDict, mesh, make_model,
+               instrument: interference_step.Instrument | None = None):
+  """(Setup, init_state) of `make_model`'s train state on `mesh`: the
+  configured optimizer and the aggregation method's state (of `instrument`,
+  default make_instrument's)."""
+  if instrument is None:
+    instrument = make_instrument(config, make_model)
+  tx = optim.make(config.optim, config.total_steps)
+  return state_lib.create(
+      make_model, tx, mesh, config.sharding_rules, config.seed,
+      aux_init=instrument.init_state if instrument else None)
 
 
 def make_instrument(config: ml_collections.ConfigDict, make_model

@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m r3jax.demo --workdir runs/demo
+	$(PY) -m experiments.demo --root runs
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -11,4 +11,6 @@ TASKS = ("vqa", "ita")
 
 
 def get_config(arg: str | None = None):
-  return config_lib.world_experiment(arg, TASKS)
+  c = config_lib.world_experiment(arg, TASKS)
+  c.eval_tasks = ["caption", "vqa", "ita"]  # what it costs the other tasks
+  return c

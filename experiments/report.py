@@ -1,68 +1,36 @@
 """RESULTS.md for a study: mean +- std over seeds per arm, a comparison with
-the reference arm, the hardware and a caption-F1 vs VQA-accuracy plot.
+the reference arm, each arm's change from the start arm, a caption-F1 vs
+VQA-accuracy plot, per-group gradient cosines, R3 accuracy by round, wall
+time, the configs, the hardware and the commands.
 
   from experiments import report
   report.collect("experiments", "mitigation")   # -> path of RESULTS.md
 
-An arm "differs" from the reference on a metric when the difference of the
-means exceeds two standard errors of that difference (Welch):
-|m_a - m_r| > 2 * sqrt(s_a^2 / n_a + s_r^2 / n_r), s the sample std (ddof 1).
-That needs two seeds on both sides; with fewer the column says n/a.
+The statistics live in r3jax.analysis (study, interference, rounds), which
+the notebooks share. An arm "differs" from the reference on a metric when
+the difference of the means exceeds two standard errors of that difference
+(Welch): |m_a - m_r| > 2 * sqrt(s_a^2 / n_a + s_r^2 / n_r), s the sample std
+(ddof 1). That needs two seeds on both sides; with fewer the column says n/a.
 """
 
 from __future__ import annotations
 
-import glob
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-import numpy as np
+import matplotlib
 
-from experiments import studies as studies_lib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
-PLOT_X, PLOT_Y = "caption/f1", "vqa/accuracy"
+from experiments import studies as studies_lib  # noqa: E402
+from r3jax.analysis import interference  # noqa: E402
+from r3jax.analysis import rounds as rounds_lib  # noqa: E402
+from r3jax.analysis.study import (  # noqa: E402
+    changes, differs, load, pareto_front, plot_pareto, summarize, wall_seconds)
 
-
-def load(root: str, study: str) -> list[dict[str, Any]]:
-  """Every result.json of the study, sorted by arm and seed."""
-  paths = glob.glob(os.path.join(root, study, "runs", "*", "seed*",
-                                 "result.json"))
-  out = []
-  for p in paths:
-    with open(p) as f:
-      out.append(json.load(f))
-  return sorted(out, key=lambda r: (r["arm"], r["seed"]))
-
-
-def summarize(results: Sequence[Mapping], keys: Sequence[str]
-              ) -> dict[str, dict[str, tuple[float, float, int]]]:
-  """arm -> metric -> (mean, sample std (nan for one seed), seeds)."""
-  by_arm: dict[str, list[Mapping]] = {}
-  for r in results:
-    by_arm.setdefault(r["arm"], []).append(r)
-  out = {}
-  for arm, rs in by_arm.items():
-    out[arm] = {}
-    for k in keys:
-      xs = np.array([r["metrics"][k] for r in rs if k in r["metrics"]])
-      if len(xs):
-        std = float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan
-        out[arm][k] = (float(np.mean(xs)), std, len(xs))
-  return out
-
-
-def differs(a: tuple[float, float, int], ref: tuple[float, float, int]
-            ) -> bool | None:
-  """Whether two (mean, std, n) differ by more than seed noise; None when
-  either side has fewer than two seeds."""
-  (ma, sa, na), (mr, sr, nr) = a, ref
-  if na < 2 or nr < 2:
-    return None
-  return abs(ma - mr) > 2 * math.sqrt(sa ** 2 / na + sr ** 2 / nr)
-
+__all__ = ["collect", "differs", "load", "pareto_front", "plot", "summarize"]
 
 def _fmt(stat: tuple[float, float, int] | None, digits: int = 4) -> str:
   if stat is None:
@@ -92,50 +60,121 @@ def _comparison(stats, ref_stats, metrics, is_ref: bool) -> str:
   return "n/a (1 seed)" if unknown else "no"
 
 
-def pareto_front(points: Mapping[str, tuple[float, float]]) -> list[str]:
-  """The arms no other arm beats on both axes (higher is better)."""
-  return [a for a, (x, y) in points.items() if not any(
-      (x2 >= x and y2 >= y and (x2, y2) != (x, y))
-      for b, (x2, y2) in points.items() if b != a)]
+def _signed(stat: tuple[float, float, int] | None) -> str:
+  if stat is None:
+    return "-"
+  mean, std, _ = stat
+  return f"{mean:+.4f}" if math.isnan(std) else f"{mean:+.4f} ± {std:.4f}"
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+  return (["| " + " | ".join(head) + " |",
+           "|" + "|".join(["---"] * len(head)) + "|"] +
+          ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def plot(path: str, summary, arms: Sequence[str], title: str) -> list[str]:
-  """Caption F1 vs VQA accuracy, one point per arm with std error bars;
-  returns the arms plotted (those with both metrics)."""
-  import matplotlib  # noqa: PLC0415
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-  shown = [a for a in arms if PLOT_X in summary.get(a, {}) and
-           PLOT_Y in summary.get(a, {})]
+  """Caption F1 vs VQA accuracy (study.plot_pareto) saved to `path`."""
   fig, ax = plt.subplots(figsize=(6, 4.5))
-  err = lambda s: 0.0 if math.isnan(s[1]) else s[1]
-  for a in shown:
-    x, y = summary[a][PLOT_X], summary[a][PLOT_Y]
-    ax.errorbar(x[0], y[0], xerr=err(x), yerr=err(y), fmt="o", capsize=3)
-    ax.annotate(a, (x[0], y[0]), textcoords="offset points", xytext=(4, 4),
-                fontsize=8)
-  front = pareto_front({a: (summary[a][PLOT_X][0], summary[a][PLOT_Y][0])
-                        for a in shown})
-  if len(front) > 1:
-    xy = sorted((summary[a][PLOT_X][0], summary[a][PLOT_Y][0]) for a in front)
-    ax.plot(*zip(*xy), "--", color="gray", lw=1, label="Pareto front")
-    ax.legend(loc="best", fontsize=8)
-  ax.set_xlabel("caption fact F1")
-  ax.set_ylabel("VQA accuracy")
+  shown = plot_pareto(ax, summary, arms)
   ax.set_title(title)
-  ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return shown
 
 
+def _change_section(results, start, arms, metrics) -> list[str]:
+  delta = changes(results, start, [k for k, _ in metrics])
+  rows = [[f"`{a}`"] + [_signed(delta[a].get(k)) for k, _ in metrics]
+          for a in arms if a in delta]
+  return [f"## Change from `{start}`", "",
+          f"Per seed, the arm's metric minus `{start}`'s (same seed); mean ± "
+          "std over seeds.", "",
+          *_table(["arm"] + [label for _, label in metrics], rows), ""]
+
+
+def _cosine_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
+  table = interference.compare_arms(dirs, since=0.5)
+  if table.empty:
+    return []
+  pairs = sorted(table.index.get_level_values("pair").unique())
+  arms = list(table.index.get_level_values("arm").unique())
+  fig, axes = plt.subplots(1, len(pairs), squeeze=False, figsize=(
+      1 + 0.45 * (table.shape[1] - 1) * len(pairs), 1.5 + 0.35 * len(arms)))
+  for ax, pair in zip(axes[0], pairs):
+    im = interference.plot_arms_heatmap(ax, table, pair)
+  fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+  fig.savefig(os.path.join(out_dir, "cosine_groups.png"), dpi=110,
+              bbox_inches="tight")
+  plt.close(fig)
+  full = interference.compare_arms(dirs)
+  rows = [[f"`{a}`"] + [f"{full.loc[(a, p), 'global']:.4f}"
+                        if (a, p) in full.index else "-" for p in pairs]
+          for a in arms]
+  return ["## Gradient cosine by parameter group", "",
+          "Per-group cosine between task gradients, mean over seeds and over "
+          "the second half of training; one panel per task pair.", "",
+          "![per-group gradient cosine](cosine_groups.png)", "",
+          "Mean global cosine over training (mean over seeds):", "",
+          *_table(["arm"] + pairs, rows), ""]
+
+
+def _rounds_section(out_dir, results, arms) -> list[str]:
+  f1 = rounds_lib.by_arm(results, "f1")
+  if f1.empty:
+    return []
+  strict = rounds_lib.by_arm(results, "v_strict")
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  for ax, df, name in ((axes[0], f1, "caption F1"),
+                       (axes[1], strict, "V_strict")):
+    for a in df.index:
+      ax.plot(df.columns, df.loc[a], marker="o", label=a)
+    ax.set_xlabel("round (0 = draft)")
+    ax.set_xticks(list(df.columns))
+    ax.set_title(f"{name} by round")
+    ax.grid(alpha=0.3)
+  axes[1].legend(fontsize="small")
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, "rounds.png"), dpi=110)
+  plt.close(fig)
+  stats = summarize(results, [f"r3/{s}" for s in rounds_lib.LOOP_STATS])
+  rows = [[f"`{a}`"] + [_fmt(stats[a].get(f"r3/{s}"), 3)
+                        for s in rounds_lib.LOOP_STATS]
+          for a in arms if a in f1.index]
+  return ["## R3 accuracy by round", "",
+          "The caption each example holds after round r (0 = draft), mean "
+          "over seeds.", "", "![accuracy by round](rounds.png)", "",
+          "Loop statistics (mean ± std over seeds): stop rate = examples "
+          "that stopped; false stop = stops on a draft that was not "
+          "V_strict, per stop; over-edit = edits of a V_strict draft, per "
+          "such reflection; rounds = reflect rounds per example.", "",
+          *_table(["arm", "stop rate", "false stop", "over-edit", "rounds"],
+                  rows), ""]
+
+
+def _cost_section(out_dir, results, arms) -> list[str]:
+  wall, total = wall_seconds(results)
+  config = {}
+  for r in results:  # one seed's resolved config per arm
+    path = os.path.join(r["workdir"], "config.json")
+    if r["arm"] not in config and os.path.exists(path):
+      config[r["arm"]] = os.path.relpath(path, out_dir)
+  rows = [[f"`{a}`", f"{wall[a]:.1f}" if a in wall else "-",
+           f"[config.json]({config[a]})" if a in config else "-"]
+          for a in arms]
+  return ["## Wall time and configs", "",
+          f"Study total: {total:.1f} s ({total / 3600:.2f} h) of wall time.",
+          "", *_table(["arm", "wall s (mean over seeds)", "config"], rows), ""]
+
+
 def collect(root: str, study: str) -> str:
-  """Writes <root>/<study>/RESULTS.md (and pareto.png) from the study's
+  """Writes <root>/<study>/RESULTS.md (and its PNGs) from the study's
   result.json files; returns the markdown's path."""
   results = load(root, study)
   if not results:
     raise ValueError(f"no result.json under {os.path.join(root, study)}")
+  out_dir = os.path.join(root, study)
   known = studies_lib.STUDIES.get(study)
   metrics = list(known.metrics if known else studies_lib.METRICS)
   found = {r["arm"] for r in results}
@@ -153,26 +192,32 @@ def collect(root: str, study: str) -> str:
       "\"vs reference\" lists the metrics whose mean differs from the "
       "reference's by more than 2 standard errors of the difference "
       "(|Δ| > 2·sqrt(s_a²/n_a + s_r²/n_r)); it needs ≥ 2 seeds per arm.", ""]
-  head = ["arm", "seeds"] + [label for _, label in metrics] + ["vs reference"]
-  lines += ["| " + " | ".join(head) + " |",
-            "|" + "|".join(["---"] * len(head)) + "|"]
   seeds = {a: sorted(r["seed"] for r in results if r["arm"] == a) for a in arms}
+  rows = []
   for a in arms:
     cells = [f"`{a}`", str(len(seeds[a]))]
     cells += [_fmt(summary[a].get(k), 1 if k.endswith("seconds") else 4)
               for k, _ in metrics]
     cells.append(_comparison(summary[a], ref_stats, metrics, a == reference))
-    lines.append("| " + " | ".join(cells) + " |")
+    rows.append(cells)
+  lines += _table(["arm", "seeds"] + [label for _, label in metrics] +
+                  ["vs reference"], rows) + [""]
+  if known and known.start and known.start in found:
+    lines += _change_section(results, known.start, arms, metrics)
 
-  png = os.path.join(root, study, "pareto.png")
-  shown = plot(png, summary, arms, f"{study}: caption F1 vs VQA accuracy")
-  lines += ["", "## Caption F1 vs VQA accuracy", "",
+  shown = plot(os.path.join(out_dir, "pareto.png"), summary, arms,
+               f"{study}: caption F1 vs VQA accuracy")
+  lines += ["## Caption F1 vs VQA accuracy", "",
             "One point per arm, error bars ± 1 std over seeds; the dashed "
             "line joins the arms no other arm beats on both.", "",
             "![caption F1 vs VQA accuracy](pareto.png)", ""]
   missing = [a for a in arms if a not in shown]
   if missing:
     lines += [f"Not plotted (a metric missing): {', '.join(missing)}.", ""]
+  dirs = {a: [r["workdir"] for r in results if r["arm"] == a] for a in arms}
+  lines += _cosine_section(out_dir, dirs)
+  lines += _rounds_section(out_dir, results, arms)
+  lines += _cost_section(out_dir, results, arms)
 
   hw = sorted({(r["hardware"]["device_kind"], r["hardware"]["devices"],
                 r["hardware"]["cpus"]) for r in results if "hardware" in r})
@@ -183,7 +228,7 @@ def collect(root: str, study: str) -> str:
             "", "```"]
   lines += [r["command"] for r in results]
   lines += ["```", ""]
-  path = os.path.join(root, study, "RESULTS.md")
+  path = os.path.join(out_dir, "RESULTS.md")
   with open(path, "w") as f:
     f.write("\n".join(lines))
   return path

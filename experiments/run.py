@@ -29,6 +29,7 @@ import ml_collections
 from r3jax import config as config_lib
 from experiments import report
 from experiments import studies as studies_lib
+from experiments import wallclock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -102,10 +103,12 @@ def workdir(root: str, study: str, arm: str, seed: int) -> str:
 
 
 def resolve(study: studies_lib.Study, arm: studies_lib.Arm, seed: int,
-            root: str, sets: Mapping[str, str], scale: bool = False
+            root: str, sets: Mapping[str, str], scale: bool = False,
+            steps: int | None = None
             ) -> tuple[ml_collections.ConfigDict, list[str]]:
   """The arm's config for `seed` (arm overrides, then the study's scale, then
-  --set, then the starting point) and the command that reproduces it."""
+  --set, then `steps` (an equal wall-clock arm's), then the starting point)
+  and the command that reproduces it."""
   spec = arm.config.format(seed=seed)
   config = config_lib.from_file(spec, ROOT)
   applied: dict[str, Any] = {}
@@ -115,8 +118,14 @@ def resolve(study: studies_lib.Study, arm: studies_lib.Arm, seed: int,
       set_key(config, key, value)
       applied[key] = value
   for key, text in sets.items():
+    parts = key.split(".")
+    if parts[0] == "tasks" and len(parts) > 2 and parts[1] not in config.tasks:
+      continue  # a task this arm does not train
     set_key(config, key, text, from_text=True)
     applied[key] = _get(config, key)
+  if steps is not None:  # after --set, which may change the reference's steps
+    set_key(config, "total_steps", steps)
+    applied["total_steps"] = steps
   if arm.after:  # its parameters start from that arm's run
     value = os.path.abspath(workdir(root, study.name, arm.after, seed))
     set_key(config, "init_from", value)
@@ -134,6 +143,30 @@ def _get(config, key):
     config = config[p]
   return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else (
       config)
+
+
+def budget_steps(study: studies_lib.Study, arms: Sequence[studies_lib.Arm],
+                 root: str, sets: Mapping[str, str], scale: bool,
+                 dry_run: bool, log=print, devices=None) -> dict[str, Any]:
+  """Steps of each equal wall-clock arm (Arm.budget) in `arms`, from the
+  study's step times (timed now when <root>/<study>/step_seconds.json lacks
+  them; with dry_run "?" instead)."""
+  timed = [a for a in arms if a.budget]
+  if not timed:
+    return {}
+  refs = {a.budget for a in timed}
+  configs = {f"{r}:plain": wallclock.plain(
+      resolve(study, study.arm(r), 0, root, sets, scale)[0]) for r in refs}
+  configs.update({a.name: resolve(study, a, 0, root, sets, scale)[0]
+                  for a in timed})
+  path = os.path.join(root, study.name, "step_seconds.json")
+  if dry_run and not os.path.exists(path):
+    return {a.name: "?" for a in timed}
+  seconds = wallclock.load_or_measure(path, configs, log, devices=devices
+                                      )["seconds"]
+  return {a.name: wallclock.budget_steps(
+      configs[f"{a.budget}:plain"].total_steps, seconds[f"{a.budget}:plain"],
+      seconds[a.name]) for a in timed}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -163,10 +196,17 @@ def run_study(name: str, root: str = "experiments", seeds: int | None = None,
   study = studies_lib.get(name)
   ordered = study.order(arms)
   sets = dict(sets or {})
+  steps = budget_steps(study, ordered, root, sets, scale, dry_run, log, devices)
   records = []
   for seed in range(study.seeds if seeds is None else seeds):
     for arm in ordered:
-      config, command = resolve(study, arm, seed, root, sets, scale)
+      if steps.get(arm.name) == "?":
+        log(f"{arm.name} (seed {seed}): steps from the step timing, which "
+            "runs first")
+        records.append({"arm": arm.name, "seed": seed, "status": "dry-run"})
+        continue
+      config, command = resolve(study, arm, seed, root, sets, scale,
+                                steps.get(arm.name))
       line = " ".join(command)
       wd = workdir(root, study.name, arm.name, seed)
       path = os.path.join(wd, "result.json")
@@ -213,7 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="comma-separated arms (default: all)")
   parser.add_argument("--root", default="experiments")
   parser.add_argument("--set", dest="sets", action="append", default=[],
-                      metavar="KEY=VALUE", help="config override, every arm")
+                      metavar="KEY=VALUE",
+                      help="config override, every arm (tasks.NAME.* keys: "
+                      "the arms that train NAME)")
   parser.add_argument("--scale", action="store_true",
                       help="apply the study's reduced-size overrides")
   parser.add_argument("--dry-run", action="store_true",

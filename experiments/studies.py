@@ -32,6 +32,9 @@ class Arm:
   config: str  # "configs/joint.py:seed={seed},method=pcgrad"
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   after: str | None = None
+  # Another arm of the study: train for the wall-clock time its steps take
+  # with the plain weighted-sum step (experiments/wallclock.py).
+  budget: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,9 @@ class Study:
   doc: str
   arms: Sequence[Arm]
   reference: str  # the arm the others are compared with
+  # The arm the others continue from (the dilemma's common checkpoint): the
+  # report also gives each arm's change from it.
+  start: str | None = None
   seeds: int = 3
   # Overrides for every arm under `--scale` (a reduced version of the study).
   scale: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -84,9 +90,13 @@ def register(study: Study) -> Study:
   if len(set(names)) != len(names):
     raise ValueError(f"study {study.name!r} repeats an arm name: {names}")
   study.arm(study.reference)
+  if study.start:
+    study.arm(study.start)
   for a in study.arms:
     if a.after:
       study.arm(a.after)
+    if a.budget:
+      study.arm(a.budget)
   study.order()  # no cycles
   STUDIES[study.name] = study
   return study
@@ -122,6 +132,7 @@ register(Study(
             _JOINT_LEN, after="base"),
     ],
     reference="joint",
+    start="base",
     scale={"total_steps": 300},
 ))
 
@@ -133,11 +144,15 @@ MITIGATION_METHODS = ("rlw", "pcgrad", "cagrad", "mgda", "nash_mtl", "upgrad",
 register(Study(
     name="mitigation",
     doc="Joint training with the plain weighted sum over a log grid of caption "
-        "weights, and with each gradient-aggregation method; equal steps.",
+        "weights, and with each gradient-aggregation method at equal steps; "
+        "`<method>_eqtime` arms train for the wall-clock time the plain "
+        "weighted-sum step takes for the same number of steps.",
     arms=[Arm(f"weighted_sum_w{w:g}", f"configs/joint.py:seed={{seed}},"
               f"gen_weight={w:g}") for w in GEN_WEIGHTS] +
          [Arm(m, f"configs/joint.py:seed={{seed}},method={m}")
-          for m in MITIGATION_METHODS],
+          for m in MITIGATION_METHODS] +
+         [Arm(f"{m}_eqtime", f"configs/joint.py:seed={{seed}},method={m}",
+              budget="weighted_sum_w1") for m in MITIGATION_METHODS],
     reference="weighted_sum_w1",
     scale={"total_steps": 300},
 ))
@@ -158,6 +173,30 @@ register(Study(
     metrics=METRICS[:-1] + (("r3/round3/f1", "refined F1"),
                             ("r3/round3/v_strict", "refined V_strict"),
                             METRICS[-1]),
+))
+
+# `make demo`: the dilemma's arms and R3-SFT, short and with one seed. Every
+# arm has R3-SFT's decoder positions, so that all of them start from the base.
+_DEMO_STEPS = (400, 200)  # base, each continuation
+_DEMO = {"model.max_len": config_lib.all_tasks()["refine"].max_len,
+         "final_eval.max_examples": 500}
+
+register(Study(
+    name="demo",
+    doc="The reduced study (`make demo`): a short joint base, then "
+        "equal-length continuations on generation only, understanding only, "
+        "both, and R3-SFT; one seed. Its figures are a smoke view of the "
+        "dilemma study, not its results.",
+    arms=[Arm("base", "configs/joint.py:seed={seed},steps=%d" % _DEMO_STEPS[0],
+              _DEMO)] +
+         [Arm(name, f"configs/{cfg}.py:seed={{seed}},steps={_DEMO_STEPS[1]}",
+              _DEMO, after="base")
+          for name, cfg in (("gen_only", "caption_only"),
+                            ("und_only", "understanding_only"),
+                            ("joint", "joint"), ("r3_sft", "r3_sft"))],
+    reference="joint",
+    start="base",
+    seeds=1,
 ))
 
 # A smoke study for tests and CPU checks: the second arm continues the first

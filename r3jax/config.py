@@ -156,6 +156,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.eval_every_steps = 500
   c.evals = dict(split="validation", max_examples=256, batch_size=64)
   c.final_eval = dict(split="test", max_examples=-1, batch_size=128)
+  # Tasks evaluated besides the trained ones (their defaults in all_tasks()),
+  # e.g. the understanding tasks of a captioning-only run.
+  c.eval_tasks = []
 
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
   c.sharding_rules = [
@@ -245,7 +248,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.mesh.{axis}={size}: mesh sizes are positive "
                        "or -1 (the devices the other axes leave)")
   checks.check_data(config)
-  checks.check_model(config)
+  bad = [n for n in config.eval_tasks if n not in all_tasks()]
+  if bad:
+    raise ValueError(f"config.eval_tasks: unknown tasks {bad}; known: "
+                     f"{sorted(all_tasks())}")
+  checks.check_model(config, evaluated_tasks(config))
   for name in ("total_steps", "log_every_steps", "ckpt_every_steps",
                "eval_every_steps", "keep_ckpts"):
     if config[name] <= 0:
@@ -410,6 +417,20 @@ def from_file(spec: str, root: str | None = None) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg or None)
+
+
+def evaluated_tasks(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The trained tasks and config.eval_tasks, by name."""
+  out = c.tasks.to_dict()
+  known = all_tasks()
+  out.update({n: known[n].to_dict() for n in c.eval_tasks if n not in out})
+  return ml_collections.ConfigDict(out)
+
+
+def decoder_len(c: ml_collections.ConfigDict) -> int:
+  """config.model.max_len, or when 0 the longest trained or evaluated task's."""
+  return c.model.max_len or max(
+      t.max_len for t in evaluated_tasks(c).values())
 
 
 def select_tasks(c: ml_collections.ConfigDict, names) -> None:

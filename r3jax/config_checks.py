@@ -128,7 +128,8 @@ def check_data(config: ml_collections.ConfigDict) -> None:
                      f"sizes (config.tasks.<task>.batch_size), got {batch}")
 
 
-def check_model(config: ml_collections.ConfigDict) -> None:
+def check_model(config: ml_collections.ConfigDict,
+                evaluated: Mapping[str, Any]) -> None:
   """The named encoder size, the stem, the dtype, the remat policy, the
   decoder length and the sizes that must divide (types are checked before)."""
   from r3jax.model.config import REMAT_POLICIES, VIT_SIZES  # noqa: PLC0415
@@ -139,11 +140,11 @@ def check_model(config: ml_collections.ConfigDict) -> None:
   if m.remat not in REMAT_POLICIES:
     raise ValueError(f"config.model.remat must be one of "
                      f"{list(REMAT_POLICIES)}, got {m.remat!r}")
-  longest = max(t.max_len for t in config.tasks.values())
+  longest = max(t.max_len for t in evaluated.values())
   if m.max_len and m.max_len < longest:
     raise ValueError(f"config.model.max_len={m.max_len} is shorter than the "
-                     f"longest task (max_len {longest}); raise it or set 0 "
-                     "(the longest task's)")
+                     f"longest trained or evaluated task (max_len {longest}); "
+                     "raise it or set 0 (the longest task's)")
   if m.encoder not in VIT_SIZES:
     raise ValueError(f"config.model.encoder={m.encoder!r} is not a named size; "
                      f"known: {list(VIT_SIZES)} (config.model.enc_overrides "

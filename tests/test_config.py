@@ -58,7 +58,10 @@ def test_unknown_key_names_it_and_suggests():
     (lambda c: c.update(dict(total_steps=0)), "total_steps must be > 0"),
     (lambda c: c.model.update(dict(dtype="float16")), "float32 or bfloat16"),
     (lambda c: c.model.update(dict(max_len=40)),
-     r"config.model.max_len=40 is shorter than the longest task \(max_len 44\)"),
+     r"config.model.max_len=40 is shorter than the longest trained or "
+     r"evaluated task \(max_len 44\)"),
+    (lambda c: c.update(dict(eval_tasks=["vqa", "captions"])),
+     r"config.eval_tasks: unknown tasks \['captions'\]"),
     (lambda c: c.data.split_sizes.update(dict(dev=3)), "unknown split 'dev'"),
 ])
 def test_bad_values(edit, message):
@@ -67,6 +70,19 @@ def test_bad_values(edit, message):
     edit(c)
   with pytest.raises(ValueError, match=message):
     config_lib.validate(c)
+
+
+def test_eval_tasks_are_scored_beside_the_trained_ones(tmp_path):
+  from conftest import tiny_config
+  from r3jax.train import loop
+  c = tiny_config(("caption",))
+  c.eval_tasks = ["caption", "ita"]
+  c.total_steps, c.final_eval.max_examples = 1, 4
+  c.interference.enabled = False
+  assert config_lib.decoder_len(c) == config_lib.all_tasks()["ita"].max_len
+  result = loop.train_and_evaluate(c, str(tmp_path), jax.devices()[:1])
+  assert "ita/accuracy" in result and "caption/f1" in result
+  assert not any(k.startswith("vqa/") for k in result)
 
 
 def test_parse_arg_errors():

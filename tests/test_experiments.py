@@ -100,7 +100,8 @@ def test_collect_mean_std_and_seed_noise_column(tmp_path):
     _fake(root, "frozen", s, arm_f1[s], arm_vqa[s])
   text = open(report.collect(root, "tiny")).read()
   rows = {l.split("|")[1].strip(): [c.strip() for c in l.strip("|").split("|")]
-          for l in text.splitlines() if l.startswith("| `")}
+          for l in text.split("\n## ")[0].splitlines()  # the main table
+          if l.startswith("| `")}
   f1 = rows["`frozen`"][2]
   assert f1 == f"{np.mean(arm_f1):.4f} ± {np.std(arm_f1, ddof=1):.4f}"
   assert rows["`first`"][5] == (f"{np.mean(ref_vqa):.4f} ± "
@@ -172,3 +173,90 @@ def test_registry_studies_resolve():
 def test_clear_errors(argv, message, capsys, tmp_path):
   assert run.main([*argv, "--dry-run", f"--root={tmp_path}"]) == 2
   assert message in capsys.readouterr().err
+
+
+def _budget_study():
+  return studies.Study(
+      name="tiny_budget", doc="", reference="ref", seeds=1,
+      arms=[studies.Arm("ref", "configs/joint.py:runlocal,seed={seed}",
+                        {"total_steps": 8}),
+            studies.Arm("slow", "configs/joint.py:runlocal,seed={seed},"
+                        "method=upgrad", {"total_steps": 8}, budget="ref")])
+
+
+def test_equal_time_arms_get_the_steps_the_timed_step_allows(
+    tmp_path, monkeypatch):
+  monkeypatch.setitem(studies.STUDIES, "tiny_budget", _budget_study())
+  root, timed, trained = str(tmp_path), [], {}
+
+  def fake_seconds(configs, **kw):
+    timed.append(sorted(configs))
+    assert not configs["ref:plain"].interference.enabled
+    assert configs["slow"].interference.method == "upgrad"
+    return {"ref:plain": 0.1, "slow": 0.4}
+  monkeypatch.setattr(run.wallclock, "step_seconds", fake_seconds)
+  monkeypatch.setattr(run, "train", lambda c, wd, devices=None: trained.update(
+      {os.path.basename(os.path.dirname(wd)): c.total_steps}) or {})
+  sets = {"data.dir": _DATA_DIR}
+  records = run.run_study("tiny_budget", root, sets=sets, log=lambda _: None)
+  # 8 steps of the plain step take as long as 2 of the slow one.
+  assert trained == {"ref": 8, "slow": 2} and timed == [["ref:plain", "slow"]]
+  assert "--config.total_steps=2 " in records[1]["command"]
+  assert "total_steps=8" not in records[1]["command"]
+  kept = json.load(open(os.path.join(root, "tiny_budget", "step_seconds.json")))
+  assert kept["seconds"] == {"ref:plain": 0.1, "slow": 0.4}
+  # The kept times serve reruns with the same configs; other configs (here a
+  # larger batch) are timed again.
+  run.run_study("tiny_budget", root, sets=sets, dry_run=True,
+                log=lambda _: None)
+  assert len(timed) == 1
+  run.run_study("tiny_budget", str(tmp_path / "b"), dry_run=True,
+                sets={**sets, "tasks.vqa.batch_size": "16"}, log=lambda _: None)
+  run.run_study("tiny_budget", str(tmp_path / "b"), dry_run=False,
+                sets={**sets, "tasks.vqa.batch_size": "16"}, log=lambda _: None)
+  assert len(timed) == 2
+
+
+def test_step_seconds_times_each_config(tmp_path):
+  from experiments import wallclock
+  study = _budget_study()
+  sets = run.parse_sets([s.removeprefix("--set=") for s in SETS])
+  configs = {a.name: run.resolve(study, a, 0, str(tmp_path), sets)[0]
+             for a in study.arms}
+  seconds = wallclock.step_seconds(configs, steps=2, rounds=1,
+                                   devices=jax.devices()[:1])
+  assert sorted(seconds) == ["ref", "slow"]
+  assert all(0 < s < 60 for s in seconds.values())
+  assert wallclock.budget_steps(100, 0.1, 0.3) == 33
+  assert wallclock.budget_steps(1, 0.1, 10.0) == 1
+
+
+def test_task_overrides_reach_only_the_arms_with_the_task():
+  dilemma = studies.get("dilemma")
+  sets = {"tasks.caption.batch_size": "8"}
+  gen, _ = run.resolve(dilemma, dilemma.arm("gen_only"), 0, "x", sets)
+  und, command = run.resolve(dilemma, dilemma.arm("und_only"), 0, "x", sets)
+  assert gen.tasks.caption.batch_size == 8
+  assert "caption" not in und.tasks and "tasks.caption" not in command
+  # Single-objective arms still evaluate every task, with the joint decoder.
+  assert list(und.eval_tasks) == ["caption", "vqa", "ita"]
+
+
+def test_demo_table_shows_changes_from_the_start(tmp_path):
+  from experiments import demo
+  root = str(tmp_path)
+  for arm, f1 in (("base", 0.25), ("gen_only", 0.5), ("r3_sft", 0.375)):
+    d = os.path.join(root, "demo", "runs", arm, "seed0")
+    os.makedirs(d)
+    metrics = {"caption/f1": f1, "train_seconds": 12.0}
+    if arm == "r3_sft":
+      metrics["r3/round3/f1"] = 0.625
+    with open(os.path.join(d, "result.json"), "w") as f:
+      json.dump({"arm": arm, "seed": 0, "command": "c", "metrics": metrics}, f)
+  lines = demo.table(root).splitlines()
+  assert lines[0].split()[:3] == ["arm", "caption", "F1"]
+  rows = {l.split()[0]: l.split() for l in lines[2:]}
+  assert list(rows) == ["base", "gen_only", "r3_sft"]
+  assert rows["base"][1] == "0.250" and rows["gen_only"][1:3] == [
+      "0.500", "(+0.250)"]
+  assert rows["r3_sft"][-2:] == ["0.625", "12"] and rows["gen_only"][3] == "-"

@@ -241,6 +241,22 @@ class R3Loop:
     out["r3/seconds_per_example"] = seconds / max(n, 1)
     return {k: float(val) for k, val in out.items()}
 
+  def examples(self, trajs: Sequence[Trajectory],
+               records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One JSON-able row per example (records[i] is row i of its split): the
+    captions by round, reflections, stopped, and the verifier's scores by
+    round (the inputs of `scores`)."""
+    rows = []
+    for i, (t, rec) in enumerate(zip(trajs, records)):
+      scene = scene_from_arrays(rec["scene"], self._world)
+      v = [verify(c, scene, self._world) for c in t.captions]
+      rows.append({"index": i, "captions": t.captions,
+                   "reflections": t.reflections, "stopped": t.stopped,
+                   "v_strict": [bool(x.v_strict) for x in v],
+                   "v_frac": [float(x.v_frac) for x in v],
+                   "f1": [float(x.f1) for x in v]})
+    return rows
+
 
 def _split_at(ids: list[int], sep: int) -> tuple[list[int], bool, list[int]]:
   if sep in ids:

@@ -369,7 +369,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     ckpt.wait()
     train_seconds = time.perf_counter() - t0
     with jax.set_mesh(mesh):
-      result = world.evaluator(setup, config.final_eval).run(state["params"])
+      result = world.evaluator(setup, config.final_eval).run(
+          state["params"], os.path.join(workdir, "r3_examples.jsonl"))
     writer.write(config.total_steps, {f"{config.final_eval.split}/{k}": v
                                       for k, v in result.items()})
     result["train_seconds"] = train_seconds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ import ml_collections
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from r3jax import config as config_lib
 from r3jax import world as world_lib
 from r3jax.data import world_tfds
 from r3jax.eval import evaluator as evaluator_lib
@@ -33,7 +35,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int,
       decoder=dict(width=m.dec_width, depth=m.dec_depth, heads=m.dec_heads,
                    mlp=m.dec_mlp),
       vocab_size=vocab_size, image_size=image_size,
-      max_len=m.max_len or max(t.max_len for t in config.tasks.values()),
+      max_len=config_lib.decoder_len(config),
       dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers, stem=m.stem,
       **{f"enc_{k}": v for k, v in m.enc_overrides.items()})
 
@@ -73,7 +75,7 @@ class World:
     scorers = {"caption": make_caption_scorer(self.world),
                "vqa": evaluator_lib.score_vqa, "ita": evaluator_lib.score_ita}
     records = self.records(eval_cfg.split, eval_cfg.max_examples)
-    tasks = self.config.tasks
+    tasks = config_lib.evaluated_tasks(self.config)
     loop = None
     if {"reflect", "refine", "refine_direct"} & set(tasks):
       direct = "refine_direct" in tasks and "reflect" not in tasks
@@ -94,10 +96,18 @@ class Evaluation:
   r3: Any
   records: Any
 
-  def run(self, params) -> dict[str, float]:
+  def run(self, params, examples: str | None = None) -> dict[str, float]:
+    """Scores of every task; with an R3 loop and `examples` (a path, the
+    final eval's r3_examples.jsonl) process 0 also writes each example's
+    rounds there, one JSON line each (R3Loop.examples)."""
     out = self.tasks.run(params)
     if self.r3 is not None:
-      out.update(self.r3.run(params, self.records)[1])
+      trajs, scores = self.r3.run(params, self.records)
+      out.update(scores)
+      if examples and jax.process_index() == 0:
+        with open(examples, "w") as f:
+          for row in self.r3.examples(trajs, self.records):
+            f.write(json.dumps(row) + "\n")
     return out
 
 

@@ -1,6 +1,7 @@
-"""Reading and plotting a run's interference measurements (the notebook's
-library): per-group cosine heatmaps, the global cosine against its noise
-floor, norm ratios and the applied task weights.
+"""Reading and plotting interference measurements: for one run per-group
+cosine heatmaps, the global cosine against its noise floor, norm ratios and
+the applied task weights; across arms (seeds averaged) the global cosine over
+training and per-group mean cosines.
 
 Keys written by the instrumented step (r3jax/interference/step.py):
   interf/<stat>/<a>:<b>            global pair statistics (cos, magsim, ...)
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -139,3 +141,82 @@ def conflict_table(df: pd.DataFrame) -> pd.DataFrame:
             row[f"null_cos_{task}"] = df[f"interf/null_cos/{task}"].mean()
       rows.append(row)
   return pd.DataFrame(rows).set_index(["pair", "group"])
+
+
+def has_interference(workdir: str) -> bool:
+  """Whether the run's metrics.jsonl holds interference statistics."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return any('"interf/cos/' in line for line in f)
+
+
+def _tail(df: pd.DataFrame, since: float) -> pd.DataFrame:
+  """The rows from fraction `since` of training on (0: all, 0.5: 2nd half)."""
+  return df.iloc[int(len(df) * since):]
+
+
+def compare_arms(workdirs: Mapping[str, Sequence[str]], since: float = 0.0
+                 ) -> pd.DataFrame:
+  """Index (arm, pair); column "global" the mean over seeds of each run's
+  mean global cosine, then one column per parameter group the same for the
+  per-group cosine; the means over steps from fraction `since` of training
+  on. Runs without interference statistics are left out (and arms with none)."""
+  rows = []
+  for arm, dirs in workdirs.items():
+    per_seed = []
+    for wd in dirs:
+      if not has_interference(wd):
+        continue
+      df = _tail(load(wd), since)
+      for pair in pairs(df):
+        row = {"arm": arm, "pair": pair,
+               "global": df[f"interf/cos/{pair}"].mean()}
+        row.update({g: df[f"group/{g}/cos/{pair}"].mean() for g in groups(df)})
+        per_seed.append(row)
+    if per_seed:
+      rows.append(pd.DataFrame(per_seed).groupby(["arm", "pair"],
+                                                 sort=False).mean())
+  if not rows:
+    return pd.DataFrame()
+  return pd.concat(rows)
+
+
+def arm_cosine(workdirs: Sequence[str], pair: str) -> pd.DataFrame:
+  """The global cosine of `pair` by step over an arm's seeds: columns mean,
+  std (sample; NaN with one seed) and n."""
+  series = [load(wd)[f"interf/cos/{pair}"] for wd in workdirs
+            if has_interference(wd)]
+  df = pd.concat(series, axis=1)
+  return pd.DataFrame({"mean": df.mean(axis=1),
+                       "std": df.std(axis=1, ddof=1), "n": df.count(axis=1)})
+
+
+def plot_arms_cosine(ax, workdirs: Mapping[str, Sequence[str]], pair: str):
+  """The global cosine over training per arm: mean over seeds, band +- std."""
+  for arm, dirs in workdirs.items():
+    if not any(has_interference(wd) for wd in dirs):
+      continue
+    c = arm_cosine(dirs, pair)
+    line, = ax.plot(c.index, c["mean"], lw=1.5, label=arm)
+    std = c["std"].fillna(0)
+    ax.fill_between(c.index, c["mean"] - std, c["mean"] + std, alpha=0.2,
+                    color=line.get_color())
+  ax.axhline(0, color="k", lw=0.5)
+  ax.set_xlabel("step")
+  ax.set_title(f"global cosine {pair}")
+  ax.legend(fontsize="small")
+
+
+def plot_arms_heatmap(ax, table: pd.DataFrame, pair: str):
+  """Arms (rows) x parameter groups (columns) of compare_arms' per-group
+  cosine for one pair."""
+  t = table.xs(pair, level="pair").drop(columns="global")
+  t = t.dropna(axis=1, how="all")
+  im = ax.imshow(t.to_numpy(float), aspect="auto", cmap="RdBu", vmin=-1,
+                 vmax=1, interpolation="nearest")
+  ax.set_yticks(range(len(t.index)), t.index)
+  ax.set_xticks(range(len(t.columns)), t.columns, rotation=90, fontsize=7)
+  ax.set_title(f"per-group cosine {pair}")
+  return im

@@ -1,0 +1,208 @@
+"""A study's results (the result.json of each arm and seed, written by
+experiments/run.py under <root>/<study>/runs/<arm>/seed<k>/): loading,
+mean +- std over seeds, change from the start arm, seed-noise comparisons
+and the caption-F1 vs VQA-accuracy Pareto front.
+
+An arm "differs" from another on a metric when the difference of the means
+exceeds two standard errors of that difference (Welch):
+|m_a - m_r| > 2 * sqrt(s_a^2 / n_a + s_r^2 / n_r), s the sample std (ddof 1).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PLOT_X, PLOT_Y = "caption/f1", "vqa/accuracy"
+Stat = tuple[float, float, int]  # mean, sample std (nan for one seed), n
+
+
+def load(root: str, study: str) -> list[dict[str, Any]]:
+  """Every result.json of the study, sorted by arm and seed; each gets its
+  run's directory as "workdir"."""
+  paths = glob.glob(os.path.join(root, study, "runs", "*", "seed*",
+                                 "result.json"))
+  out = []
+  for p in paths:
+    with open(p) as f:
+      out.append({**json.load(f), "workdir": os.path.dirname(p)})
+  return sorted(out, key=lambda r: (r["arm"], r["seed"]))
+
+
+def spec(study: str):
+  """The study's registry entry (experiments/studies.py), None when unknown;
+  the repository root is put on sys.path when experiments/ is not importable
+  (a notebook runs in notebooks/)."""
+  try:
+    from experiments import studies  # noqa: PLC0415
+  except ImportError:
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))
+    try:
+      from experiments import studies  # noqa: PLC0415
+    except ImportError:
+      return None
+  return studies.STUDIES.get(study)
+
+
+def arms(results: Sequence[Mapping], study=None) -> list[str]:
+  """Arm names in registry order (those not registered last, sorted)."""
+  found = {r["arm"] for r in results}
+  out = [a.name for a in study.arms if a.name in found] if study else []
+  return out + sorted(found - set(out))
+
+
+def workdirs(results: Sequence[Mapping]) -> dict[str, list[str]]:
+  """arm -> its runs' directories, by seed."""
+  out: dict[str, list[str]] = {}
+  for r in results:
+    out.setdefault(r["arm"], []).append(r["workdir"])
+  return out
+
+
+def _stat(xs) -> Stat:
+  xs = np.asarray(xs, float)
+  std = float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan
+  return float(np.mean(xs)), std, len(xs)
+
+
+def summarize(results: Sequence[Mapping], keys: Sequence[str]
+              ) -> dict[str, dict[str, Stat]]:
+  """arm -> metric -> (mean, sample std (nan for one seed), seeds)."""
+  by_arm: dict[str, list[Mapping]] = {}
+  for r in results:
+    by_arm.setdefault(r["arm"], []).append(r)
+  out = {}
+  for arm, rs in by_arm.items():
+    out[arm] = {}
+    for k in keys:
+      xs = [r["metrics"][k] for r in rs if k in r["metrics"]]
+      if xs:
+        out[arm][k] = _stat(xs)
+  return out
+
+
+def changes(results: Sequence[Mapping], start: str, keys: Sequence[str]
+            ) -> dict[str, dict[str, Stat]]:
+  """arm -> metric -> (mean, std, n) over seeds of the per-seed difference
+  arm - start (seeds the start arm also ran); the start arm left out."""
+  base = {r["seed"]: r["metrics"] for r in results if r["arm"] == start}
+  by_arm: dict[str, dict[str, list[float]]] = {}
+  for r in results:
+    if r["arm"] == start or r["seed"] not in base:
+      continue
+    d = by_arm.setdefault(r["arm"], {})
+    for k in keys:
+      if k in r["metrics"] and k in base[r["seed"]]:
+        d.setdefault(k, []).append(r["metrics"][k] - base[r["seed"]][k])
+  return {a: {k: _stat(xs) for k, xs in d.items()} for a, d in by_arm.items()}
+
+
+def _frame(stats: Mapping[str, Mapping[str, Stat]], order: Sequence[str],
+           keys: Sequence[str]) -> pd.DataFrame:
+  cols = pd.MultiIndex.from_product([keys, ["mean", "std", "n"]],
+                                    names=["metric", "stat"])
+  rows = [[v for k in keys for v in stats[a].get(k, (math.nan,) * 3)]
+          for a in order if a in stats]
+  return pd.DataFrame(rows, index=pd.Index([a for a in order if a in stats],
+                                           name="arm"), columns=cols)
+
+
+def _keys(results: Sequence[Mapping], metrics: Sequence[str] | None):
+  if metrics is not None:
+    return list(metrics)
+  return sorted({k for r in results for k in r["metrics"]})
+
+
+def table(root: str, study: str, metrics: Sequence[str] | None = None
+          ) -> pd.DataFrame:
+  """arm x (metric, mean/std/n) over seeds; default every metric found."""
+  results = load(root, study)
+  keys = _keys(results, metrics)
+  return _frame(summarize(results, keys), arms(results, spec(study)), keys)
+
+
+def change_table(root: str, study: str, start: str | None = None,
+                 metrics: Sequence[str] | None = None) -> pd.DataFrame:
+  """arm x (metric, mean/std/n) of the change from the start arm (default:
+  the registry's `start`), as `changes`."""
+  results = load(root, study)
+  start = start or getattr(spec(study), "start", None)
+  if start is None:
+    raise ValueError(f"study {study!r} has no start arm; pass start=")
+  keys = _keys(results, metrics)
+  return _frame(changes(results, start, keys), arms(results, spec(study)),
+                keys)
+
+
+def formatted(df: pd.DataFrame, digits: int = 4, signed: bool = False
+              ) -> pd.DataFrame:
+  """A table / change_table as "mean ± std" strings, one column per metric
+  ("-" where missing, no std with one seed)."""
+  def cell(m, s):
+    if math.isnan(m):
+      return "-"
+    f = f"{m:+.{digits}f}" if signed else f"{m:.{digits}f}"
+    return f if math.isnan(s) else f"{f} ± {s:.{digits}f}"
+  keys = list(dict.fromkeys(df.columns.get_level_values("metric")))
+  return pd.DataFrame({k: [cell(m, s) for m, s in zip(df[(k, "mean")],
+                                                      df[(k, "std")])]
+                       for k in keys}, index=df.index)
+
+
+def wall_seconds(results: Sequence[Mapping]) -> tuple[dict[str, float], float]:
+  """(arm -> mean wall seconds over seeds, the study's total)."""
+  by_arm: dict[str, list[float]] = {}
+  for r in results:
+    if "wall_seconds" in r:
+      by_arm.setdefault(r["arm"], []).append(r["wall_seconds"])
+  return ({a: float(np.mean(xs)) for a, xs in by_arm.items()},
+          float(sum(sum(xs) for xs in by_arm.values())))
+
+
+def differs(a: Stat, ref: Stat) -> bool | None:
+  """Whether two (mean, std, n) differ by more than seed noise; None when
+  either side has fewer than two seeds."""
+  (ma, sa, na), (mr, sr, nr) = a, ref
+  if na < 2 or nr < 2:
+    return None
+  return abs(ma - mr) > 2 * math.sqrt(sa ** 2 / na + sr ** 2 / nr)
+
+
+def pareto_front(points: Mapping[str, tuple[float, float]]) -> list[str]:
+  """The arms no other arm beats on both axes (higher is better)."""
+  return [a for a, (x, y) in points.items() if not any(
+      (x2 >= x and y2 >= y and (x2, y2) != (x, y))
+      for b, (x2, y2) in points.items() if b != a)]
+
+
+def plot_pareto(ax, summary: Mapping[str, Mapping[str, Stat]],
+                order: Sequence[str]) -> list[str]:
+  """Caption F1 vs VQA accuracy, one point per arm with std error bars and
+  the Pareto front dashed; returns the arms plotted (those with both)."""
+  shown = [a for a in order if PLOT_X in summary.get(a, {}) and
+           PLOT_Y in summary.get(a, {})]
+  err = lambda s: 0.0 if math.isnan(s[1]) else s[1]  # noqa: E731
+  for a in shown:
+    x, y = summary[a][PLOT_X], summary[a][PLOT_Y]
+    ax.errorbar(x[0], y[0], xerr=err(x), yerr=err(y), fmt="o", capsize=3)
+    ax.annotate(a, (x[0], y[0]), textcoords="offset points", xytext=(4, 4),
+                fontsize=8)
+  front = pareto_front({a: (summary[a][PLOT_X][0], summary[a][PLOT_Y][0])
+                        for a in shown})
+  if len(front) > 1:
+    xy = sorted((summary[a][PLOT_X][0], summary[a][PLOT_Y][0]) for a in front)
+    ax.plot(*zip(*xy), "--", color="gray", lw=1, label="Pareto front")
+    ax.legend(loc="best", fontsize=8)
+  ax.set_xlabel("caption fact F1")
+  ax.set_ylabel("VQA accuracy")
+  ax.grid(alpha=0.3)
+  return shown

@@ -1,7 +1,8 @@
 """RESULTS.md for a study: mean +- std over seeds per arm, a comparison with
 the reference arm, each arm's change from the start arm, a caption-F1 vs
 VQA-accuracy plot, per-group gradient cosines, R3 accuracy by round, wall
-time, the configs, the hardware and the commands.
+time, the configs, the hardware and the commands. A written reading of the
+results, <root>/<study>/reading.md, goes under the title when it exists.
 
   from experiments import report
   report.collect("experiments", "mitigation")   # -> path of RESULTS.md
@@ -85,12 +86,21 @@ def plot(path: str, summary, arms: Sequence[str], title: str) -> list[str]:
 
 
 def _change_section(results, start, arms, metrics) -> list[str]:
+  metrics = [(k, label) for k, label in metrics if not k.endswith("seconds")]
   delta = changes(results, start, [k for k, _ in metrics])
-  rows = [[f"`{a}`"] + [_signed(delta[a].get(k)) for k, _ in metrics]
+
+  def cell(stat):
+    text = _signed(stat)
+    mean, std, n = stat if stat else (0.0, math.nan, 0)
+    # Paired: the change beats seed noise when |mean| > 2 standard errors.
+    return text + " *" if n >= 2 and abs(mean) > 2 * std / math.sqrt(n) else (
+        text)
+  rows = [[f"`{a}`"] + [cell(delta[a].get(k)) for k, _ in metrics]
           for a in arms if a in delta]
   return [f"## Change from `{start}`", "",
           f"Per seed, the arm's metric minus `{start}`'s (same seed); mean ± "
-          "std over seeds.", "",
+          "std over seeds; * marks a change larger than two standard errors "
+          "of its mean (|mean| > 2·std/√n, n ≥ 2 seeds).", "",
           *_table(["arm"] + [label for _, label in metrics], rows), ""]
 
 
@@ -112,12 +122,24 @@ def _cosine_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
   rows = [[f"`{a}`"] + [f"{full.loc[(a, p), 'global']:.4f}"
                         if (a, p) in full.index else "-" for p in pairs]
           for a in arms]
+  summary = interference.arm_summary(dirs, since=0.5)
+  detail = [[f"`{a}`", p, *(f"{s[k]:.4f}" for k in (
+      "cos", "null_a", "null_b", "debiased", "norm_ratio", "conflict")),
+             s["lowest"]] for (a, p), s in summary.iterrows()]
   return ["## Gradient cosine by parameter group", "",
           "Per-group cosine between task gradients, mean over seeds and over "
           "the second half of training; one panel per task pair.", "",
           "![per-group gradient cosine](cosine_groups.png)", "",
           "Mean global cosine over training (mean over seeds):", "",
-          *_table(["arm"] + pairs, rows), ""]
+          *_table(["arm"] + pairs, rows), "",
+          "Second half of training, mean over seeds: the global cosine "
+          "against its noise floor (the split-half cosine of each task with "
+          "itself, a:a and b:b), the debiased cosine (minibatch noise removed "
+          "from the norms, pieces averaged over those steps), the norm ratio, "
+          "the fraction of steps with a negative cosine, and the three "
+          "parameter groups of lowest cosine (seed 0).", "",
+          *_table(["arm", "pair", "cos", "null a:a", "null b:b", "debiased",
+                   "norm ratio", "steps cos<0", "lowest groups"], detail), ""]
 
 
 def _rounds_section(out_dir, results, arms) -> list[str]:
@@ -187,6 +209,10 @@ def collect(root: str, study: str) -> str:
   lines = [f"# Study `{study}`", ""]
   if known:
     lines += [known.doc, ""]
+  reading = os.path.join(out_dir, "reading.md")
+  if os.path.exists(reading):  # the written reading of these results
+    with open(reading) as f:
+      lines += [f.read().strip(), ""]
   lines += [
       f"Mean ± std (sample, ddof 1) over seeds; reference arm `{reference}`. "
       "\"vs reference\" lists the metrics whose mean differs from the "

@@ -110,31 +110,68 @@ def get(name: str) -> Study:
 
 # --- the studies -------------------------------------------------------------
 
-# The continuation arms train as long as the shared joint base.
-_DILEMMA_STEPS = 1500
-# Every arm's decoder has the joint model's positions, so that the
-# single-objective arms can start from the joint base.
-_JOINT_LEN = {"model.max_len": max(
-    config_lib.all_tasks()[t].max_len for t in ("caption", "vqa", "ita"))}
+# The setting of the studies (README, Studies): a capacity-limited model, half
+# the default width with half the default batches, on the default world. There
+# the objectives trade off (experiments/dilemma/RESULTS.md); the default-width
+# model co-trains without a loss on either side in short runs.
+SMALL = {"model.enc_overrides": {"width": 64, "depth": 2, "heads": 4,
+                                 "mlp": 256},
+         "model.dec_width": 64, "model.dec_mlp": 256,
+         "tasks.caption.batch_size": 16, "tasks.vqa.batch_size": 16,
+         "tasks.ita.batch_size": 8, "tasks.reflect.batch_size": 8,
+         "tasks.refine.batch_size": 8, "tasks.refine_direct.batch_size": 8}
+# The easy world: one object per image (no counting, no relations).
+EASY_WORLD = {"world.min_objects": 1, "world.max_objects": 1}
+_DILEMMA_STEPS = 1000  # the base, and each continuation
 
-register(Study(
-    name="dilemma",
-    doc="Joint SFT, then equal-length continuations on generation only, "
-        "understanding only, or both: what each objective costs the other.",
-    arms=[
-        Arm("base", "configs/joint.py:seed={seed},steps=%d" % _DILEMMA_STEPS,
-            _JOINT_LEN),
-        Arm("gen_only", "configs/caption_only.py:seed={seed},steps=%d"
-            % _DILEMMA_STEPS, _JOINT_LEN, after="base"),
-        Arm("und_only", "configs/understanding_only.py:seed={seed},steps=%d"
-            % _DILEMMA_STEPS, _JOINT_LEN, after="base"),
-        Arm("joint", "configs/joint.py:seed={seed},steps=%d" % _DILEMMA_STEPS,
-            _JOINT_LEN, after="base"),
-    ],
-    reference="joint",
-    start="base",
-    scale={"total_steps": 300},
-))
+
+def setting_arm(name: str, config: str, overrides: Mapping[str, Any],
+                **kw) -> Arm:
+  """An arm with a setting's overrides; its `tasks.X.*` keys reach the arms
+  that train X."""
+  tasks = config_lib.from_file(config.format(seed=0)).tasks
+  own = {k: v for k, v in overrides.items() if not (
+      k.startswith("tasks.") and k.split(".")[1] not in tasks)}
+  return Arm(name, config, own, **kw)
+
+
+# (arm, config file) continued from the joint base.
+_DILEMMA_ARMS = (("gen_only", "caption_only"), ("und_only", "understanding_only"),
+                 ("joint", "joint"))
+
+
+def _run(name: str, spec: str, steps: int, overrides: Mapping[str, Any],
+         **kw) -> Arm:
+  """`spec` = "<config file in configs/>[,<its arguments>]"."""
+  file, _, args = spec.partition(",")
+  return setting_arm(
+      name, f"configs/{file}.py:seed={{seed}},steps={steps}"
+      + (f",{args}" if args else ""), overrides, **kw)
+
+
+def _continuations(steps: tuple[int, int], overrides: Mapping[str, Any],
+                   arms: Sequence[tuple] = _DILEMMA_ARMS) -> list[Arm]:
+  """A joint base, then from it equal-length runs of each (arm, spec[, the
+  arm's own overrides[, Arm keywords]])."""
+  return [_run("base", "joint", steps[0], overrides)] + [
+      _run(name, spec, steps[1], {**overrides, **(own[0] if own else {})},
+           after="base", **(own[1] if len(own) > 1 else {}))
+      for name, spec, *own in arms]
+
+
+def _dilemma(name: str, doc: str, overrides: Mapping[str, Any]) -> Study:
+  return Study(name=name, doc=doc,
+               arms=_continuations((_DILEMMA_STEPS,) * 2, overrides),
+               reference="joint", start="base", scale={"total_steps": 300})
+
+
+_DILEMMA_DOC = ("Joint SFT, then equal-length continuations on generation "
+                "only, understanding only, or both: what each objective costs "
+                "the other.")
+register(_dilemma("dilemma", _DILEMMA_DOC + " The capacity-limited setting.",
+                  SMALL))
+register(_dilemma("dilemma_easy", _DILEMMA_DOC + " The same model on the easy "
+                  "world (one object per image).", {**SMALL, **EASY_WORLD}))
 
 # Caption-task weights against 1 for VQA and ITA (README, gradient interference).
 GEN_WEIGHTS = [round(w, 6) for w in methods.log_ratio_grid(5, 0.25, 4)]
@@ -143,57 +180,65 @@ MITIGATION_METHODS = ("rlw", "pcgrad", "cagrad", "mgda", "nash_mtl", "upgrad",
 
 register(Study(
     name="mitigation",
-    doc="Joint training with the plain weighted sum over a log grid of caption "
-        "weights, and with each gradient-aggregation method at equal steps; "
+    doc="From the dilemma study's joint base (the same config): co-training "
+        "for equal steps with the plain weighted sum over a log grid of "
+        "caption weights, and with each gradient-aggregation method; "
         "`<method>_eqtime` arms train for the wall-clock time the plain "
-        "weighted-sum step takes for the same number of steps.",
-    arms=[Arm(f"weighted_sum_w{w:g}", f"configs/joint.py:seed={{seed}},"
-              f"gen_weight={w:g}") for w in GEN_WEIGHTS] +
-         [Arm(m, f"configs/joint.py:seed={{seed}},method={m}")
-          for m in MITIGATION_METHODS] +
-         [Arm(f"{m}_eqtime", f"configs/joint.py:seed={{seed}},method={m}",
-              budget="weighted_sum_w1") for m in MITIGATION_METHODS],
+        "weighted-sum step takes for those steps. `weighted_sum_w1` is the "
+        "dilemma study's `joint` arm.",
+    arms=_continuations((_DILEMMA_STEPS,) * 2, SMALL, [
+        *((f"weighted_sum_w{w:g}", f"joint,gen_weight={w:g}")
+          for w in GEN_WEIGHTS),
+        *((m, f"joint,method={m}") for m in MITIGATION_METHODS),
+        *((f"{m}_eqtime", f"joint,method={m}", {},
+           {"budget": "weighted_sum_w1"}) for m in MITIGATION_METHODS)]),
     reference="weighted_sum_w1",
+    start="base",
     scale={"total_steps": 300},
 ))
 
 _RL_CONFIGS = ("r3_rl", "r3_rl_chain", "r3_rl_perfect0", "r3_rl_perfect05",
                "r3_rl_frozen_reflection")
 
+# Every R3 arm has R3-SFT's decoder positions, so that all of them start from
+# the same joint base.
+_R3 = {**SMALL, "model.max_len": config_lib.all_tasks()["refine"].max_len}
+
 register(Study(
     name="r3",
-    doc="R3-SFT and its ablations; R3-RL and its ablations, each from the "
-        "R3-SFT run of the same seed (config.init_from).",
-    arms=[Arm(n, f"configs/{n}.py:seed={{seed}}") for n in
-          ("r3_sft", "r3_sft_no_reflect", "r3_sft_no_consistency")] +
-         [Arm(n, f"configs/{n}.py:seed={{seed}}", after="r3_sft")
+    doc="From one joint base (the capacity-limited setting): joint training, "
+        "R3-SFT and its ablations for equal steps; R3-RL and its ablations, "
+        "each from the R3-SFT run of the same seed (config.init_from).",
+    arms=_continuations((_DILEMMA_STEPS,) * 2, _R3, [("joint", "joint")] + [
+        (n, n) for n in ("r3_sft", "r3_sft_no_reflect",
+                         "r3_sft_no_consistency")]) +
+         [setting_arm(n, f"configs/{n}.py:seed={{seed}}", _R3, after="r3_sft")
           for n in _RL_CONFIGS],
     reference="r3_sft",
+    start="base",
     scale={"total_steps": 200},
     metrics=METRICS[:-1] + (("r3/round3/f1", "refined F1"),
                             ("r3/round3/v_strict", "refined V_strict"),
                             METRICS[-1]),
 ))
 
-# `make demo`: the dilemma's arms and R3-SFT, short and with one seed. Every
-# arm has R3-SFT's decoder positions, so that all of them start from the base.
-_DEMO_STEPS = (400, 200)  # base, each continuation
-_DEMO = {"model.max_len": config_lib.all_tasks()["refine"].max_len,
-         "final_eval.max_examples": 500}
+# `make demo`: the dilemma study's base and shorter continuations, R3-SFT
+# among them, one seed. Every arm has R3-SFT's decoder positions, so that all
+# of them start from the base.
+_DEMO_STEPS = (_DILEMMA_STEPS, 500)  # base, each continuation
 
 register(Study(
     name="demo",
-    doc="The reduced study (`make demo`): a short joint base, then "
+    doc="The reduced study (`make demo`): the dilemma study's joint base, then "
         "equal-length continuations on generation only, understanding only, "
         "both, and R3-SFT; one seed. Its figures are a smoke view of the "
         "dilemma study, not its results.",
-    arms=[Arm("base", "configs/joint.py:seed={seed},steps=%d" % _DEMO_STEPS[0],
-              _DEMO)] +
-         [Arm(name, f"configs/{cfg}.py:seed={{seed}},steps={_DEMO_STEPS[1]}",
-              _DEMO, after="base")
-          for name, cfg in (("gen_only", "caption_only"),
-                            ("und_only", "understanding_only"),
-                            ("joint", "joint"), ("r3_sft", "r3_sft"))],
+    arms=_continuations(_DEMO_STEPS, {
+        **SMALL, "model.max_len": config_lib.all_tasks()["refine"].max_len,
+        "final_eval.max_examples": 500},
+        # Without the interference statistics R3-SFT's step (five tasks)
+        # compiles in a fraction of the time.
+        (*_DILEMMA_ARMS, ("r3_sft", "r3_sft", {"interference.enabled": False}))),
     reference="joint",
     start="base",
     seeds=1,

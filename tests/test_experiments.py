@@ -13,6 +13,7 @@ from conftest import _DATA_DIR
 from experiments import report
 from experiments import run
 from experiments import studies
+from r3jax import config as config_lib
 from r3jax.train import metrics as metrics_lib
 
 SETS = [f"--set=data.dir={_DATA_DIR}", "--set=progress_bar=False",
@@ -144,7 +145,7 @@ def test_dry_run_prints_commands_in_dependency_order(tmp_path, capsys):
 
 def test_registry_studies_resolve():
   mitigation = studies.get("mitigation")
-  assert [a.name for a in mitigation.arms][:5] == [
+  assert [a.name for a in mitigation.arms][:6] == ["base",
       "weighted_sum_w0.25", "weighted_sum_w0.5", "weighted_sum_w1",
       "weighted_sum_w2", "weighted_sum_w4"]
   config, _ = run.resolve(mitigation, mitigation.arm("weighted_sum_w2"), 1,
@@ -156,10 +157,23 @@ def test_registry_studies_resolve():
   assert config.rl.enabled and config.rl.perfect_ratio == 0.0
   assert config.init_from == os.path.abspath("x/r3/runs/r3_sft/seed2")
   assert config.total_steps == r3.scale["total_steps"]
-  assert [a.name for a in r3.order(["r3_rl"])] == ["r3_sft", "r3_rl"]
+  assert [a.name for a in r3.order(["r3_rl"])] == ["base", "r3_sft", "r3_rl"]
   dilemma = studies.get("dilemma")
   assert {a.name: a.after for a in dilemma.arms} == {
       "base": None, "gen_only": "base", "und_only": "base", "joint": "base"}
+  # The studies' setting reaches every arm, a task's batch the arms with it;
+  # every arm of a study that continues a base can load the base's params.
+  for name in ("dilemma", "dilemma_easy", "r3", "demo", "mitigation"):
+    study = studies.get(name)
+    lens = set()
+    for arm in study.arms:
+      c, _ = run.resolve(study, arm, 0, "x", {})
+      assert c.model.dec_width == 64 and c.model.enc_overrides.width == 64
+      assert all(c.tasks[t].batch_size == studies.SMALL[
+          f"tasks.{t}.batch_size"] for t in c.tasks), (name, arm.name)
+      assert (c.world.max_objects == 1) == (name == "dilemma_easy")
+      lens.add(config_lib.decoder_len(c))
+    assert len(lens) == 1, (name, lens)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -183,6 +183,48 @@ def compare_arms(workdirs: Mapping[str, Sequence[str]], since: float = 0.0
   return pd.concat(rows)
 
 
+def arm_summary(workdirs: Mapping[str, Sequence[str]], since: float = 0.5,
+                worst: int = 3) -> pd.DataFrame:
+  """Index (arm, pair), mean over seeds of each run's statistics over the
+  steps from fraction `since` of training on: the global cosine ("cos"), the
+  same-task split-half null cosines of both tasks ("null_a", "null_b"), the
+  debiased cosine with the unbiased pieces averaged over all those steps
+  ("debiased"), the norm ratio, the fraction of steps with cos < 0; and
+  "lowest": the `worst` groups of lowest mean cosine (of the first seed)."""
+  rows = []
+  for arm, dirs in workdirs.items():
+    per_seed = []
+    for wd in dirs:
+      if not has_interference(wd):
+        continue
+      df = _tail(load(wd), since)
+      for pair in pairs(df):
+        a, b = pair.split(":")
+        row = {"arm": arm, "pair": pair,
+               "cos": df[f"interf/cos/{pair}"].mean(),
+               "null_a": df.get(f"interf/null_cos/{a}", pd.Series(
+                   [np.nan])).mean(),
+               "null_b": df.get(f"interf/null_cos/{b}", pd.Series(
+                   [np.nan])).mean(),
+               "norm_ratio": df[f"interf/norm_ratio/{pair}"].mean(),
+               "conflict": (df[f"interf/cos/{pair}"] < 0).mean()}
+        row["debiased"] = (debiased_cosine(df, pair, len(df)).iloc[-1]
+                           if f"interf/null_dot/{a}" in df else np.nan)
+        group_cos = {g: df[f"group/{g}/cos/{pair}"].mean() for g in groups(df)}
+        row["lowest"] = ", ".join(
+            f"{g} {v:+.3f}" for g, v in sorted(group_cos.items(),
+                                               key=lambda x: x[1])[:worst])
+        per_seed.append(row)
+    if per_seed:
+      frame = pd.DataFrame(per_seed)
+      stats = frame.drop(columns="lowest").groupby(
+          ["arm", "pair"], sort=False).mean()
+      stats["lowest"] = frame.groupby(["arm", "pair"], sort=False)[
+          "lowest"].first()
+      rows.append(stats)
+  return pd.concat(rows) if rows else pd.DataFrame()
+
+
 def arm_cosine(workdirs: Sequence[str], pair: str) -> pd.DataFrame:
   """The global cosine of `pair` by step over an arm's seeds: columns mean,
   std (sample; NaN with one seed) and n."""

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Every benchmark (benchmarks/README.md); needs the bench extra (torch, transformers).
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -85,6 +85,14 @@ def plot(path: str, summary, arms: Sequence[str], title: str) -> list[str]:
   return shown
 
 
+# Where an arm's accuracy comes from: question types and answer formats.
+DETAIL = (*((f"vqa/qtype/{q}/accuracy", q) for q in (
+    "color", "size", "shape", "count", "existence", "relation")),
+          ("ita/yes_rate", "ITA yes"), ("ita/invalid_rate", "ITA invalid"),
+          ("caption/parse_rate", "caption parses"),
+          ("caption/hallucination", "hallucination"))
+
+
 def _change_section(results, start, arms, metrics) -> list[str]:
   metrics = [(k, label) for k, label in metrics if not k.endswith("seconds")]
   delta = changes(results, start, [k for k, _ in metrics])
@@ -230,6 +238,15 @@ def collect(root: str, study: str) -> str:
                   ["vs reference"], rows) + [""]
   if known and known.start and known.start in found:
     lines += _change_section(results, known.start, arms, metrics)
+  detail = summarize(results, [k for k, _ in DETAIL])
+  rows = [[f"`{a}`"] + [_fmt(detail[a].get(k), 3) for k, _ in DETAIL]
+          for a in arms if detail.get(a)]
+  if rows:
+    lines += ["## By question type and answer format", "",
+              "VQA accuracy per question type; ITA answers that are \"yes\" "
+              "and that are neither yes nor no; captions that parse into "
+              "facts, and facts not in the scene (mean ± std over seeds).", "",
+              *_table(["arm"] + [label for _, label in DETAIL], rows), ""]
 
   shown = plot(os.path.join(out_dir, "pareto.png"), summary, arms,
                f"{study}: caption F1 vs VQA accuracy")
@@ -250,9 +267,12 @@ def collect(root: str, study: str) -> str:
   lines += ["## Hardware", ""]
   lines += [f"- {kind} × {n} devices, {cpus} CPUs" for kind, n, cpus in hw]
   lines += ["", "## Commands", "",
-            "Each run's `result.json` holds the command that reproduces it:",
+            "Each run's `result.json` holds the command that reproduces it "
+            "(run from the repository root):",
             "", "```"]
-  lines += [r["command"] for r in results]
+  # Paths as given in `root` (the runs' own are absolute).
+  here = os.path.abspath(root) + os.sep
+  lines += [r["command"].replace(here, os.path.join(root, "")) for r in results]
   lines += ["```", ""]
   path = os.path.join(out_dir, "RESULTS.md")
   with open(path, "w") as f:

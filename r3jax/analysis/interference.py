@@ -251,13 +251,23 @@ def plot_arms_cosine(ax, workdirs: Mapping[str, Sequence[str]], pair: str):
   ax.legend(fontsize="small")
 
 
-def plot_arms_heatmap(ax, table: pd.DataFrame, pair: str):
+def plot_arms_heatmap(ax, table: pd.DataFrame, pair: str,
+                      vmax: float | None = None):
   """Arms (rows) x parameter groups (columns) of compare_arms' per-group
-  cosine for one pair."""
+  cosine for one pair, each cell annotated; the colour scale is +-vmax
+  (default: the largest |value| of every pair, so that small cosines stay
+  visible and panels of several pairs share one scale)."""
+  if vmax is None:
+    vmax = max(float(np.nanmax(np.abs(
+        table.drop(columns="global").to_numpy(float)))), 1e-3)
   t = table.xs(pair, level="pair").drop(columns="global")
   t = t.dropna(axis=1, how="all")
-  im = ax.imshow(t.to_numpy(float), aspect="auto", cmap="RdBu", vmin=-1,
-                 vmax=1, interpolation="nearest")
+  values = t.to_numpy(float)
+  im = ax.imshow(values, aspect="auto", cmap="RdBu", vmin=-vmax, vmax=vmax,
+                 interpolation="nearest")
+  for (i, j), v in np.ndenumerate(values):
+    if np.isfinite(v):
+      ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=6)
   ax.set_yticks(range(len(t.index)), t.index)
   ax.set_xticks(range(len(t.columns)), t.columns, rotation=90, fontsize=7)
   ax.set_title(f"per-group cosine {pair}")

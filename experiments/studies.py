@@ -9,11 +9,14 @@ that arm's workdir (R3-RL included).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from r3jax import config as config_lib
 from r3jax.interference import methods
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (result key, label) of the metrics every study reports.
 METRICS = (
@@ -129,7 +132,7 @@ def setting_arm(name: str, config: str, overrides: Mapping[str, Any],
                 **kw) -> Arm:
   """An arm with a setting's overrides; its `tasks.X.*` keys reach the arms
   that train X."""
-  tasks = config_lib.from_file(config.format(seed=0)).tasks
+  tasks = config_lib.from_file(config.format(seed=0), ROOT).tasks
   own = {k: v for k, v in overrides.items() if not (
       k.startswith("tasks.") and k.split(".")[1] not in tasks)}
   return Arm(name, config, own, **kw)

@@ -6,7 +6,8 @@
   python -m experiments.run r3 --dry-run                # print the commands
 
 Each run lives in <root>/<study>/runs/<arm>/seed<k> with a result.json (final
-metrics, wall seconds, the `python -m r3jax.main` command that reproduces it);
+metrics, wall seconds, the `python -m r3jax.main` command that reproduces it,
+run from the repository root; paths inside the repository are relative);
 an arm whose result.json exists is not run again (one made by a different
 command is an error). Run the printed commands from the repository root. Arms run after the arm they
 start from (`Arm.after`), which is added when --arms leaves it out.
@@ -92,6 +93,14 @@ def set_key(config: ml_collections.ConfigDict, key: str, value: Any,
     raise ValueError(f"config key {key!r}: {e}") from None
 
 
+def shown(path: str) -> str:
+  """A path as commands show it: relative to the repository root (where they
+  run) when inside it, so that kept results stay valid in any clone."""
+  path = os.path.abspath(path)
+  inside = os.path.commonpath([path, ROOT]) == ROOT
+  return os.path.relpath(path, ROOT) if inside else path
+
+
 def _flag_value(v: Any) -> str:
   if isinstance(v, (list, tuple, dict)):
     return shlex.quote(json.dumps(v, separators=(",", ":")))
@@ -129,11 +138,11 @@ def resolve(study: studies_lib.Study, arm: studies_lib.Arm, seed: int,
   if arm.after:  # its parameters start from that arm's run
     value = os.path.abspath(workdir(root, study.name, arm.after, seed))
     set_key(config, "init_from", value)
-    applied["init_from"] = value
+    applied["init_from"] = shown(value)
   config_lib.validate(config)
   wd = workdir(root, study.name, arm.name, seed)
   command = ["python", "-m", "r3jax.main", f"--config={spec}",
-             f"--workdir={shlex.quote(os.path.abspath(wd))}"]
+             f"--workdir={shlex.quote(shown(wd))}"]
   command += [f"--config.{k}={_flag_value(v)}" for k, v in applied.items()]
   return config, command
 

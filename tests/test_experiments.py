@@ -274,3 +274,15 @@ def test_demo_table_shows_changes_from_the_start(tmp_path):
   assert rows["base"][1] == "0.250" and rows["gen_only"][1:3] == [
       "0.500", "(+0.250)"]
   assert rows["r3_sft"][-2:] == ["0.625", "12"] and rows["gen_only"][3] == "-"
+
+
+def test_commands_show_paths_inside_the_repository_relative(tmp_path):
+  inside = os.path.join(run.ROOT, "experiments", "x", "runs", "a", "seed0")
+  assert run.shown(inside) == os.path.join("experiments", "x", "runs", "a",
+                                           "seed0")
+  assert run.shown(str(tmp_path)) == str(tmp_path)
+  study = studies.get("dilemma")
+  _, command = run.resolve(study, study.arm("joint"), 0,
+                           os.path.join(run.ROOT, "experiments"), {})
+  assert "--workdir=experiments/dilemma/runs/joint/seed0" in command
+  assert command[-1] == "--config.init_from=experiments/dilemma/runs/base/seed0"

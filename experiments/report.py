@@ -126,6 +126,13 @@ def _cosine_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
   fig.savefig(os.path.join(out_dir, "cosine_groups.png"), dpi=110,
               bbox_inches="tight")
   plt.close(fig)
+  fig, axes = plt.subplots(1, len(pairs), squeeze=False,
+                           figsize=(5 * len(pairs), 3.8))
+  for ax, pair in zip(axes[0], pairs):
+    interference.plot_arms_over_training(ax, dirs, pair)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, "cosine_over_training.png"), dpi=110)
+  plt.close(fig)
   full = interference.compare_arms(dirs)
   rows = [[f"`{a}`"] + [f"{full.loc[(a, p), 'global']:.4f}"
                         if (a, p) in full.index else "-" for p in pairs]
@@ -138,6 +145,10 @@ def _cosine_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
           "Per-group cosine between task gradients, mean over seeds and over "
           "the second half of training; one panel per task pair.", "",
           "![per-group gradient cosine](cosine_groups.png)", "",
+          "Over training (mean over seeds; rolling means over 20 logged "
+          "steps): the global cosine, the debiased cosine and the split-half "
+          "null cosine (the noise floor) of each arm.", "",
+          "![cosine over training](cosine_over_training.png)", "",
           "Mean global cosine over training (mean over seeds):", "",
           *_table(["arm"] + pairs, rows), "",
           "Second half of training, mean over seeds: the global cosine "

@@ -251,6 +251,50 @@ def plot_arms_cosine(ax, workdirs: Mapping[str, Sequence[str]], pair: str):
   ax.legend(fontsize="small")
 
 
+def arm_series(workdirs: Sequence[str], pair: str, window: int = 20
+               ) -> pd.DataFrame:
+  """By logged step, the mean over an arm's seeds of: the global cosine
+  ("cos", a rolling mean over `window` logged steps), the windowed debiased
+  cosine ("debiased"; NaN without the split-half statistics) and the mean
+  split-half null cosine of the two tasks ("null", rolling). Empty when no
+  run has the pair."""
+  a, b = pair.split(":")
+  runs = []
+  for wd in workdirs:
+    if not has_interference(wd):
+      continue
+    df = load(wd)
+    if pair not in pairs(df):
+      continue
+    roll = lambda k: df[k].rolling(window, min_periods=1).mean()  # noqa: E731
+    halves = f"interf/null_dot/{a}" in df
+    runs.append(pd.DataFrame({
+        "cos": roll(f"interf/cos/{pair}"),
+        "debiased": debiased_cosine(df, pair, window) if halves else np.nan,
+        "null": (roll(f"interf/null_cos/{a}") + roll(f"interf/null_cos/{b}"))
+                / 2 if halves else np.nan}))
+  return pd.concat(runs).groupby(level=0).mean() if runs else pd.DataFrame()
+
+
+def plot_arms_over_training(ax, workdirs: Mapping[str, Sequence[str]],
+                            pair: str, window: int = 20):
+  """Per arm (mean over seeds): the rolling global cosine (solid), the
+  windowed debiased cosine (dashed) and the split-half null cosine (dotted)."""
+  for arm, dirs in workdirs.items():
+    s = arm_series(dirs, pair, window)
+    if s.empty:
+      continue
+    line, = ax.plot(s.index, s["cos"], lw=1.5, label=f"{arm} cos")
+    ax.plot(s.index, s["debiased"], "--", lw=1, color=line.get_color(),
+            label=f"{arm} debiased")
+    ax.plot(s.index, s["null"], ":", lw=1, color=line.get_color())
+  ax.axhline(0, color="k", lw=0.5)
+  ax.set_xlabel("step")
+  ax.set_title(f"{pair}: cosine (solid), debiased (dashed), null (dotted)",
+               fontsize=9)
+  ax.legend(fontsize=6)
+
+
 def plot_arms_heatmap(ax, table: pd.DataFrame, pair: str,
                       vmax: float | None = None):
   """Arms (rows) x parameter groups (columns) of compare_arms' per-group

@@ -157,6 +157,18 @@ def _tail(df: pd.DataFrame, since: float) -> pd.DataFrame:
   return df.iloc[int(len(df) * since):]
 
 
+def _arm_runs(workdirs: Mapping[str, Sequence[str]], since: float):
+  """(arm, [(logged steps from fraction `since` on, pair)] over its seeds'
+  runs with interference statistics) per arm."""
+  for arm, dirs in workdirs.items():
+    runs = []
+    for wd in dirs:
+      if has_interference(wd):
+        df = _tail(load(wd), since)
+        runs += [(df, pair) for pair in pairs(df)]
+    yield arm, runs
+
+
 def compare_arms(workdirs: Mapping[str, Sequence[str]], since: float = 0.0
                  ) -> pd.DataFrame:
   """Index (arm, pair); column "global" the mean over seeds of each run's
@@ -164,17 +176,13 @@ def compare_arms(workdirs: Mapping[str, Sequence[str]], since: float = 0.0
   per-group cosine; the means over steps from fraction `since` of training
   on. Runs without interference statistics are left out (and arms with none)."""
   rows = []
-  for arm, dirs in workdirs.items():
+  for arm, runs in _arm_runs(workdirs, since):
     per_seed = []
-    for wd in dirs:
-      if not has_interference(wd):
-        continue
-      df = _tail(load(wd), since)
-      for pair in pairs(df):
-        row = {"arm": arm, "pair": pair,
-               "global": df[f"interf/cos/{pair}"].mean()}
-        row.update({g: df[f"group/{g}/cos/{pair}"].mean() for g in groups(df)})
-        per_seed.append(row)
+    for df, pair in runs:
+      row = {"arm": arm, "pair": pair,
+             "global": df[f"interf/cos/{pair}"].mean()}
+      row.update({g: df[f"group/{g}/cos/{pair}"].mean() for g in groups(df)})
+      per_seed.append(row)
     if per_seed:
       rows.append(pd.DataFrame(per_seed).groupby(["arm", "pair"],
                                                  sort=False).mean())
@@ -192,29 +200,25 @@ def arm_summary(workdirs: Mapping[str, Sequence[str]], since: float = 0.5,
   ("debiased"), the norm ratio, the fraction of steps with cos < 0; and
   "lowest": the `worst` groups of lowest mean cosine (of the first seed)."""
   rows = []
-  for arm, dirs in workdirs.items():
+  for arm, runs in _arm_runs(workdirs, since):
     per_seed = []
-    for wd in dirs:
-      if not has_interference(wd):
-        continue
-      df = _tail(load(wd), since)
-      for pair in pairs(df):
-        a, b = pair.split(":")
-        row = {"arm": arm, "pair": pair,
-               "cos": df[f"interf/cos/{pair}"].mean(),
-               "null_a": df.get(f"interf/null_cos/{a}", pd.Series(
-                   [np.nan])).mean(),
-               "null_b": df.get(f"interf/null_cos/{b}", pd.Series(
-                   [np.nan])).mean(),
-               "norm_ratio": df[f"interf/norm_ratio/{pair}"].mean(),
-               "conflict": (df[f"interf/cos/{pair}"] < 0).mean()}
-        row["debiased"] = (debiased_cosine(df, pair, len(df)).iloc[-1]
-                           if f"interf/null_dot/{a}" in df else np.nan)
-        group_cos = {g: df[f"group/{g}/cos/{pair}"].mean() for g in groups(df)}
-        row["lowest"] = ", ".join(
-            f"{g} {v:+.3f}" for g, v in sorted(group_cos.items(),
-                                               key=lambda x: x[1])[:worst])
-        per_seed.append(row)
+    for df, pair in runs:
+      a, b = pair.split(":")
+      row = {"arm": arm, "pair": pair,
+             "cos": df[f"interf/cos/{pair}"].mean(),
+             "null_a": df.get(f"interf/null_cos/{a}", pd.Series(
+                 [np.nan])).mean(),
+             "null_b": df.get(f"interf/null_cos/{b}", pd.Series(
+                 [np.nan])).mean(),
+             "norm_ratio": df[f"interf/norm_ratio/{pair}"].mean(),
+             "conflict": (df[f"interf/cos/{pair}"] < 0).mean()}
+      row["debiased"] = (debiased_cosine(df, pair, len(df)).iloc[-1]
+                         if f"interf/null_dot/{a}" in df else np.nan)
+      group_cos = {g: df[f"group/{g}/cos/{pair}"].mean() for g in groups(df)}
+      row["lowest"] = ", ".join(
+          f"{g} {v:+.3f}" for g, v in sorted(group_cos.items(),
+                                             key=lambda x: x[1])[:worst])
+      per_seed.append(row)
     if per_seed:
       frame = pd.DataFrame(per_seed)
       stats = frame.drop(columns="lowest").groupby(

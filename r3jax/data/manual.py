@@ -1,0 +1,76 @@
+"""Shared plumbing of the TFDS builders over manually downloaded datasets.
+
+A builder's config name is a hash of its settings (not of the manual
+directory), so datasets built with other settings live in other directories.
+Records are written as array_record and read back without TensorFlow; text
+comes back as str (scalars) or list[str] (fixed-length text tensors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+
+def config_name(prefix: str, params: dict[str, Any]) -> tuple[str, str]:
+  """(name, description) of a config: a hash of `params` and their JSON."""
+  text = json.dumps(params, sort_keys=True)
+  return prefix + hashlib.sha256(text.encode()).hexdigest()[:12], text
+
+
+def load_json(manual_dir: str, name: str) -> Any:
+  path = os.path.join(manual_dir, name)
+  if not os.path.exists(path):
+    raise ValueError(f"{path} is missing: put the official {name} in the "
+                     f"manual directory {manual_dir}")
+  with open(path) as f:
+    return json.load(f)
+
+
+def image_path(manual_dir: str, *parts: str) -> str:
+  path = os.path.join(manual_dir, *parts)
+  if not os.path.exists(path):
+    raise ValueError(f"image {path} is missing from the manual directory")
+  return path
+
+
+def build(builder_cls, config, data_dir: str, manual_dir: str):
+  """The prepared builder; reads `manual_dir` only if not built yet."""
+  builder = builder_cls(config=config, data_dir=data_dir,
+                        file_format="array_record")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
+
+
+def _decode(v: Any) -> Any:
+  if isinstance(v, bytes):
+    return v.decode()
+  if isinstance(v, np.ndarray) and v.dtype == object:
+    return [x.decode() for x in v]
+  return v
+
+
+class Decoded:
+  """Random access to a split, with text decoded to str / list[str]."""
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {k: _decode(v) for k, v in self._source[index].items()}
+
+  def __iter__(self):
+    return (self[i] for i in range(len(self)))
+
+
+def data_source(builder, split: str) -> Decoded:
+  return Decoded(builder.as_data_source(split))

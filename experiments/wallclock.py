@@ -7,8 +7,9 @@ with the plain (uninstrumented) weighted-sum step:
   steps = round(steps_ref * t_plain / t_arm)
 
 where t is the median seconds per training step of each config, timed in one
-process on the same batch, interleaved in rounds so that drift in machine
-speed hits every config alike. The times are measured once per study root and
+process on the same batch, interleaved in rounds (in a new order each round)
+so that drift in machine speed hits every config alike. Time it on an
+otherwise idle machine: under load the ranking of close configs can change. The times are measured once per study root and
 kept in <root>/<study>/step_seconds.json with the hardware; the steps each arm
 then gets are written into its command, so the run is reproducible as is.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import statistics
 import time
 from collections.abc import Mapping
@@ -57,8 +59,11 @@ def step_seconds(configs: Mapping[str, ml_collections.ConfigDict],
       jax.block_until_ready((state, m))
     runs[name] = [mesh, update, state]
   times: dict[str, list[float]] = {k: [] for k in runs}
-  for _ in range(rounds):
-    for name, run in runs.items():
+  order = list(runs)
+  for r in range(rounds):  # a new order each round: no config always first
+    random.Random(r).shuffle(order)
+    for name in order:
+      run = runs[name]
       mesh, update, state = run
       with jax.set_mesh(mesh):
         for _ in range(steps):

@@ -16,7 +16,6 @@ the difference of the means exceeds two standard errors of that difference
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 
@@ -29,17 +28,10 @@ from experiments import studies as studies_lib  # noqa: E402
 from r3jax.analysis import interference  # noqa: E402
 from r3jax.analysis import rounds as rounds_lib  # noqa: E402
 from r3jax.analysis.study import (  # noqa: E402
-    changes, differs, load, pareto_front, plot_pareto, summarize, wall_seconds)
+    arms as arm_order, beyond_noise, cell, changes, differs, load,
+    pareto_front, plot_pareto, summarize, wall_seconds, workdirs)
 
 __all__ = ["collect", "differs", "load", "pareto_front", "plot", "summarize"]
-
-def _fmt(stat: tuple[float, float, int] | None, digits: int = 4) -> str:
-  if stat is None:
-    return "-"
-  mean, std, _ = stat
-  return f"{mean:.{digits}f}" if math.isnan(std) else (
-      f"{mean:.{digits}f} ± {std:.{digits}f}")
-
 
 def _comparison(stats, ref_stats, metrics, is_ref: bool) -> str:
   if is_ref:
@@ -59,13 +51,6 @@ def _comparison(stats, ref_stats, metrics, is_ref: bool) -> str:
   if found:
     return ", ".join(found)
   return "n/a (1 seed)" if unknown else "no"
-
-
-def _signed(stat: tuple[float, float, int] | None) -> str:
-  if stat is None:
-    return "-"
-  mean, std, _ = stat
-  return f"{mean:+.4f}" if math.isnan(std) else f"{mean:+.4f} ± {std:.4f}"
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -97,13 +82,10 @@ def _change_section(results, start, arms, metrics) -> list[str]:
   metrics = [(k, label) for k, label in metrics if not k.endswith("seconds")]
   delta = changes(results, start, [k for k, _ in metrics])
 
-  def cell(stat):
-    text = _signed(stat)
-    mean, std, n = stat if stat else (0.0, math.nan, 0)
-    # Paired: the change beats seed noise when |mean| > 2 standard errors.
-    return text + " *" if n >= 2 and abs(mean) > 2 * std / math.sqrt(n) else (
-        text)
-  rows = [[f"`{a}`"] + [cell(delta[a].get(k)) for k, _ in metrics]
+  def marked(stat):
+    text = cell(stat, signed=True)
+    return text + " *" if stat and beyond_noise(stat) else text
+  rows = [[f"`{a}`"] + [marked(delta[a].get(k)) for k, _ in metrics]
           for a in arms if a in delta]
   return [f"## Change from `{start}`", "",
           f"Per seed, the arm's metric minus `{start}`'s (same seed); mean ± "
@@ -180,7 +162,7 @@ def _rounds_section(out_dir, results, arms) -> list[str]:
   fig.savefig(os.path.join(out_dir, "rounds.png"), dpi=110)
   plt.close(fig)
   stats = summarize(results, [f"r3/{s}" for s in rounds_lib.LOOP_STATS])
-  rows = [[f"`{a}`"] + [_fmt(stats[a].get(f"r3/{s}"), 3)
+  rows = [[f"`{a}`"] + [cell(stats[a].get(f"r3/{s}"), 3)
                         for s in rounds_lib.LOOP_STATS]
           for a in arms if a in f1.index]
   return ["## R3 accuracy by round", "",
@@ -219,8 +201,7 @@ def collect(root: str, study: str) -> str:
   known = studies_lib.STUDIES.get(study)
   metrics = list(known.metrics if known else studies_lib.METRICS)
   found = {r["arm"] for r in results}
-  arms = ([a.name for a in known.arms if a.name in found] if known else [])
-  arms += sorted(found - set(arms))
+  arms = arm_order(results, known)
   reference = known.reference if known else arms[0]
   summary = summarize(results, [k for k, _ in metrics])
   ref_stats = summary.get(reference)
@@ -241,7 +222,7 @@ def collect(root: str, study: str) -> str:
   rows = []
   for a in arms:
     cells = [f"`{a}`", str(len(seeds[a]))]
-    cells += [_fmt(summary[a].get(k), 1 if k.endswith("seconds") else 4)
+    cells += [cell(summary[a].get(k), 1 if k.endswith("seconds") else 4)
               for k, _ in metrics]
     cells.append(_comparison(summary[a], ref_stats, metrics, a == reference))
     rows.append(cells)
@@ -250,7 +231,7 @@ def collect(root: str, study: str) -> str:
   if known and known.start and known.start in found:
     lines += _change_section(results, known.start, arms, metrics)
   detail = summarize(results, [k for k, _ in DETAIL])
-  rows = [[f"`{a}`"] + [_fmt(detail[a].get(k), 3) for k, _ in DETAIL]
+  rows = [[f"`{a}`"] + [cell(detail[a].get(k), 3) for k, _ in DETAIL]
           for a in arms if detail.get(a)]
   if rows:
     lines += ["## By question type and answer format", "",
@@ -268,8 +249,8 @@ def collect(root: str, study: str) -> str:
   missing = [a for a in arms if a not in shown]
   if missing:
     lines += [f"Not plotted (a metric missing): {', '.join(missing)}.", ""]
-  dirs = {a: [r["workdir"] for r in results if r["arm"] == a] for a in arms}
-  lines += _cosine_section(out_dir, dirs)
+  dirs = workdirs(results)
+  lines += _cosine_section(out_dir, {a: dirs[a] for a in arms})
   lines += _rounds_section(out_dir, results, arms)
   lines += _cost_section(out_dir, results, arms)
 
@@ -281,9 +262,7 @@ def collect(root: str, study: str) -> str:
             "Each run's `result.json` holds the command that reproduces it "
             "(run from the repository root):",
             "", "```"]
-  # Paths as given in `root` (the runs' own are absolute).
-  here = os.path.abspath(root) + os.sep
-  lines += [r["command"].replace(here, os.path.join(root, "")) for r in results]
+  lines += [r["command"] for r in results]
   lines += ["```", ""]
   path = os.path.join(out_dir, "RESULTS.md")
   with open(path, "w") as f:

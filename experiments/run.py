@@ -121,15 +121,20 @@ def resolve(study: studies_lib.Study, arm: studies_lib.Arm, seed: int,
   spec = arm.config.format(seed=seed)
   config = config_lib.from_file(spec, ROOT)
   applied: dict[str, Any] = {}
+
+  def trains(key: str) -> bool:  # a tasks.X.* key reaches the arms with X
+    parts = key.split(".")
+    return parts[0] != "tasks" or len(parts) < 3 or parts[1] in config.tasks
+
   layers = [arm.overrides, study.scale if scale else {}]
   for layer in layers:
     for key, value in layer.items():
-      set_key(config, key, value)
-      applied[key] = value
+      if trains(key):
+        set_key(config, key, value)
+        applied[key] = value
   for key, text in sets.items():
-    parts = key.split(".")
-    if parts[0] == "tasks" and len(parts) > 2 and parts[1] not in config.tasks:
-      continue  # a task this arm does not train
+    if not trains(key):
+      continue
     set_key(config, key, text, from_text=True)
     applied[key] = _get(config, key)
   if steps is not None:  # after --set, which may change the reference's steps

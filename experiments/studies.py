@@ -1,7 +1,8 @@
 """The registry of studies: named lists of arms run over seeds.
 
 An arm is one config file + argument string (`{seed}` is filled per seed) plus
-dotted-key overrides. `after` names another arm of the same study whose run
+dotted-key overrides (a `tasks.X.*` override reaches the arms that train X,
+as `--set` does). `after` names another arm of the same study whose run
 (same seed) this arm starts from: the runner points `config.init_from` at
 that arm's workdir (R3-RL included).
 """
@@ -9,14 +10,11 @@ that arm's workdir (R3-RL included).
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from r3jax import config as config_lib
 from r3jax.interference import methods
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (result key, label) of the metrics every study reports.
 METRICS = (
@@ -128,16 +126,6 @@ EASY_WORLD = {"world.min_objects": 1, "world.max_objects": 1}
 _DILEMMA_STEPS = 1000  # the base, and each continuation
 
 
-def setting_arm(name: str, config: str, overrides: Mapping[str, Any],
-                **kw) -> Arm:
-  """An arm with a setting's overrides; its `tasks.X.*` keys reach the arms
-  that train X."""
-  tasks = config_lib.from_file(config.format(seed=0), ROOT).tasks
-  own = {k: v for k, v in overrides.items() if not (
-      k.startswith("tasks.") and k.split(".")[1] not in tasks)}
-  return Arm(name, config, own, **kw)
-
-
 # (arm, config file) continued from the joint base.
 _DILEMMA_ARMS = (("gen_only", "caption_only"), ("und_only", "understanding_only"),
                  ("joint", "joint"))
@@ -147,9 +135,8 @@ def _run(name: str, spec: str, steps: int, overrides: Mapping[str, Any],
          **kw) -> Arm:
   """`spec` = "<config file in configs/>[,<its arguments>]"."""
   file, _, args = spec.partition(",")
-  return setting_arm(
-      name, f"configs/{file}.py:seed={{seed}},steps={steps}"
-      + (f",{args}" if args else ""), overrides, **kw)
+  return Arm(name, f"configs/{file}.py:seed={{seed}},steps={steps}"
+             + (f",{args}" if args else ""), overrides, **kw)
 
 
 def _continuations(steps: tuple[int, int], overrides: Mapping[str, Any],
@@ -215,7 +202,7 @@ register(Study(
     arms=_continuations((_DILEMMA_STEPS,) * 2, _R3, [("joint", "joint")] + [
         (n, n) for n in ("r3_sft", "r3_sft_no_reflect",
                          "r3_sft_no_consistency")]) +
-         [setting_arm(n, f"configs/{n}.py:seed={{seed}}", _R3, after="r3_sft")
+         [Arm(n, f"configs/{n}.py:seed={{seed}}", _R3, after="r3_sft")
           for n in _RL_CONFIGS],
     reference="r3_sft",
     start="base",
@@ -226,8 +213,7 @@ register(Study(
 ))
 
 # `make demo`: the dilemma study's base and shorter continuations, R3-SFT
-# among them, one seed. Every arm has R3-SFT's decoder positions, so that all
-# of them start from the base.
+# among them (hence R3's decoder positions), one seed.
 _DEMO_STEPS = (_DILEMMA_STEPS, 500)  # base, each continuation
 
 register(Study(
@@ -236,9 +222,7 @@ register(Study(
         "equal-length continuations on generation only, understanding only, "
         "both, and R3-SFT; one seed. Its figures are a smoke view of the "
         "dilemma study, not its results.",
-    arms=_continuations(_DEMO_STEPS, {
-        **SMALL, "model.max_len": config_lib.all_tasks()["refine"].max_len,
-        "final_eval.max_examples": 500},
+    arms=_continuations(_DEMO_STEPS, {**_R3, "final_eval.max_examples": 500},
         # Without the interference statistics R3-SFT's step (five tasks)
         # compiles in a fraction of the time.
         (*_DILEMMA_ARMS, ("r3_sft", "r3_sft", {"interference.enabled": False}))),

@@ -143,19 +143,23 @@ def change_table(root: str, study: str, start: str | None = None,
                 keys)
 
 
+def cell(stat: Stat | None, digits: int = 4, signed: bool = False) -> str:
+  """(mean, std, n) as "mean ± std" ("-" when missing, no std with one
+  seed)."""
+  if stat is None or math.isnan(stat[0]):
+    return "-"
+  mean, std, _ = stat
+  f = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+  return f if math.isnan(std) else f"{f} ± {std:.{digits}f}"
+
+
 def formatted(df: pd.DataFrame, digits: int = 4, signed: bool = False
               ) -> pd.DataFrame:
-  """A table / change_table as "mean ± std" strings, one column per metric
-  ("-" where missing, no std with one seed)."""
-  def cell(m, s):
-    if math.isnan(m):
-      return "-"
-    f = f"{m:+.{digits}f}" if signed else f"{m:.{digits}f}"
-    return f if math.isnan(s) else f"{f} ± {s:.{digits}f}"
+  """A table / change_table as "mean ± std" strings (`cell`), one column
+  per metric."""
   keys = list(dict.fromkeys(df.columns.get_level_values("metric")))
-  return pd.DataFrame({k: [cell(m, s) for m, s in zip(df[(k, "mean")],
-                                                      df[(k, "std")])]
-                       for k in keys}, index=df.index)
+  return pd.DataFrame({k: [cell((m, s, 0), digits, signed) for m, s in zip(
+      df[(k, "mean")], df[(k, "std")])] for k in keys}, index=df.index)
 
 
 def wall_seconds(results: Sequence[Mapping]) -> tuple[dict[str, float], float]:
@@ -166,6 +170,13 @@ def wall_seconds(results: Sequence[Mapping]) -> tuple[dict[str, float], float]:
       by_arm.setdefault(r["arm"], []).append(r["wall_seconds"])
   return ({a: float(np.mean(xs)) for a, xs in by_arm.items()},
           float(sum(sum(xs) for xs in by_arm.values())))
+
+
+def beyond_noise(change: Stat) -> bool:
+  """Whether a mean per-seed change is larger than two standard errors of
+  its mean (|mean| > 2 std / sqrt(n)); False with fewer than two seeds."""
+  mean, std, n = change
+  return n >= 2 and abs(mean) > 2 * std / math.sqrt(n)
 
 
 def differs(a: Stat, ref: Stat) -> bool | None:

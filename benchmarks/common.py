@@ -123,19 +123,22 @@ def model_config(c):
   return world_setup.model_config(c, vocab, wcfg.image_size)
 
 
-def random_batch(c, vocab: int, seed: int = 0) -> dict[str, dict]:
-  """A split-layout batch of random images and tokens, the loss on the second
-  half of every sequence (like a prompt + target)."""
+def random_batch(c, vocab: int, seed: int = 0, shared: bool = False
+                 ) -> dict[str, dict]:
+  """A batch of random images and tokens, the loss on the second half of
+  every sequence (like a prompt + target); split layout, or with `shared`
+  the same images for every task."""
   import numpy as np  # noqa: PLC0415
   rng = np.random.default_rng(seed)
-  size, out = c.world.image_size, {}
+  size, out, images = c.world.image_size, {}, None
   for name, t in sorted(c.tasks.items()):
+    if images is None or not shared:
+      images = rng.integers(0, 256, (t.batch_size, size, size, 3), np.uint8)
     tokens = rng.integers(4, vocab, (t.batch_size, t.max_len), np.int32)
     mask = np.zeros((t.batch_size, t.max_len), np.float32)
     mask[:, t.max_len // 2:] = 1
-    out[name] = {
-        "image": rng.integers(0, 256, (t.batch_size, size, size, 3), np.uint8),
-        "tokens": tokens, "targets": np.roll(tokens, -1, 1), "loss_mask": mask}
+    out[name] = {"image": images, "tokens": tokens,
+                 "targets": np.roll(tokens, -1, 1), "loss_mask": mask}
   return out
 
 

@@ -23,19 +23,22 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 
 import jax
-import numpy as np
 
-from r3jax import config as config_lib
-from r3jax import sharding
-from r3jax.interference import step as interference_step
-from r3jax.model import Model
-from r3jax.train import optim
-from r3jax.train import state as state_lib
-from r3jax.train import step as step_lib
-from r3jax.train import world_setup
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from benchmarks import common  # noqa: E402
+from r3jax import config as config_lib  # noqa: E402
+from r3jax import sharding  # noqa: E402
+from r3jax.interference import step as interference_step  # noqa: E402
+from r3jax.model import Model  # noqa: E402
+from r3jax.train import optim  # noqa: E402
+from r3jax.train import state as state_lib  # noqa: E402
+from r3jax.train import step as step_lib  # noqa: E402
+from r3jax.train import world_setup  # noqa: E402
 
 VOCAB = 64
 
@@ -52,21 +55,6 @@ def _config(args):
     t.batch_size = args.batch
   c.model.dtype = args.dtype
   return c
-
-
-def _batch(c, rng, shared: bool):
-  size = c.world.image_size
-  images = None
-  out = {}
-  for name, t in sorted(c.tasks.items()):
-    if images is None or not shared:
-      images = rng.integers(0, 256, (t.batch_size, size, size, 3), np.uint8)
-    tokens = rng.integers(4, VOCAB, (t.batch_size, t.max_len), np.int32)
-    mask = np.zeros((t.batch_size, t.max_len), np.float32)
-    mask[:, t.max_len // 2:] = 1
-    out[name] = {"image": images, "tokens": tokens,
-                 "targets": np.roll(tokens, -1, 1), "loss_mask": mask}
-  return out
 
 
 def _variant(c, mesh, method=None, layout="split", halves=False,
@@ -107,10 +95,9 @@ def main():
 
   c = _config(args)
   mesh = sharding.make_mesh(c.mesh)
-  rng = np.random.default_rng(0)
   to_dev = lambda b: jax.device_put(b, sharding.batch_sharding(mesh))  # noqa
-  split_batch = to_dev(_batch(c, rng, shared=False))
-  shared_batch = to_dev(_batch(c, rng, shared=True))
+  split_batch = to_dev(common.random_batch(c, VOCAB, 0))
+  shared_batch = to_dev(common.random_batch(c, VOCAB, 1, shared=True))
   variants = {
       "plain": (dict(instrumented=False), split_batch),
       "split": (dict(), split_batch),

@@ -48,6 +48,12 @@ def build(builder_cls, config, data_dir: str, manual_dir: str):
   return builder
 
 
+def short_error(e: BaseException) -> str:
+  """An exception on one line of at most 200 characters."""
+  text = f"{type(e).__name__}: {e}".replace("\n", " ")
+  return text if len(text) <= 200 else text[:197] + "..."
+
+
 def _decode(v: Any) -> Any:
   if isinstance(v, bytes):
     return v.decode()
@@ -57,20 +63,34 @@ def _decode(v: Any) -> Any:
 
 
 class Decoded:
-  """Random access to a split, with text decoded to str / list[str]."""
+  """Random access to a split, with text decoded to str / list[str]. A
+  record that cannot be read is a ValueError naming it and `where`."""
 
-  def __init__(self, source):
+  def __init__(self, source, where: str = "the dataset"):
     self._source = source
+    self._where = where
 
   def __len__(self) -> int:
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    return {k: _decode(v) for k, v in self._source[index].items()}
+    try:
+      record = dict(self._source[index])
+    except (IndexError, KeyError):
+      raise
+    except Exception as e:  # noqa: BLE001 (array_record / TFDS decoding)
+      raise ValueError(f"record {index} of {self._where} cannot be read "
+                       f"({short_error(e)}); the files are damaged: delete the "
+                       "directory to rebuild it") from e
+    return self.decode(record)
+
+  def decode(self, record: dict[str, Any]) -> dict[str, Any]:
+    return {k: _decode(v) for k, v in record.items()}
 
   def __iter__(self):
     return (self[i] for i in range(len(self)))
 
 
 def data_source(builder, split: str) -> Decoded:
-  return Decoded(builder.as_data_source(split))
+  return Decoded(builder.as_data_source(split),
+                 f"the {split!r} split in {builder.data_dir}")

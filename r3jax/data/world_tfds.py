@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from r3jax.data import manual
 from r3jax.data.tokenizer import WordTokenizer
 from r3jax.world import WorldConfig, generate_example
 
@@ -133,9 +134,7 @@ def _damaged(directory: str, problem: str) -> ValueError:
                     "another directory)")
 
 
-def _short(e: BaseException) -> str:
-  text = f"{type(e).__name__}: {e}".replace("\n", " ")
-  return text if len(text) <= 200 else text[:197] + "..."
+_short = manual.short_error
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -208,27 +207,11 @@ def build(world_cfg: WorldConfig, data_dir: str,
   return builder
 
 
-class _Decoded:
-  """Random access like the wrapped source, with text fields as list[str]
-  and scalars as numpy scalars of their feature dtype (not python ints).
-  A record that cannot be read is a ValueError naming it and `where`."""
+class _Decoded(manual.Decoded):
+  """manual.Decoded with text fields as list[str] and scalars as numpy
+  scalars of their feature dtype (not python ints)."""
 
-  def __init__(self, source, where: str = "the dataset"):
-    self._source = source
-    self._where = where
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    try:
-      record = dict(self._source[index])
-    except (IndexError, KeyError):
-      raise
-    except Exception as e:  # noqa: BLE001 (array_record / TFDS decoding)
-      raise ValueError(f"record {index} of {self._where} cannot be read "
-                       f"({_short(e)}); the files are damaged: delete the "
-                       "directory to rebuild it") from e
+  def decode(self, record: dict[str, Any]) -> dict[str, Any]:
     for k in TEXT_FIELDS:
       record[k] = [v.decode() for v in record[k]]
     record["index"] = np.int64(record["index"])

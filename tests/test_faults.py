@@ -159,7 +159,7 @@ def _garble(path):
 def test_half_written_and_corrupt_checkpoints_are_set_aside(
     reference, tmp_path, caplog):
   """A run killed while saving its last step left a temporary directory; the
-  two before it have a garbled array file (orbax reads it back without an
+  two before it hold another step's arrays (orbax reads them back without an
   error: the fingerprint catches it) and a truncated metadata file. The rerun
   reports each by step, moves them aside, resumes from the good one and ends
   equal to the uninterrupted run."""
@@ -169,9 +169,9 @@ def test_half_written_and_corrupt_checkpoints_are_set_aside(
   assert committed_steps(workdir) == [10, 12, 14, 16]
   partial = "16.orbax-checkpoint-tmp-1754000000"
   os.rename(os.path.join(ckpts, "16"), os.path.join(ckpts, partial))
-  data = glob.glob(os.path.join(ckpts, "14", "state", "ocdbt.process_0", "d",
-                                "*"))
-  _garble(max(data, key=os.path.getsize))
+  shutil.rmtree(os.path.join(ckpts, "14", "state"))
+  shutil.copytree(os.path.join(ckpts, "10", "state"),
+                  os.path.join(ckpts, "14", "state"))
   meta = os.path.join(ckpts, "12", "state", "_METADATA")
   with open(meta, "r+b") as f:
     f.truncate(os.path.getsize(meta) // 2)
@@ -189,6 +189,28 @@ def test_half_written_and_corrupt_checkpoints_are_set_aside(
   assert sorted(os.listdir(ckpts + "_bad")) == ["12", "14", partial]
   assert committed_steps(workdir) == [10, 12, 14, 16]  # saved again
   _assert_same_run(c, reference["setup"], workdir, reference)
+
+
+def test_garbled_array_bytes_are_set_aside(tmp_path):
+  """Bytes flipped in a checkpoint's array file fail either in the decoder or
+  at the fingerprint; which one depends on where they land. Either way the
+  step is moved aside and the one before it restored."""
+  state = {"w": jax.numpy.arange(4096.0).reshape(64, 64),
+           "n": jax.numpy.int32(3)}
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "ck"), 3, 1)
+  for step in (1, 2):
+    ck.save(step, jax.tree.map(lambda x: x + step, state), {"pos": step})
+  ck.wait()
+  data = glob.glob(str(tmp_path / "ck" / "2" / "state" / "ocdbt.process_0"
+                       / "d" / "*"))
+  _garble(max(data, key=os.path.getsize))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=x.sharding), state)
+  step, got, data_state = ck.restore_latest_intact(abstract)
+  assert (step, data_state, int(got["n"])) == (1, {"pos": 1}, 4)
+  np.testing.assert_array_equal(got["w"], state["w"] + 1)
+  assert os.listdir(str(tmp_path / "ck_bad")) == ["2"]
+  ck.close()
 
 
 def test_a_run_whose_every_checkpoint_fails_raises_and_moves_nothing(

@@ -19,6 +19,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -239,6 +240,9 @@ def run_study(name: str, root: str = "experiments", seeds: int | None = None,
         log(f"[{study.name}] {arm.name} seed {seed}: done ({path})")
         records.append({**record, "status": "done"})
         continue
+      if arm.after:
+        _remake_start(study, study.arm(arm.after), seed, root, sets, scale,
+                      log, devices)
       log(f"[{study.name}] {arm.name} seed {seed}: {line}")
       t0 = time.perf_counter()
       metrics = train(config, wd, devices)
@@ -254,6 +258,51 @@ def run_study(name: str, root: str = "experiments", seeds: int | None = None,
       os.replace(tmp, path)  # a killed run leaves no result.json
       records.append({**record, "status": "ran"})
   return records
+
+
+def _has_checkpoint(wd: str) -> bool:
+  d = os.path.join(wd, "checkpoints")
+  return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+
+
+def _remake_start(study, start: studies_lib.Arm, seed: int, root: str,
+                  sets: Mapping[str, str], scale: bool, log, devices) -> None:
+  """Git keeps a run's result.json but not its checkpoints: when an arm's
+  starting run has a result but no checkpoint (a fresh clone), that run is
+  trained again by its recorded command and must reproduce its recorded
+  metrics exactly (runs are deterministic on the same machine type)."""
+  wd = workdir(root, study.name, start.name, seed)
+  path = os.path.join(wd, "result.json")
+  if _has_checkpoint(wd) or not os.path.exists(path):
+    return
+  if start.after:
+    _remake_start(study, study.arm(start.after), seed, root, sets, scale, log,
+                  devices)
+  with open(path) as f:
+    done = json.load(f)
+  config, command = resolve(study, start, seed, root, sets, scale,
+                            _steps_of(done["command"]))
+  if " ".join(command) != done["command"]:
+    raise ValueError(f"{path} was made by another command:\n  "
+                     f"{done['command']}\nnot\n  {' '.join(command)}")
+  log(f"[{study.name}] {start.name} seed {seed}: its checkpoint is missing; "
+      f"training it again ({done['command']})")
+  metrics = {k: float(v) for k, v in train(config, wd, devices).items()}
+  differ = {k: [v, metrics.get(k)] for k, v in done["metrics"].items()
+            if not k.endswith("_seconds") and metrics.get(k) != v}
+  with open(os.path.join(wd, "remade.json"), "w") as f:
+    json.dump({"hardware": hardware(), "differ": differ}, f, indent=1,
+              sort_keys=True)
+  if differ:
+    log(f"WARNING: {wd} trained again differs from its result.json in "
+        f"{len(differ)} metrics (remade.json): "
+        + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in list(differ.items())[:4]))
+
+
+def _steps_of(command: str) -> int | None:
+  """The equal wall-clock steps written into a recorded command, if any."""
+  m = re.search(r"--config\.total_steps=(\d+)", command)
+  return int(m.group(1)) if m else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@ RESULTS.md statistics and error messages."""
 import json
 import math
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -79,6 +80,26 @@ def test_tiny_study_runs_in_order_skips_done_arms_and_reports(
   assert "![caption F1 vs VQA accuracy](pareto.png)" in text
   assert os.path.getsize(os.path.join(root, "tiny", "pareto.png")) > 1000
   assert first["command"] in text
+
+  # Git keeps result.json but not checkpoints: in a fresh clone the starting
+  # run is trained again by its command, must reproduce its metrics, and the
+  # arm after it then runs as before.
+  monkeypatch.undo()
+  shutil.rmtree(os.path.join(first_dir, "checkpoints"))
+  os.remove(os.path.join(root, "tiny", "runs", "frozen", "seed0",
+                         "result.json"))
+  logged = []
+  records = run.run_study("tiny", root, 1, None, sets, log=logged.append,
+                          devices=jax.devices()[:1])
+  assert [(r["arm"], r["status"]) for r in records] == [
+      ("first", "done"), ("frozen", "ran")]
+  assert any("its checkpoint is missing; training it again" in l
+             for l in logged)
+  with open(os.path.join(first_dir, "remade.json")) as f:
+    assert json.load(f)["differ"] == {}
+  again = _result(root, "frozen")
+  assert {k: v for k, v in again["metrics"].items() if "seconds" not in k} == {
+      k: v for k, v in frozen["metrics"].items() if "seconds" not in k}
 
 
 def _fake(root, arm, seed, f1, vqa):

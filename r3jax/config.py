@@ -115,6 +115,12 @@ def defaults() -> ml_collections.ConfigDict:
       # Stack each part's blocks along a "layers" axis and jax.lax.scan over
       # them (compile time independent of depth; r3jax/model/scan.py).
       scan_layers=False,
+      # Pretrained ViT weights for the encoder at initialisation (a local
+      # big_vision .npz or Hugging Face ViT .safetensors / .bin / model dir;
+      # r3jax/model/pretrained.py); the encoder size above must match it.
+      encoder_init="",
+      cls_token=False,        # a [CLS] image token (HF ViT, big_vision "tok")
+      enc_gelu="tanh",        # encoder MLP GELU: "tanh" or "erf" (HF ViT)
   )
 
   c.optim = dict(
@@ -257,6 +263,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
                "eval_every_steps", "keep_ckpts"):
     if config[name] <= 0:
       raise ValueError(f"config.{name} must be > 0, got {config[name]}")
+  if config.model.encoder_init and config.init_from:
+    raise ValueError("config.model.encoder_init and config.init_from are both "
+                     "set; a run starts from one of them")
+  if config.model.encoder_init and not os.path.exists(
+      config.model.encoder_init):
+    raise ValueError(f"config.model.encoder_init={config.model.encoder_init!r}"
+                     " does not exist")
+  if config.model.enc_gelu not in ("tanh", "erf"):
+    raise ValueError(f"config.model.enc_gelu must be 'tanh' or 'erf', got "
+                     f"{config.model.enc_gelu!r}")
   if config.nonfinite not in ("stop", "skip"):
     raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got "
                      f"{config.nonfinite!r}")

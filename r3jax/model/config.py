@@ -87,6 +87,13 @@ class ModelConfig:
   # "Early convolutions help transformers see better"): same tokens, but small
   # shapes are learnt in far fewer steps.
   stem: str = "patch"
+  # A learned [CLS] token before the image tokens, with its own position (P + 1
+  # tokens reach the decoder), and the exact (erf) GELU instead of the tanh
+  # approximation in the encoder's MLPs: what Hugging Face ViT checkpoints
+  # compute (big_vision's "tok" pooling has the token but the tanh GELU).
+  # r3jax/model/pretrained.py loads such weights.
+  cls_token: bool = False
+  enc_gelu: str = "tanh"
 
   def __post_init__(self):
     ints = ("vocab_size", "image_size", "patch_size", "enc_width", "enc_depth",
@@ -109,6 +116,11 @@ class ModelConfig:
                                 self.patch_size & (self.patch_size - 1)):
       raise ValueError("stem='conv' needs a power-of-two patch_size >= 4, got "
                        f"{self.patch_size}.")
+    if self.enc_gelu not in ("tanh", "erf"):
+      raise ValueError(f"enc_gelu must be 'tanh' or 'erf', got {self.enc_gelu!r}.")
+    if not isinstance(self.cls_token, bool):
+      raise ValueError(f"ModelConfig.cls_token must be a bool, got "
+                       f"{self.cls_token!r}.")
     if self.image_size % self.patch_size:
       raise ValueError(
           f"ModelConfig.image_size={self.image_size} is not divisible by "
@@ -131,6 +143,11 @@ class ModelConfig:
   @property
   def num_patches(self) -> int:
     return (self.image_size // self.patch_size) ** 2
+
+  @property
+  def num_image_tokens(self) -> int:
+    """Tokens the encoder gives the decoder: the patches and the [CLS] token."""
+    return self.num_patches + self.cls_token
 
   @classmethod
   def from_names(cls, encoder: str, *,

@@ -77,16 +77,18 @@ class LayerNorm(nnx.Module):
 
 
 class Mlp(nnx.Module):
-  """Two-layer GELU MLP."""
+  """Two-layer GELU MLP (tanh-approximate GELU unless approximate=False)."""
 
-  def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs, dtype: jnp.dtype):
+  def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs, dtype: jnp.dtype,
+               approximate: bool = True):
+    self.approximate = approximate
     self.fc1 = Dense((width,), (hidden,), ("embed",), ("mlp",), rngs=rngs,
                      dtype=dtype)
     self.fc2 = Dense((hidden,), (width,), ("mlp",), ("embed",), rngs=rngs,
                      dtype=dtype)
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-    h_BxLxF = jax.nn.gelu(self.fc1(x_BxLxD))
+    h_BxLxF = jax.nn.gelu(self.fc1(x_BxLxD), approximate=self.approximate)
     h_BxLxF = constrain(h_BxLxF, ("act_batch", "act_len", "act_mlp"))
     return self.fc2(h_BxLxF)
 

@@ -22,11 +22,12 @@ from r3jax.sharding import constrain
 class EncoderBlock(nnx.Module):
 
   def __init__(self, width: int, heads: int, mlp: int, *, rngs: nnx.Rngs,
-               dtype: jnp.dtype):
+               dtype: jnp.dtype, approximate_gelu: bool = True):
     self.ln_attn = LayerNorm(width, rngs=rngs, dtype=dtype)
     self.attn = Attention(width, heads, rngs=rngs, dtype=dtype)
     self.ln_mlp = LayerNorm(width, rngs=rngs, dtype=dtype)
-    self.mlp = Mlp(width, mlp, rngs=rngs, dtype=dtype)
+    self.mlp = Mlp(width, mlp, rngs=rngs, dtype=dtype,
+                   approximate=approximate_gelu)
 
   def __call__(self, x_BxPxD: jax.Array) -> jax.Array:
     x_BxPxD = x_BxPxD + self.attn(self.ln_attn(x_BxPxD))
@@ -65,7 +66,8 @@ class ConvStem(nnx.Module):
 
 
 class Encoder(nnx.Module):
-  """Images to image tokens at encoder width (no pooling)."""
+  """Images to image tokens at encoder width (no pooling): the patches, after
+  the [CLS] token when ModelConfig.cls_token."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     dtype, width = cfg.compute_dtype, cfg.enc_width
@@ -75,6 +77,7 @@ class Encoder(nnx.Module):
     self.remat = cfg.remat
     self.scan_layers = cfg.scan_layers
     self.stem = cfg.stem
+    self.cls_token = cfg.cls_token
     if cfg.stem == "conv":
       self.conv_stem = ConvStem(cfg.patch_size, width, rngs=rngs, dtype=dtype)
     else:
@@ -82,9 +85,12 @@ class Encoder(nnx.Module):
       self.patch_embed = Dense((pixels,), (width,), ("patch",), ("embed",),
                                rngs=rngs, dtype=dtype,
                                kernel_init=nnx.initializers.lecun_normal())
+    if cfg.cls_token:  # position 0 of pos_embed is the token's
+      self.cls = param(rngs, nnx.initializers.zeros, (width,), ("embed",))
     self.pos_embed = param(rngs, nnx.initializers.normal(width ** -0.5),
-                           (cfg.num_patches, width), ("pos", "embed"))
-    blocks = [EncoderBlock(width, cfg.enc_heads, cfg.enc_mlp, rngs=rngs, dtype=dtype)
+                           (cfg.num_image_tokens, width), ("pos", "embed"))
+    blocks = [EncoderBlock(width, cfg.enc_heads, cfg.enc_mlp, rngs=rngs,
+                           dtype=dtype, approximate_gelu=cfg.enc_gelu == "tanh")
               for _ in range(cfg.enc_depth)]
     self.blocks = scan.stack(blocks) if cfg.scan_layers else nnx.List(blocks)
     self.ln_final = LayerNorm(width, rngs=rngs, dtype=dtype)
@@ -105,6 +111,10 @@ class Encoder(nnx.Module):
           x.astype(self.dtype), "b (h p) (w q) c -> b (h w) (p q c)",
           p=self.patch_size, q=self.patch_size)
       x_BxPxD = self.patch_embed(patches_BxPxC)
+    if self.cls_token:
+      cls_Bx1xD = jnp.broadcast_to(self.cls[...].astype(self.dtype),
+                                   (x_BxPxD.shape[0], 1, x_BxPxD.shape[-1]))
+      x_BxPxD = jnp.concatenate([cls_Bx1xD, x_BxPxD], axis=1)
     x_BxPxD = x_BxPxD + self.pos_embed[...].astype(self.dtype)
     x_BxPxD = constrain(x_BxPxD, ACT_BxLxD)
     x_BxPxD = scan.run_blocks(self.blocks, x_BxPxD, remat=self.remat,

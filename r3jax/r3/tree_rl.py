@@ -53,6 +53,7 @@ from r3jax.train import losses as losses_lib
 from r3jax.train import metrics as metrics_lib
 from r3jax.train import nonfinite as nonfinite_lib
 from r3jax.train import preemption
+from r3jax.train import world_setup
 from r3jax.world.scene import scene_from_arrays
 
 
@@ -310,12 +311,9 @@ class TreeRL:
 
 def _initial_params(config, setup, init_state):
   """The policy RL starts from (and the frozen KL reference): the latest
-  checkpoint of config.init_from, else a fresh initialisation."""
-  state = init_state()
-  if config.init_from:
-    state["params"] = ckpt_lib.load_params(config.init_from,
-                                           setup.abstract["params"])
-  return state
+  checkpoint of config.init_from, else a fresh initialisation (with
+  config.model.encoder_init's encoder)."""
+  return world_setup.initial_state(config, setup, init_state)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,

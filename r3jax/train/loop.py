@@ -164,10 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     _, state, data_state = restored
     data.set_state(data_state)
   else:
-    state = init_state()
-    if config.init_from:
-      state["params"] = ckpt_lib.load_params(config.init_from,
-                                             setup.abstract["params"])
+    state = world_setup.initial_state(config, setup, init_state)
   first = int(jax.device_get(state["step"]))
   _truncate_metrics(workdir, first)
 

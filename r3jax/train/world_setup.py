@@ -18,6 +18,8 @@ from r3jax.data import world_tfds
 from r3jax.eval import evaluator as evaluator_lib
 from r3jax.eval import metrics as metrics_lib
 from r3jax.model import Model, ModelConfig
+from r3jax.model import pretrained
+from r3jax.train import checkpoint as ckpt_lib
 from r3jax.r3 import loop as r3_loop
 
 
@@ -37,7 +39,24 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int,
       vocab_size=vocab_size, image_size=image_size,
       max_len=config_lib.decoder_len(config),
       dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers, stem=m.stem,
+      cls_token=m.cls_token, enc_gelu=m.enc_gelu,
       **{f"enc_{k}": v for k, v in m.enc_overrides.items()})
+
+
+def initial_state(config: ml_collections.ConfigDict, setup, init_state):
+  """The state a run without a checkpoint starts from: a fresh initialisation
+  whose parameters are config.init_from's latest checkpoint's, or whose
+  encoder is config.model.encoder_init's pretrained weights."""
+  state = init_state()
+  if config.init_from:
+    state["params"] = ckpt_lib.load_params(config.init_from,
+                                           setup.abstract["params"])
+  elif config.model.encoder_init:
+    mcfg = model_config(config, 1, config.world.image_size)
+    encoder = pretrained.load_encoder(config.model.encoder_init, mcfg)
+    state["params"] = pretrained.with_encoder(state["params"], encoder,
+                                              mcfg.scan_layers)
+  return state
 
 
 def make_caption_scorer(cfg: world_lib.WorldConfig):

@@ -214,6 +214,8 @@ def run_study(name: str, root: str = "experiments", seeds: int | None = None,
   steps = budget_steps(study, ordered, root, sets, scale, dry_run, log, devices)
   records = []
   for seed in range(study.seeds if seeds is None else seeds):
+    if not dry_run:
+      _restore_starts(study, ordered, seed, root, sets, scale, log, devices)
     for arm in ordered:
       if steps.get(arm.name) == "?":
         log(f"{arm.name} (seed {seed}): steps from the step timing, which "
@@ -240,9 +242,6 @@ def run_study(name: str, root: str = "experiments", seeds: int | None = None,
         log(f"[{study.name}] {arm.name} seed {seed}: done ({path})")
         records.append({**record, "status": "done"})
         continue
-      if arm.after:
-        _remake_start(study, study.arm(arm.after), seed, root, sets, scale,
-                      log, devices)
       log(f"[{study.name}] {arm.name} seed {seed}: {line}")
       t0 = time.perf_counter()
       metrics = train(config, wd, devices)
@@ -265,19 +264,61 @@ def _has_checkpoint(wd: str) -> bool:
   return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
 
 
-def _remake_start(study, start: studies_lib.Arm, seed: int, root: str,
-                  sets: Mapping[str, str], scale: bool, log, devices) -> None:
-  """Git keeps a run's result.json but not its checkpoints: when an arm's
-  starting run has a result but no checkpoint (a fresh clone), that run is
-  trained again by its recorded command and must reproduce its recorded
-  metrics exactly (runs are deterministic on the same machine type)."""
+def _result_path(root: str, study, arm: str, seed: int) -> str:
+  return os.path.join(workdir(root, study.name, arm, seed), "result.json")
+
+
+def _restore_starts(study, ordered: Sequence[studies_lib.Arm], seed: int,
+                    root: str, sets: Mapping[str, str], scale: bool, log,
+                    devices) -> None:
+  """Git keeps each run's result.json but not its checkpoints. Before the
+  seed's pending arms run, every run they start from that has a result but
+  no checkpoint (a fresh clone) is trained again by its recorded command.
+  Runs are bit-reproducible on one machine but not across CPU types: when the
+  run trained again does not reproduce its recorded metrics, its result.json
+  takes the new metrics (the old and new ones are kept in remade.json), and
+  the results of every arm after it, all made from the old checkpoint, are
+  set aside as result.superseded.json so that those arms run again."""
+  pending = [a for a in ordered
+             if not os.path.exists(_result_path(root, study, a.name, seed))]
+  starts = []
+  for a in pending:
+    chain, name = [], a.after
+    while name:
+      chain.append(study.arm(name))
+      name = study.arm(name).after
+    starts += [c for c in reversed(chain) if c not in starts]
+  for start in starts:
+    wd = workdir(root, study.name, start.name, seed)
+    if _has_checkpoint(wd) or not os.path.exists(_result_path(
+        root, study, start.name, seed)):
+      continue
+    if not _remake(study, start, seed, root, sets, scale, log, devices):
+      for a in study.arms:
+        if _starts_from(study, a, start.name):
+          path = _result_path(root, study, a.name, seed)
+          if os.path.exists(path):
+            os.replace(path, path.replace("result.json",
+                                          "result.superseded.json"))
+            log(f"[{study.name}] {a.name} seed {seed}: its result came from "
+                f"the old {start.name} run; it runs again")
+
+
+def _starts_from(study, arm: studies_lib.Arm, start: str) -> bool:
+  name = arm.after
+  while name:
+    if name == start:
+      return True
+    name = study.arm(name).after
+  return False
+
+
+def _remake(study, start: studies_lib.Arm, seed: int, root: str,
+            sets: Mapping[str, str], scale: bool, log, devices) -> bool:
+  """Trains `start` again by its recorded command; True when it reproduced
+  its recorded metrics (timings aside)."""
   wd = workdir(root, study.name, start.name, seed)
   path = os.path.join(wd, "result.json")
-  if _has_checkpoint(wd) or not os.path.exists(path):
-    return
-  if start.after:
-    _remake_start(study, study.arm(start.after), seed, root, sets, scale, log,
-                  devices)
   with open(path) as f:
     done = json.load(f)
   config, command = resolve(study, start, seed, root, sets, scale,
@@ -287,16 +328,24 @@ def _remake_start(study, start: studies_lib.Arm, seed: int, root: str,
                      f"{done['command']}\nnot\n  {' '.join(command)}")
   log(f"[{study.name}] {start.name} seed {seed}: its checkpoint is missing; "
       f"training it again ({done['command']})")
+  t0 = time.perf_counter()
   metrics = {k: float(v) for k, v in train(config, wd, devices).items()}
+  wall = time.perf_counter() - t0
   differ = {k: [v, metrics.get(k)] for k, v in done["metrics"].items()
             if not k.endswith("_seconds") and metrics.get(k) != v}
   with open(os.path.join(wd, "remade.json"), "w") as f:
-    json.dump({"hardware": hardware(), "differ": differ}, f, indent=1,
-              sort_keys=True)
-  if differ:
-    log(f"WARNING: {wd} trained again differs from its result.json in "
-        f"{len(differ)} metrics (remade.json): "
-        + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in list(differ.items())[:4]))
+    json.dump({"hardware": hardware(), "before": done["hardware"],
+               "differ": differ}, f, indent=1, sort_keys=True)
+  if not differ:
+    return True
+  log(f"WARNING: {wd} trained again differs from its result.json in "
+      f"{len(differ)} metrics (remade.json): "
+      + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in list(differ.items())[:4]))
+  done.update(metrics=metrics, wall_seconds=wall, hardware=hardware())
+  with open(path + ".tmp", "w") as f:
+    json.dump(done, f, indent=1, sort_keys=True)
+  os.replace(path + ".tmp", path)
+  return False
 
 
 def _steps_of(command: str) -> int | None:

@@ -1,6 +1,7 @@
 """The study runner: dependency order, init_from plumbing, skip-on-rerun,
 RESULTS.md statistics and error messages."""
 
+import dataclasses
 import json
 import math
 import os
@@ -100,6 +101,35 @@ def test_tiny_study_runs_in_order_skips_done_arms_and_reports(
   again = _result(root, "frozen")
   assert {k: v for k, v in again["metrics"].items() if "seconds" not in k} == {
       k: v for k, v in frozen["metrics"].items() if "seconds" not in k}
+
+  # Trained again on another machine type, the starting run may not
+  # reproduce (here: its recorded F1 is not what it gives). When a new arm
+  # needs it, it takes the new metrics, and the arm already done after it,
+  # made from the old checkpoint, runs again.
+  shutil.rmtree(os.path.join(first_dir, "checkpoints"))
+  path = os.path.join(first_dir, "result.json")
+  recorded = json.load(open(path))
+  recorded["metrics"]["caption/f1"] += 0.5
+  json.dump(recorded, open(path, "w"))
+  tiny = studies.get("tiny")
+  one_step = dataclasses.replace(
+      tiny.arm("frozen"), name="frozen1",
+      overrides={**tiny.arm("frozen").overrides, "total_steps": 1})
+  monkeypatch.setitem(studies.STUDIES, "tiny", dataclasses.replace(
+      tiny, arms=[*tiny.arms, one_step]))
+  logged = []
+  records = run.run_study("tiny", root, 1, None, sets, log=logged.append,
+                          devices=jax.devices()[:1])
+  assert [(r["arm"], r["status"]) for r in records] == [
+      ("first", "done"), ("frozen", "ran"), ("frozen1", "ran")]
+  with open(os.path.join(first_dir, "remade.json")) as f:
+    assert list(json.load(f)["differ"]) == ["caption/f1"]
+  assert _result(root, "first")["metrics"]["caption/f1"] == first["metrics"][
+      "caption/f1"]
+  assert any("frozen seed 0: its result came from the old first run" in l
+             for l in logged)
+  assert os.path.exists(os.path.join(root, "tiny", "runs", "frozen", "seed0",
+                                     "result.superseded.json"))
 
 
 def _fake(root, arm, seed, f1, vqa):

@@ -64,6 +64,18 @@ def defaults() -> ml_collections.ConfigDict:
       # "split": each task draws its own images; "shared": every task's
       # sub-batch holds the same images (all task batch sizes equal).
       layout="split",
+      # "world": the embedded synthetic world. "coco_vqa": COCO Captions
+      # (caption and ITA tasks) and VQAv2 (vqa task) built from the official
+      # files in manual_dir (r3jax/train/real_setup.py), at
+      # config.world.image_size, with a SentencePiece vocabulary of
+      # vocab_size trained on their training text.
+      source="world",
+      manual_dir="",
+      coco_year=2014,
+      karpathy=False,         # COCO's Karpathy train / val / test split
+      max_per_split=0,        # >0: only the first N images / questions
+      image_fit="crop",       # "crop" (centre square) or "squash"
+      vocab_size=8000,
   )
 
   c.tasks = ml_collections.ConfigDict(
@@ -263,6 +275,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
                "eval_every_steps", "keep_ckpts"):
     if config[name] <= 0:
       raise ValueError(f"config.{name} must be > 0, got {config[name]}")
+  if config.data.source not in ("world", "coco_vqa"):
+    raise ValueError(f"config.data.source must be 'world' or 'coco_vqa', got "
+                     f"{config.data.source!r}")
+  if config.data.source != "world":
+    if not config.data.manual_dir:
+      raise ValueError(f"config.data.source={config.data.source!r} needs "
+                       "config.data.manual_dir (the official files)")
+    r3_tasks = {"reflect", "refine", "refine_direct"} & (
+        set(config.tasks) | set(config.eval_tasks))
+    if r3_tasks or config.rl.enabled:
+      raise ValueError(f"config.data.source={config.data.source!r}: the R3 "
+                       f"tasks {sorted(r3_tasks)} and R3-RL are built on the "
+                       "world's verifier; on real data they are not supported")
   if config.model.encoder_init and config.init_from:
     raise ValueError("config.model.encoder_init and config.init_from are both "
                      "set; a run starts from one of them")
@@ -439,6 +464,9 @@ def evaluated_tasks(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The trained tasks and config.eval_tasks, by name."""
   out = c.tasks.to_dict()
   known = all_tasks()
+  if c.data.source != "world":
+    for name, max_len in REAL_MAX_LEN.items():
+      known[name].max_len = max_len
   out.update({n: known[n].to_dict() for n in c.eval_tasks if n not in out})
   return ml_collections.ConfigDict(out)
 
@@ -503,4 +531,41 @@ def world_experiment(arg: str | None, tasks) -> ml_collections.ConfigDict:
     runlocal(c)
   if arg.steps:
     c.total_steps = arg.steps
+  return c
+
+
+# Subword lengths of the real-data tasks: COCO captions are mostly 10-15
+# words and VQAv2 questions 6-8; longer texts are cut (real_setup.Fit).
+REAL_MAX_LEN = {"caption": 40, "vqa": 32, "ita": 48}
+
+
+def coco_vqa_experiment(arg: str | None, tasks) -> ml_collections.ConfigDict:
+  """The real-data config files' recipe: COCO Captions + VQAv2 from the
+  official files in `manual_dir=PATH` (or $R3JAX_COCO_DIR), ViT-B/16 at 224
+  pixels with a 6-layer decoder, and the arguments of `world_experiment`
+  (`runlocal` shrinks the model and the data to a CPU smoke run)."""
+  arg = parse_arg(arg, runlocal=False, seed=0, steps=0, method="weighted_sum",
+                  gen_weight=1.0, manual_dir="", karpathy=False)
+  world_arg = ",".join(f"{k}={arg[k]}" for k in ("seed", "steps", "method",
+                                                  "gen_weight"))
+  c = world_experiment(world_arg, tasks)
+  c.data.source = "coco_vqa"
+  c.data.manual_dir = arg.manual_dir or os.environ.get("R3JAX_COCO_DIR", "")
+  c.data.karpathy = arg.karpathy
+  c.world.image_size = 224
+  c.model.update(encoder="B", patch_size=16, enc_overrides={}, dec_width=512,
+                 dec_depth=6, dec_heads=8, dec_mlp=2048, dtype="bfloat16")
+  for name, max_len in REAL_MAX_LEN.items():
+    if name in c.tasks:
+      c.tasks[name].max_len = max_len
+  c.total_steps = arg.steps or 50_000
+  c.evals.update(max_examples=1000, batch_size=128)
+  # COCO's official split and VQAv2 have no test answers.
+  c.final_eval.update(split="test" if arg.karpathy else "validation",
+                      max_examples=5000)
+  if arg.runlocal:
+    runlocal(c)
+    c.model.dtype = "float32"
+    c.data.vocab_size = 64
+    c.data.max_per_split = 16
   return c

@@ -154,10 +154,14 @@ def test_every_config_file_is_shipped():
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_every_shipped_config_validates_and_fits(name):
+def test_every_shipped_config_validates_and_fits(name, tmp_path):
+  real = name.startswith("coco")  # they need the official files' folder
   for arg in (None, "runlocal"):
+    if real:
+      arg = ",".join(filter(None, [arg, f"manual_dir={tmp_path}"]))
     c = importlib.import_module(f"configs.{name}").get_config(arg)
     config_lib.validate(c)
+    assert (c.data.source == "coco_vqa") == real
     for devices in (1, 8):
       shape = config_lib.check_devices(c, devices)
       assert shape["data"] * shape["fsdp"] * shape["tensor"] == devices

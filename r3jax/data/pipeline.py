@@ -1,6 +1,7 @@
 """Per-process grain pipelines that yield global, mesh-sharded task batches.
 
-Every task has its own stream over the same train split: shuffle (new order each
+Every task has its own stream over the train split (the same records for every
+task, or, given a mapping, the task's own records): shuffle (new order each
 epoch), repeat, then a seeded random map that draws one (question, target) pair
 and formats it. The global batch k of a task is rows k*B .. k*B+B-1 of that
 stream whatever the number of processes; process p reads only its rows, so the
@@ -57,8 +58,23 @@ def check_image(record: Mapping[str, Any], image_size: int | None = None
 
 
 def _image_size(context: Mapping[str, Any] | None) -> int | None:
-  world = (context or {}).get("world")
+  context = context or {}
+  if context.get("image_size"):
+    return context["image_size"]
+  world = context.get("world")
   return world.image_size if world is not None else None
+
+
+def task_source(source, task: str):
+  """The task's records: `source` itself, or its entry for the task when it
+  maps task names to sources (real data: captions and VQA questions are
+  different record sets)."""
+  if isinstance(source, Mapping):
+    if task not in source:
+      raise ValueError(f"no data source for task {task!r}; the sources are "
+                       f"for {sorted(source)}")
+    return source[task]
+  return source
 
 
 def _task_seed(seed: int, task: str) -> int:
@@ -89,7 +105,8 @@ def task_dataset(source, tokenizer, task: str, max_len: int, global_batch: int,
     out["image"] = image
     return out
 
-  ds = stream(source, task, seed).map_with_index(lambda j, r: (j, r))
+  ds = stream(task_source(source, task), task, seed).map_with_index(
+      lambda j, r: (j, r))
   ds = ds.random_map(fmt, seed=tseed + 1)
   local = global_batch // process_count
   ds = _ProcessRows(ds, global_batch, local, process_index)
@@ -106,6 +123,12 @@ def shared_dataset(source, tokenizer, tasks_cfg: Mapping[str, Any],
     raise ValueError(f"the shared batch size {global_batch} is not divisible "
                      f"by the {process_count} processes")
   names = sorted(tasks_cfg)
+  if isinstance(source, Mapping):
+    if len({id(task_source(source, n)) for n in names}) != 1:
+      raise ValueError("config.data.layout='shared' needs one record set for "
+                       "every task; these tasks read different ones: "
+                       f"{names} (use layout 'split')")
+    source = task_source(source, names[0])
   sseed = _task_seed(seed, "+".join(names))
 
   fmts = {name: tasks_lib.formatter(name, tokenizer, tasks_cfg[name].max_len,

@@ -33,14 +33,16 @@ class Evaluator:
   """`run(params) -> {"task/metric": value}` over the first `max_examples`
   records of a split."""
 
-  def __init__(self, setup, records: Sequence[Mapping[str, Any]], tokenizer,
+  def __init__(self, setup, records: Sequence[Mapping[str, Any]] | Mapping[
+      str, Sequence[Mapping[str, Any]]], tokenizer,
                tasks_cfg: Mapping[str, Any], batch_size: int, scorers:
                Mapping[str, Scorer]):
+    """`records`: the split's records for every task, or a mapping from task
+    name to that task's records (real data)."""
     dp = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
     if batch_size % dp:
       raise ValueError(f"eval batch_size={batch_size} is not divisible by the "
                        f"data-parallel size data*fsdp={dp}")
-    self._records = records
     self._tok = tokenizer
     self._bs = batch_size
     self._shard = sharding.batch_sharding(setup.mesh)
@@ -49,7 +51,8 @@ class Evaluator:
     for name, t in sorted(tasks_cfg.items()):
       if tasks_lib.TASKS[name].eval_items is None:
         continue  # evaluated by its own loop (R3: r3jax.r3.loop)
-      items = [(i, *item) for i, r in enumerate(records)
+      task_records = records[name] if isinstance(records, Mapping) else records
+      items = [(i, *item) for i, r in enumerate(task_records)
                for item in tasks_lib.TASKS[name].eval_items(r)]
       prompts = [tasks_lib.format_prompt(tokenizer, name, q, t.max_len)
                  for _, q, _, _ in items]
@@ -57,15 +60,16 @@ class Evaluator:
       fn = make_generate_fn(setup.graphdef, max_len=t.max_len,
                             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                             prefill_len=int(lens.min()))
-      self._tasks[name] = (items, np.stack([p for p, _ in prompts]), lens, fn)
+      self._tasks[name] = (items, np.stack([p for p, _ in prompts]), lens, fn,
+                           task_records)
 
   def predictions(self, params, task: str) -> list[str]:
     """Greedy decodes of every item of `task`, in item order."""
-    items, prompts, lens, fn = self._tasks[task]
+    items, prompts, lens, fn, records = self._tasks[task]
     out = []
     for s in range(0, len(items), self._bs):
       idx = np.arange(s, s + self._bs) % len(items)  # wrap to pad the last batch
-      images = np.stack([self._records[items[i][0]]["image"] for i in idx])
+      images = np.stack([records[items[i][0]]["image"] for i in idx])
       gen = fn(params, _put(images.astype(np.uint8), self._shard),
                _put(prompts[idx], self._shard), _put(lens[idx], self._shard))
       tokens = multihost_utils.process_allgather(gen.tokens, tiled=True)
@@ -76,9 +80,9 @@ class Evaluator:
 
   def run(self, params) -> dict[str, float]:
     result = {}
-    for name, (items, *_rest) in self._tasks.items():
+    for name, (items, *_rest, records) in self._tasks.items():
       preds = self.predictions(params, name)
-      scores = self._scorers[name](name, preds, items, self._records)
+      scores = self._scorers[name](name, preds, items, records)
       result.update({f"{name}/{k}": float(v) for k, v in scores.items()})
     return result
 

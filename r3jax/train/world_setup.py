@@ -131,7 +131,12 @@ class Evaluation:
 
 
 def load(config: ml_collections.ConfigDict) -> World:
-  """Builds the dataset if missing (process 0 first, the others then reuse it)."""
+  """Builds the dataset if missing (process 0 first, the others then reuse it).
+  With config.data.source="coco_vqa", the real datasets' counterpart
+  (r3jax.train.real_setup.RealWorld)."""
+  if config.data.source != "world":
+    from r3jax.train import real_setup  # noqa: PLC0415 (it imports this)
+    return real_setup.load(config)
   wcfg = world_config(config)
   sizes = config.data.split_sizes.to_dict()
 

@@ -259,11 +259,6 @@ def run_study(name: str, root: str = "experiments", seeds: int | None = None,
   return records
 
 
-def _has_checkpoint(wd: str) -> bool:
-  d = os.path.join(wd, "checkpoints")
-  return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
-
-
 def _result_path(root: str, study, arm: str, seed: int) -> str:
   return os.path.join(workdir(root, study.name, arm, seed), "result.json")
 
@@ -278,7 +273,9 @@ def _restore_starts(study, ordered: Sequence[studies_lib.Arm], seed: int,
   run trained again does not reproduce its recorded metrics, its result.json
   takes the new metrics (the old and new ones are kept in remade.json), and
   the results of every arm after it, all made from the old checkpoint, are
-  set aside as result.superseded.json so that those arms run again."""
+  set aside as result.superseded.json so that those arms run again. A start
+  counts as present when its final step's checkpoint is (an interrupted
+  remake resumes)."""
   pending = [a for a in ordered
              if not os.path.exists(_result_path(root, study, a.name, seed))]
   starts = []
@@ -289,10 +286,15 @@ def _restore_starts(study, ordered: Sequence[studies_lib.Arm], seed: int,
       name = study.arm(name).after
     starts += [c for c in reversed(chain) if c not in starts]
   for start in starts:
-    wd = workdir(root, study.name, start.name, seed)
-    if _has_checkpoint(wd) or not os.path.exists(_result_path(
-        root, study, start.name, seed)):
+    path = _result_path(root, study, start.name, seed)
+    if not os.path.exists(path):
       continue
+    with open(path) as f:
+      steps = _steps_of(json.load(f)["command"])
+    config, _ = resolve(study, start, seed, root, sets, scale, steps)
+    if os.path.isdir(os.path.join(workdir(root, study.name, start.name, seed),
+                                  "checkpoints", str(config.total_steps))):
+      continue  # its final checkpoint is here
     if not _remake(study, start, seed, root, sets, scale, log, devices):
       for a in study.arms:
         if _starts_from(study, a, start.name):

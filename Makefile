@@ -17,8 +17,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m experiments.demo --root runs
 
+# Test files run in parallel (pytest-xdist), each file on one worker so that
+# its module fixtures are built once.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile tests
 
 # Every benchmark (benchmarks/README.md); needs the bench extra (torch, transformers).
 bench: $(STAMP)

@@ -8,6 +8,8 @@ comes back as str (scalars) or list[str] (fixed-length text tensors).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -39,12 +41,28 @@ def image_path(manual_dir: str, *parts: str) -> str:
   return path
 
 
+@contextlib.contextmanager
+def build_lock(data_dir: str):
+  """Holds an exclusive lock on `data_dir` (a file lock, so it also orders
+  independent processes, e.g. two runs started at once on one machine)
+  while a dataset is built there: the second builder waits, then finds the
+  dataset prepared."""
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, ".build.lock"), "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def build(builder_cls, config, data_dir: str, manual_dir: str):
   """The prepared builder; reads `manual_dir` only if not built yet."""
-  builder = builder_cls(config=config, data_dir=data_dir,
-                        file_format="array_record")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  with build_lock(data_dir):
+    builder = builder_cls(config=config, data_dir=data_dir,
+                          file_format="array_record")
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
 
 

@@ -193,17 +193,19 @@ def build(world_cfg: WorldConfig, data_dir: str,
                      f"({_short(e)}); set config.data.dir (or R3JAX_DATA_DIR)"
                      " to a writable directory") from e
   try:
-    builder = R3World(config=cfg, data_dir=data_dir,
-                      file_format="array_record")
-    builder.download_and_prepare()  # a no-op when the dataset already exists
+    with manual.build_lock(data_dir):
+      builder = R3World(config=cfg, data_dir=data_dir,
+                        file_format="array_record")
+      builder.download_and_prepare()  # a no-op when the dataset exists
   except Exception as e:  # noqa: BLE001 (TFDS raises many kinds)
     if not existed:
       raise
     raise _damaged(directory, f"cannot be read ({_short(e)})") from e
   _check_prepared(builder)
   vocab = os.path.join(builder.data_dir, VOCAB_FILE)
-  if not os.path.exists(vocab):
-    WordTokenizer.from_world(world_cfg).save(vocab)
+  with manual.build_lock(data_dir):
+    if not os.path.exists(vocab):
+      WordTokenizer.from_world(world_cfg).save(vocab)
   return builder
 
 

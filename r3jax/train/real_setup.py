@@ -222,6 +222,17 @@ def training_text(coco_builder, vqa_builder):
     yield from r["answers"]
 
 
+def _train_tokenizer(config, coco_builder, vqa_builder, path: str) -> None:
+  if os.path.exists(path):
+    return
+  logging.info("training the SentencePiece vocabulary (%d) at %s",
+               config.data.vocab_size, path)
+  tok = sp_tokenizer.train(training_text(coco_builder, vqa_builder),
+                           config.data.vocab_size)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tok.save(path)
+
+
 def load(config: ml_collections.ConfigDict) -> RealWorld:
   """Builds the datasets and the vocabulary if missing (process 0 first, the
   others then reuse them)."""
@@ -230,13 +241,8 @@ def load(config: ml_collections.ConfigDict) -> RealWorld:
   def build():
     coco_builder, vqa_builder = builders(config)
     path = tokenizer_path(config, coco_builder, vqa_builder)
-    if not os.path.exists(path):
-      logging.info("training the SentencePiece vocabulary (%d) at %s",
-                   config.data.vocab_size, path)
-      tok = sp_tokenizer.train(training_text(coco_builder, vqa_builder),
-                               config.data.vocab_size)
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      tok.save(path)
+    with manual.build_lock(config.data.dir):
+      _train_tokenizer(config, coco_builder, vqa_builder, path)
     return coco_builder, vqa_builder, path
 
   if jax.process_index() == 0:

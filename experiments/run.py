@@ -170,15 +170,19 @@ def budget_steps(study: studies_lib.Study, arms: Sequence[studies_lib.Arm],
   if not timed:
     return {}
   refs = {a.budget for a in timed}
-  configs = {f"{r}:plain": wallclock.plain(
-      resolve(study, study.arm(r), 0, root, sets, scale)[0]) for r in refs}
-  configs.update({a.name: resolve(study, a, 0, root, sets, scale)[0]
-                  for a in timed})
+  configs, prints = {}, {}
+  for r in refs:
+    config, command = resolve(study, study.arm(r), 0, root, sets, scale)
+    configs[f"{r}:plain"] = wallclock.plain(config)
+    prints[f"{r}:plain"] = wallclock.fingerprint(command + ["plain"])
+  for a in timed:
+    configs[a.name], command = resolve(study, a, 0, root, sets, scale)
+    prints[a.name] = wallclock.fingerprint(command)
   path = os.path.join(root, study.name, "step_seconds.json")
   if dry_run and not os.path.exists(path):
     return {a.name: "?" for a in timed}
-  seconds = wallclock.load_or_measure(path, configs, log, devices=devices
-                                      )["seconds"]
+  seconds = wallclock.load_or_measure(path, configs, prints, log,
+                                      devices=devices)["seconds"]
   return {a.name: wallclock.budget_steps(
       configs[f"{a.budget}:plain"].total_steps, seconds[f"{a.budget}:plain"],
       seconds[a.name]) for a in timed}

@@ -20,9 +20,10 @@ import hashlib
 import json
 import os
 import random
+import re
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -75,26 +76,28 @@ def step_seconds(configs: Mapping[str, ml_collections.ConfigDict],
   return {k: statistics.median(v) for k, v in times.items()}
 
 
-def fingerprint(config: ml_collections.ConfigDict) -> str:
-  """What decides a config's step time: all of it but the run length, the
-  seed and the starting point."""
-  d = config.to_dict()
-  for k in ("total_steps", "seed", "init_from"):
-    d.pop(k, None)
-  text = json.dumps(d, sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:16]
+def fingerprint(command: Sequence[str]) -> str:
+  """What decides a config's step time: its command (config file and
+  overrides) but the run length, the seed, the starting point and the
+  workdir. The command, not the resolved config, so that a new setting with
+  a default does not time every study again."""
+  kept = [re.sub(r"([:,])seed=\d+", r"\1", a) for a in command
+          if not a.startswith(("--workdir=", "--config.total_steps=",
+                               "--config.init_from="))]
+  return hashlib.sha256(" ".join(kept).encode()).hexdigest()[:16]
 
 
 def load_or_measure(path: str, configs: Mapping[str, ml_collections.ConfigDict],
-                    log=print, **kw) -> dict[str, Any]:
+                    prints: Mapping[str, str], log=print, **kw
+                    ) -> dict[str, Any]:
   """The step times kept at `path` when they were measured for these configs
-  (same fingerprints); otherwise all of them are timed again, together, and
-  kept."""
+  (same `prints`, the configs' fingerprints); otherwise all of them are timed
+  again, together, and kept."""
   kept: dict[str, Any] = {}
   if os.path.exists(path):
     with open(path) as f:
       kept = json.load(f)
-  prints = {k: fingerprint(c) for k, c in configs.items()}
+  prints = dict(prints)
   if any(kept.get("fingerprints", {}).get(k) != v for k, v in prints.items()):
     log(f"timing the training step of {sorted(configs)} for the equal "
         f"wall-clock arms ({path})")

@@ -282,6 +282,20 @@ def test_equal_time_arms_get_the_steps_the_timed_step_allows(
   assert len(timed) == 2
 
 
+def test_step_time_fingerprint_is_the_command_but_run_length_seed_and_start():
+  from experiments import wallclock
+  study = _budget_study()
+  sets = {"data.dir": _DATA_DIR}
+  base = wallclock.fingerprint(run.resolve(study, study.arm("slow"), 0, "r",
+                                           sets)[1])
+  for seed, root, steps in ((3, "r", None), (0, "other", 5)):
+    command = run.resolve(study, study.arm("slow"), seed, root, sets, steps=steps)[1]
+    assert wallclock.fingerprint(command) == base, command
+  wider = run.resolve(study, study.arm("slow"), 0, "r",
+                      {**sets, "model.dec_width": "64"})[1]
+  assert wallclock.fingerprint(wider) != base
+
+
 def test_step_seconds_times_each_config(tmp_path):
   from experiments import wallclock
   study = _budget_study()

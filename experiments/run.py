@@ -29,6 +29,7 @@ from typing import Any
 import ml_collections
 
 from r3jax import config as config_lib
+from r3jax.train import checkpoint as ckpt_lib
 from experiments import report
 from experiments import studies as studies_lib
 from experiments import wallclock
@@ -250,6 +251,7 @@ def run_study(name: str, root: str = "experiments", seeds: int | None = None,
       t0 = time.perf_counter()
       metrics = train(config, wd, devices)
       wall = time.perf_counter() - t0
+      _export_if_start(study, arm, wd)
       result = {"study": study.name, "arm": arm.name, "seed": seed,
                 "after": arm.after, "command": line,
                 "metrics": {k: float(v) for k, v in metrics.items()},
@@ -270,9 +272,11 @@ def _result_path(root: str, study, arm: str, seed: int) -> str:
 def _restore_starts(study, ordered: Sequence[studies_lib.Arm], seed: int,
                     root: str, sets: Mapping[str, str], scale: bool, log,
                     devices) -> None:
-  """Git keeps each run's result.json but not its checkpoints. Before the
-  seed's pending arms run, every run they start from that has a result but
-  no checkpoint (a fresh clone) is trained again by its recorded command.
+  """Git keeps each run's result.json, and the exported final parameters
+  (params.npz) of the runs others start from, but not checkpoints. Before
+  the seed's pending arms run, every run they start from that has a result
+  but neither its final checkpoint nor params.npz is trained again by its
+  recorded command.
   Runs are bit-reproducible on one machine but not across CPU types: when the
   run trained again does not reproduce its recorded metrics, its result.json
   takes the new metrics (the old and new ones are kept in remade.json), and
@@ -296,9 +300,13 @@ def _restore_starts(study, ordered: Sequence[studies_lib.Arm], seed: int,
     with open(path) as f:
       steps = _steps_of(json.load(f)["command"])
     config, _ = resolve(study, start, seed, root, sets, scale, steps)
-    if os.path.isdir(os.path.join(workdir(root, study.name, start.name, seed),
-                                  "checkpoints", str(config.total_steps))):
+    wd = workdir(root, study.name, start.name, seed)
+    if os.path.isdir(os.path.join(wd, "checkpoints", str(config.total_steps))):
+      if not os.path.exists(os.path.join(wd, ckpt_lib.PARAMS_FILE)):
+        ckpt_lib.export_params(wd)  # a start trained before exports existed
       continue  # its final checkpoint is here
+    if os.path.exists(os.path.join(wd, ckpt_lib.PARAMS_FILE)):
+      continue  # its exported parameters are (git keeps them)
     if not _remake(study, start, seed, root, sets, scale, log, devices):
       for a in study.arms:
         if _starts_from(study, a, start.name):
@@ -308,6 +316,14 @@ def _restore_starts(study, ordered: Sequence[studies_lib.Arm], seed: int,
                                           "result.superseded.json"))
             log(f"[{study.name}] {a.name} seed {seed}: its result came from "
                 f"the old {start.name} run; it runs again")
+
+
+def _export_if_start(study, arm: studies_lib.Arm, wd: str) -> None:
+  """The final parameters of an arm that others start from, exported to
+  params.npz beside its result.json (both kept in git): a fresh clone then
+  continues the study from the same parameters on any machine."""
+  if any(a.after == arm.name for a in study.arms):
+    ckpt_lib.export_params(wd)
 
 
 def _starts_from(study, arm: studies_lib.Arm, start: str) -> bool:
@@ -337,6 +353,7 @@ def _remake(study, start: studies_lib.Arm, seed: int, root: str,
   t0 = time.perf_counter()
   metrics = {k: float(v) for k, v in train(config, wd, devices).items()}
   wall = time.perf_counter() - t0
+  _export_if_start(study, start, wd)
   differ = {k: [v, metrics.get(k)] for k, v in done["metrics"].items()
             if not k.endswith("_seconds") and metrics.get(k) != v}
   with open(os.path.join(wd, "remade.json"), "w") as f:

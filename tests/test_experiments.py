@@ -82,13 +82,31 @@ def test_tiny_study_runs_in_order_skips_done_arms_and_reports(
   assert os.path.getsize(os.path.join(root, "tiny", "pareto.png")) > 1000
   assert first["command"] in text
 
-  # Git keeps result.json but not checkpoints: in a fresh clone the starting
-  # run is trained again by its command, must reproduce its metrics, and the
-  # arm after it then runs as before.
+  # Git keeps result.json and a start's exported parameters, not
+  # checkpoints: in a fresh clone the arm after it starts from params.npz
+  # and gives the same result.
   monkeypatch.undo()
+  frozen_result = os.path.join(root, "tiny", "runs", "frozen", "seed0",
+                               "result.json")
+  assert os.path.exists(os.path.join(first_dir, "params.npz"))
+  assert not os.path.exists(os.path.join(root, "tiny", "runs", "frozen",
+                                         "seed0", "params.npz"))
   shutil.rmtree(os.path.join(first_dir, "checkpoints"))
-  os.remove(os.path.join(root, "tiny", "runs", "frozen", "seed0",
-                         "result.json"))
+  os.remove(frozen_result)
+  logged = []
+  records = run.run_study("tiny", root, 1, None, sets, log=logged.append,
+                          devices=jax.devices()[:1])
+  assert [(r["arm"], r["status"]) for r in records] == [
+      ("first", "done"), ("frozen", "ran")]
+  assert not any("training it again" in l for l in logged)
+  again = _result(root, "frozen")
+  assert {k: v for k, v in again["metrics"].items() if "seconds" not in k} == {
+      k: v for k, v in frozen["metrics"].items() if "seconds" not in k}
+
+  # Without params.npz either, the starting run is trained again by its
+  # command, must reproduce its metrics, and the arm after it runs as before.
+  os.remove(os.path.join(first_dir, "params.npz"))
+  os.remove(frozen_result)
   logged = []
   records = run.run_study("tiny", root, 1, None, sets, log=logged.append,
                           devices=jax.devices()[:1])
@@ -107,6 +125,7 @@ def test_tiny_study_runs_in_order_skips_done_arms_and_reports(
   # needs it, it takes the new metrics, and the arm already done after it,
   # made from the old checkpoint, runs again.
   shutil.rmtree(os.path.join(first_dir, "checkpoints"))
+  os.remove(os.path.join(first_dir, "params.npz"))
   path = os.path.join(first_dir, "result.json")
   recorded = json.load(open(path))
   recorded["metrics"]["caption/f1"] += 0.5

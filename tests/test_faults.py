@@ -469,3 +469,40 @@ def test_init_from_starts_from_another_runs_parameters_only(reference,
   assert counts and set(counts) == {2}
   with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
     ckpt_lib.load_params(str(tmp_path / "nothing"), setup.abstract["params"])
+
+
+def test_exported_params_load_checked_and_placed(tmp_path):
+  """export_params writes a run's final parameters to params.npz; without
+  checkpoints, load_params reads them back, placed per the abstract tree and
+  checked against their fingerprint."""
+  params = {"blocks": {0: {"w": jax.numpy.arange(8.0).reshape(2, 4)},
+                       1: {"w": jax.numpy.ones((2, 4))}},
+            "b": jax.numpy.zeros(3)}
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), 2, 1)
+  ck.save(5, {"params": params, "step": jax.numpy.int32(5)}, {"pos": 5})
+  ck.wait()
+  ck.close()
+  path = ckpt_lib.export_params(str(tmp_path))
+  shutil.rmtree(tmp_path / "checkpoints")
+  mesh = jax.make_mesh((2,), ("d",))
+  spread = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "d"))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=spread if x.ndim == 2 and x.shape[1] % 2 == 0
+      else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())),
+      params)
+  got = ckpt_lib.load_params(str(tmp_path), abstract)
+  jax.tree.map(np.testing.assert_array_equal, got, params)
+  assert got["blocks"][0]["w"].sharding == spread
+  with np.load(path) as f:
+    arrays = {k: f[k] for k in f.files}
+  arrays["['b']"] = arrays["['b']"] + 1
+  np.savez(path, **arrays)
+  with pytest.raises(ckpt_lib.CorruptCheckpoint, match="fingerprint"):
+    ckpt_lib.load_params(str(tmp_path), abstract)
+  wrong = dict(abstract, b=jax.ShapeDtypeStruct((4,), np.float32))
+  with pytest.raises(ValueError, match=r"\['b'\] is float32\[3\], the model's "
+                     r"float32\[4\]"):
+    ckpt_lib.load_params(str(tmp_path), wrong)
+  os.remove(path)
+  with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+    ckpt_lib.load_params(str(tmp_path), abstract)

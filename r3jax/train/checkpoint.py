@@ -271,13 +271,84 @@ class Checkpointer:
     self._mngr.close()
 
 
-def load_params(workdir: str, abstract_params):
-  """The parameters of `workdir`'s latest checkpoint (config.init_from)."""
+PARAMS_FILE = "params.npz"
+
+
+def export_params(workdir: str) -> str:
+  """Writes the parameters of `workdir`'s latest checkpoint to
+  <workdir>/params.npz (one array per parameter path, and their fingerprint):
+  small enough to keep in git, so that runs starting from this one
+  (config.init_from) need not train it again on another machine."""
   ck = Checkpointer(os.path.join(workdir, "checkpoints"), 1, 1)
   try:
-    if ck.latest_step() is None:
-      raise FileNotFoundError(f"config.init_from={workdir!r} holds no "
-                              "checkpoint (train that run first)")
-    return ck.restore_params(abstract_params)
+    step = ck.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{workdir} holds no checkpoint to export")
+    meta = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(ck.directory) / str(step) / "state")
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+        _int_keys(meta["params"]), is_leaf=lambda m: hasattr(m, "shape"))
+    params = ck.restore_params(abstract, step)
   finally:
     ck.close()
+  flat = {jax.tree_util.keystr(k): np.asarray(jax.device_get(v))
+          for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  path = os.path.join(workdir, PARAMS_FILE)
+  with open(path + ".tmp", "wb") as f:
+    np.savez(f, __fingerprint__=json.dumps(fingerprint(params)), **flat)
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def _int_keys(tree):
+  """Orbax metadata names list entries "0", "1", ...; the model's parameter
+  trees (nnx.to_pure_dict) use ints."""
+  if not hasattr(tree, "keys"):
+    return tree
+  return {int(k) if str(k).isdigit() else k: _int_keys(v)
+          for k, v in tree.items()}
+
+
+def _load_exported(path: str, abstract_params):
+  """Parameters from export_params' file, placed per abstract_params and
+  checked against the fingerprint saved with them."""
+  with np.load(path, allow_pickle=False) as f:
+    saved = json.loads(str(f["__fingerprint__"]))
+    flat = {k: f[k] for k in f.files if k != "__fingerprint__"}
+  leaves = []
+  paths = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  missing = [jax.tree_util.keystr(k) for k, _ in paths
+             if jax.tree_util.keystr(k) not in flat]
+  if missing or len(flat) != len(paths):
+    raise ValueError(f"{path} does not hold this model's parameters: missing "
+                     f"{missing[:4]}, {len(flat)} arrays for {len(paths)}")
+  for k, a in paths:
+    x = flat[jax.tree_util.keystr(k)]
+    if x.shape != a.shape or x.dtype != a.dtype:
+      raise ValueError(f"{path}: {jax.tree_util.keystr(k)} is {x.dtype}"
+                       f"{list(x.shape)}, the model's {a.dtype}{list(a.shape)}")
+    leaves.append(jax.device_put(x, a.sharding))
+  params = jax.tree.unflatten(jax.tree.structure(abstract_params), leaves)
+  got = fingerprint(params)
+  if got != saved:
+    raise CorruptCheckpoint(f"{path} does not match the fingerprint saved "
+                            "with it")
+  return params
+
+
+def load_params(workdir: str, abstract_params):
+  """The parameters of `workdir`'s latest checkpoint (config.init_from), or,
+  when it has none, of its exported params.npz (export_params)."""
+  ck = Checkpointer(os.path.join(workdir, "checkpoints"), 1, 1)
+  try:
+    if ck.latest_step() is not None:
+      return ck.restore_params(abstract_params)
+  finally:
+    ck.close()
+  exported = os.path.join(workdir, PARAMS_FILE)
+  if os.path.exists(exported):
+    return _load_exported(exported, abstract_params)
+  raise FileNotFoundError(f"config.init_from={workdir!r} holds no "
+                          "checkpoint (train that run first)")

@@ -282,12 +282,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not config.data.manual_dir:
       raise ValueError(f"config.data.source={config.data.source!r} needs "
                        "config.data.manual_dir (the official files)")
-    r3_tasks = {"reflect", "refine", "refine_direct"} & (
-        set(config.tasks) | set(config.eval_tasks))
-    if r3_tasks or config.rl.enabled:
-      raise ValueError(f"config.data.source={config.data.source!r}: the R3 "
-                       f"tasks {sorted(r3_tasks)} and R3-RL are built on the "
-                       "world's verifier; on real data they are not supported")
+    if config.rl.enabled:
+      raise ValueError(f"config.data.source={config.data.source!r}: R3-RL's "
+                       "rewards come from the world's verifier; on real data "
+                       "it is not supported (R3-SFT is: r3jax/r3/real.py)")
   if config.model.encoder_init and config.init_from:
     raise ValueError("config.model.encoder_init and config.init_from are both "
                      "set; a run starts from one of them")

@@ -11,6 +11,7 @@ import pytest
 import fake_coco
 from r3jax import config as config_lib
 from r3jax.data import pipeline
+from r3jax.r3 import real as r3_real
 from r3jax.train import loop
 from r3jax.train import real_setup
 
@@ -108,10 +109,6 @@ def test_real_data_config_errors(dirs):
   c.data.manual_dir = ""
   with pytest.raises(ValueError, match="needs config.data.manual_dir"):
     config_lib.validate(c)
-  c = _config(dirs, "coco_caption_only")
-  c.eval_tasks = ["caption", "reflect"]
-  with pytest.raises(ValueError, match="R3 tasks .*reflect.* not supported"):
-    config_lib.validate(c)
   c = _config(dirs)
   c.data.source = "coco"
   with pytest.raises(ValueError, match="'world' or 'coco_vqa'"):
@@ -130,3 +127,88 @@ def test_real_data_config_errors(dirs):
   with pytest.raises(ValueError, match="no 'test' split .*karpathy"):
     world.records("test", 4)
   np.testing.assert_equal(len(world.records("validation", 4)["vqa"]), 4)
+
+
+def test_first_edit_instructions_and_their_application():
+  d = "a red square on black".split()
+  assert r3_real.first_edit(d, d) is None
+  instr, edited, pair = r3_real.first_edit(d, "a blue square on black".split())
+  assert (instr, edited, pair) == ("replace red with blue",
+                                   "a blue square on black".split(),
+                                   ("red", "blue"))
+  instr, edited, pair = r3_real.first_edit(d, "a square on black".split())
+  assert (instr, " ".join(edited), pair) == ("remove red", "a square on black",
+                                             None)
+  instr, edited, _ = r3_real.first_edit(d, "a big red square on black".split())
+  assert (instr, " ".join(edited)) == ("add big after a",
+                                       "a big red square on black")
+  instr, edited, _ = r3_real.first_edit(d, "see a red square on black".split())
+  assert (instr, " ".join(edited)) == ("add see at the start",
+                                       "see a red square on black")
+  # Only the first differing span is edited.
+  instr, edited, _ = r3_real.first_edit(d, "one blue square on white".split())
+  assert instr == "replace a red with one blue"
+  assert " ".join(edited) == "one blue square on black"
+  refs = ["a red circle".split(), "a red square on black ground".split()]
+  assert r3_real.nearest(d, refs) == refs[1]
+  assert r3_real.words("A Red, square. Don't!") == ["a", "red", "square",
+                                                    "don't"]
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    assert r3_real.corrupt(d, rng, ["blue", "red"]) != d
+
+
+def test_real_r3_sequences_target_the_nearest_reference(dirs):
+  c = _config(dirs, "coco_r3_sft")
+  world = real_setup.load(c)
+  tok = world.tokenizer
+  record = {"captions": ["A large red square.", "a red square on black"]}
+
+  def decoded(out):
+    """The supervised tokens' text."""
+    ids = [int(t) for t, m in zip(out["targets"], out["loss_mask"]) if m]
+    return tok.decode(ids)
+
+  draft = "a large blue square".split()
+  out = r3_real.sequence(tok, "reflect", draft,
+                         [r3_real.words(x) for x in record["captions"]],
+                         c.r3, c.tasks.reflect.max_len)
+  assert decoded(out) == "replace blue with red"
+  out = r3_real.sequence(tok, "refine", draft,
+                         [r3_real.words(x) for x in record["captions"]],
+                         c.r3, c.tasks.refine.max_len)
+  assert decoded(out) == "a large red square"
+  # The consistency pair: where the reflection writes "red" and where the
+  # refined caption does (logits at p predict token p + 1), red vs blue.
+  red, blue = tok.encode("red")[0], tok.encode("blue")[0]
+  assert out["cons_weight"][0] == c.r3.consistency > 0
+  assert out["targets"][out["cons_src"][0]] == red
+  assert out["targets"][out["cons_dst"][0]] == red
+  assert out["cons_src"][0] < out["cons_dst"][0]
+  assert list(out["cons_src_ids"][0, :, 0]) == [red, blue]
+  stop = r3_real.sequence(tok, "reflect", "a red square on black".split(),
+                          [r3_real.words(x) for x in record["captions"]],
+                          c.r3, c.tasks.reflect.max_len)
+  assert decoded(stop) == "no further edit needed"
+  # Formatting real records: every training example of both stages fits.
+  for task in ("reflect", "refine"):
+    ds = pipeline.task_dataset(world.train_source, tok, task,
+                               c.tasks[task].max_len, 4, 0,
+                               context=world.task_context())
+    assert ds[0]["loss_mask"].sum() > 0
+
+
+def test_r3_sft_on_coco_trains_and_scores_rounds(dirs, tmp_path):
+  c = _config(dirs, "coco_r3_sft")
+  c.r3.onpolicy_every = 2  # the model's own drafts from step 2 on
+  metrics = loop.train_and_evaluate(c, str(tmp_path / "run"),
+                                    jax.devices()[:1])
+  for r in range(c.r3.rounds + 1):
+    assert math.isfinite(metrics[f"r3/round{r}/cider_d"])
+    assert 0 <= metrics[f"r3/round{r}/bleu4"] <= 1
+  assert 0 <= metrics["r3/round1/stop_rate"] <= 1
+  assert "r3/false_stop" not in metrics  # no ground truth on real data
+  assert os.listdir(tmp_path / "run" / "drafts")  # on-policy drafts made
+  c.rl.enabled = True
+  with pytest.raises(ValueError, match="R3-RL's rewards come from the world"):
+    config_lib.validate(c)

@@ -93,11 +93,21 @@ register(Task(
 ))
 
 
+def _r3_formatter(name, tokenizer, max_len, context):
+  """The world's R3 sequences (verifier targets), or on real captions (no
+  world in the context) those of r3jax.r3.real (nearest-reference targets)."""
+  if context.get("world") is None:
+    from r3jax.r3 import real as r3_real  # noqa: PLC0415
+    return r3_real.formatter(name, tokenizer, max_len, context["r3"],
+                             context["pool"], context.get("drafts"))
+  return r3_data.formatter(name, tokenizer, max_len, context["world"],
+                           context["r3"], context.get("drafts"))
+
+
 for _name in ("reflect", "refine", "refine_direct"):
-  register(Task(_name, sample=None, eval_items=None, formatter=functools.partial(
-      lambda name, tokenizer, max_len, context: r3_data.formatter(
-          name, tokenizer, max_len, context["world"], context["r3"],
-          context.get("drafts")), _name), fields=("captions",)))
+  register(Task(_name, sample=None, eval_items=None,
+                formatter=functools.partial(_r3_formatter, _name),
+                fields=("captions",)))
 
 
 def formatter(name: str, tokenizer, max_len: int,

@@ -63,7 +63,9 @@ def _put(x: np.ndarray, shard) -> jax.Array:
 
 
 class R3Loop:
-  """`run(params, records) -> (trajectories, scores)` for world records."""
+  """`run(params, records) -> (trajectories, scores)` for world records, or
+  with world=None for real caption records (scored against their references
+  by BLEU-4 and CIDEr-D; no verifier, so no false-stop / over-edit rates)."""
 
   def __init__(self, setup, tokenizer, world: WorldConfig, *, rounds: int,
                batch_size: int, caption_len: int, r3_len: int,
@@ -204,9 +206,44 @@ class R3Loop:
     seconds = time.perf_counter() - t0
     return trajs, self.scores(trajs, records, seconds)
 
+  def _changes(self, out: dict, trajs, per_round) -> None:
+    """improved / worse / unchanged (per_round[r][i]: example i's score after
+    round r) and the stop rates by round; mean rounds and stops overall."""
+    for r in range(1, self._rounds + 1):
+      d = np.asarray(per_round[r]) - np.asarray(per_round[r - 1])
+      out[f"r3/round{r}/improved"] = np.mean(d > 1e-9)
+      out[f"r3/round{r}/worse"] = np.mean(d < -1e-9)
+      out[f"r3/round{r}/unchanged"] = np.mean(np.abs(d) <= 1e-9)
+      entered = [t for t in trajs if len(t.reflections) >= r]
+      stops = [t for t in entered if len(t.reflections) == r and t.stopped]
+      out[f"r3/round{r}/stop_rate"] = len(stops) / max(len(entered), 1)
+    out["r3/mean_rounds"] = float(np.mean([len(t.reflections) for t in trajs]))
+    out["r3/stopped_frac"] = float(np.mean([t.stopped for t in trajs]))
+
+  def _reference_scores(self, trajs, records, seconds: float
+                        ) -> dict[str, float]:
+    """Real captions (no world): BLEU-4 and CIDEr-D by round against the
+    records' references, changes by per-example CIDEr-D."""
+    from r3jax.eval import bleu, cider  # noqa: PLC0415
+    from r3jax.r3 import real  # noqa: PLC0415
+    refs = [[real.words(c) for c in r["captions"]] for r in records]
+    out, per_round = {}, []
+    for r in range(self._rounds + 1):
+      hyps = [real.words(t.captions[r]) for t in trajs]
+      mean, each = cider.cider_d(hyps, refs)
+      out[f"r3/round{r}/cider_d"] = mean
+      out[f"r3/round{r}/bleu4"] = bleu.corpus_bleu(hyps, refs)
+      per_round.append(each)
+    self._changes(out, trajs, per_round)
+    out["r3/tokens_per_example"] = float(np.mean([t.tokens for t in trajs]))
+    out["r3/seconds_per_example"] = seconds / max(len(trajs), 1)
+    return {k: float(val) for k, val in out.items()}
+
   def scores(self, trajs: Sequence[Trajectory],
              records: Sequence[Mapping[str, Any]], seconds: float = 0.0
              ) -> dict[str, float]:
+    if self._world is None:
+      return self._reference_scores(trajs, records, seconds)
     cfg = self._world
     scenes = [scene_from_arrays(r["scene"], cfg) for r in records]
     v = [[verify(c, s, cfg) for c in t.captions] for t, s in zip(trajs, scenes)]
@@ -215,17 +252,8 @@ class R3Loop:
       out[f"r3/round{r}/v_strict"] = np.mean([x[r].v_strict for x in v])
       out[f"r3/round{r}/v_frac"] = np.mean([x[r].v_frac for x in v])
       out[f"r3/round{r}/f1"] = np.mean([x[r].f1 for x in v])
-      if r:
-        d = np.array([x[r].v_frac - x[r - 1].v_frac for x in v])
-        out[f"r3/round{r}/improved"] = np.mean(d > 1e-9)
-        out[f"r3/round{r}/worse"] = np.mean(d < -1e-9)
-        out[f"r3/round{r}/unchanged"] = np.mean(np.abs(d) <= 1e-9)
-        entered = [t for t in trajs if len(t.reflections) >= r]
-        stops = [t for t in entered if len(t.reflections) == r and t.stopped]
-        out[f"r3/round{r}/stop_rate"] = len(stops) / max(len(entered), 1)
-    rounds_run = [len(t.reflections) for t in trajs]
-    out["r3/mean_rounds"] = float(np.mean(rounds_run))
-    out["r3/stopped_frac"] = float(np.mean([t.stopped for t in trajs]))
+    self._changes(out, trajs, [[x[r].v_frac for x in v]
+                               for r in range(self._rounds + 1)])
     false_stop = over_edit = stops = correct_drafts = 0
     for t, x in zip(trajs, v):
       for r in range(1, len(t.reflections) + 1):
@@ -247,6 +275,9 @@ class R3Loop:
     captions by round, reflections, stopped, and the verifier's scores by
     round (the inputs of `scores`)."""
     rows = []
+    if self._world is None:  # real captions: no verifier scores
+      return [{"index": i, "captions": t.captions, "reflections": t.reflections,
+               "stopped": t.stopped} for i, t in enumerate(trajs)]
     for i, (t, rec) in enumerate(zip(trajs, records)):
       scene = scene_from_arrays(rec["scene"], self._world)
       v = [verify(c, scene, self._world) for c in t.captions]

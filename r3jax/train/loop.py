@@ -116,7 +116,8 @@ def _refresh_drafts(drafts, w, config, world, loop, params) -> None:
   """The model's greedy captions for the selected examples of window w."""
   out = {}
   for task, idx in drafts.wanted(w).items():
-    stream = pipeline.stream(world.train_source, task, config.seed)
+    stream = pipeline.stream(pipeline.task_source(world.train_source, task),
+                             task, config.seed)
     records = [stream[j] for j in idx]
     texts = loop.captions(params, records) if records else []
     out[task] = dict(zip(idx, texts))

@@ -12,12 +12,14 @@ official files in config.data.manual_dir, built once into config.data.dir:
            scored by the official VQA accuracy over the 10 answers
            (r3jax.eval.vqa_official), overall and by answer type.
 
-Captions are scored by BLEU-4 and CIDEr-D against every reference. The text
+Captions are scored by BLEU-4 and CIDEr-D against every reference, on
+lowercase words without punctuation. The text
 of both training splits (captions, questions, answers) trains a
 SentencePiece vocabulary of config.data.vocab_size, saved next to the
 datasets and reused by every later run with the same data settings.
 Images are config.world.image_size pixels square (config.data.image_fit).
-R3 and R3-RL need the world's exact verifier and are refused on real data
+R3-SFT's reflect and refine targets come from the nearest reference caption
+(r3jax.r3.real); R3-RL needs the world's verifier and is refused on real data
 (config validation).
 """
 
@@ -41,6 +43,7 @@ from r3jax.eval import evaluator as evaluator_lib
 from r3jax.eval import metrics as metrics_lib
 from r3jax.eval import vqa_official
 from r3jax.model import Model
+from r3jax.r3 import real as r3_real
 
 
 class Fit:
@@ -127,7 +130,12 @@ class VqaRecords:
 
 
 def score_captions(task, preds, items, records) -> dict[str, float]:
-  return metrics_lib.caption_metrics(preds, [refs for _, _, refs, _ in items])
+  """BLEU-4 and CIDEr-D on lowercase words with punctuation dropped (as the
+  COCO caption evaluation's PTB tokenizer does)."""
+  norm = lambda text: " ".join(r3_real.words(text))  # noqa: E731
+  return metrics_lib.caption_metrics(
+      [norm(p) for p in preds], [[norm(r) for r in refs]
+                                 for _, _, refs, _ in items])
 
 
 def score_vqa_official(task, preds, items, records) -> dict[str, float]:
@@ -140,6 +148,7 @@ def score_vqa_official(task, preds, items, records) -> dict[str, float]:
   return {k: sum(v) / len(v) for k, v in scores.items()}
 
 
+R3_TASKS = {"reflect", "refine", "refine_direct"}
 SCORERS = {"caption": score_captions, "vqa": score_vqa_official,
            "ita": evaluator_lib.score_ita}
 
@@ -160,7 +169,7 @@ class RealWorld:
     out = {}
     tasks = _evaluated(self.config)
     fit = Fit(self.tokenizer, tasks)
-    for task in tasks:
+    for task in tasks:  # the R3 tasks read the caption records
       source = (VqaRecords(_split(self.vqa, split), fit) if task == "vqa" else
                 CaptionRecords(_split(self.coco, split), fit, False))
       n = len(source) if max_examples < 0 else min(max_examples, len(source))
@@ -168,14 +177,23 @@ class RealWorld:
     return out
 
   def task_context(self) -> dict[str, Any]:
-    return {"image_size": self.config.world.image_size, "r3": self.config.r3}
+    """What task formatters need beyond a record: the image size, and for
+    R3 (r3jax.r3.real) its settings and the corruption vocabulary."""
+    context = {"image_size": self.config.world.image_size,
+               "r3": self.config.r3}
+    if R3_TASKS & set(self.config.tasks):
+      context["pool"] = r3_real.word_pool(self.train_source["caption"])
+    return context
 
   def evaluator(self, setup, eval_cfg):
     from r3jax.train import world_setup  # noqa: PLC0415 (it imports us)
     records = self.records(eval_cfg.split, eval_cfg.max_examples)
+    scored = {t: r for t, r in records.items() if t in SCORERS}
+    loop = world_setup.r3_loop_for(self.config, setup, self.tokenizer, None,
+                                   eval_cfg.batch_size)
     return world_setup.Evaluation(evaluator_lib.Evaluator(
-        setup, records, self.tokenizer, _evaluated(self.config),
-        eval_cfg.batch_size, SCORERS), None, records)
+        setup, scored, self.tokenizer, _evaluated(self.config),
+        eval_cfg.batch_size, SCORERS), loop, records.get("caption"))
 
 
 def _evaluated(config):
@@ -256,7 +274,8 @@ def load(config: ml_collections.ConfigDict) -> RealWorld:
   fit = Fit(tokenizer, config.tasks)
   captions = CaptionRecords(_split(coco_builder, "train"), fit, True)
   train = {"caption": captions, "ita": captions,
-           "vqa": VqaRecords(_split(vqa_builder, "train"), fit)}
+           "vqa": VqaRecords(_split(vqa_builder, "train"), fit),
+           **{t: captions for t in R3_TASKS}}
   return RealWorld(config, coco_builder, vqa_builder, tokenizer,
                    {t: train[t] for t in config.tasks},
                    lambda rngs: Model(mcfg, rngs=rngs))

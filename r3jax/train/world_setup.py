@@ -95,18 +95,25 @@ class World:
                "vqa": evaluator_lib.score_vqa, "ita": evaluator_lib.score_ita}
     records = self.records(eval_cfg.split, eval_cfg.max_examples)
     tasks = config_lib.evaluated_tasks(self.config)
-    loop = None
-    if {"reflect", "refine", "refine_direct"} & set(tasks):
-      direct = "refine_direct" in tasks and "reflect" not in tasks
-      r3_len = tasks["refine_direct" if direct else "refine"].max_len if (
-          "refine_direct" in tasks or "refine" in tasks) else tasks.reflect.max_len
-      loop = r3_loop.R3Loop(
-          setup, self.tokenizer, self.world, rounds=self.config.r3.rounds,
-          batch_size=eval_cfg.batch_size, caption_len=tasks.caption.max_len,
-          r3_len=r3_len, direct=direct, lookup=self.config.r3.lookup)
     return Evaluation(evaluator_lib.Evaluator(
         setup, records, self.tokenizer, tasks, eval_cfg.batch_size, scorers),
-        loop, records)
+        r3_loop_for(self.config, setup, self.tokenizer, self.world,
+                    eval_cfg.batch_size), records)
+
+
+def r3_loop_for(config, setup, tokenizer, world, batch_size: int):
+  """The R3 loop that evaluates a run with R3 tasks (None without them);
+  `world` is None on real data (scores against reference captions)."""
+  tasks = config_lib.evaluated_tasks(config)
+  if not {"reflect", "refine", "refine_direct"} & set(tasks):
+    return None
+  direct = "refine_direct" in tasks and "reflect" not in tasks
+  r3_len = tasks["refine_direct" if direct else "refine"].max_len if (
+      "refine_direct" in tasks or "refine" in tasks) else tasks.reflect.max_len
+  return r3_loop.R3Loop(
+      setup, tokenizer, world, rounds=config.r3.rounds,
+      batch_size=batch_size, caption_len=tasks.caption.max_len,
+      r3_len=r3_len, direct=direct, lookup=config.r3.lookup)
 
 
 @dataclasses.dataclass

@@ -56,7 +56,7 @@ def main(argv):
     return EXIT_PREEMPTED
   import jax
   if jax.process_index() == 0:
-    print(report.table(result))
+    print(report.table(result, world=FLAGS.config.data.source == "world"))
 
 
 if __name__ == "__main__":

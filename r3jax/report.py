@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 # (key, label, target) for the headline metrics; target None = no target.
+# The targets are the embedded world's (tables of real-data runs omit them).
 HEADLINE = (
     ("caption/f1", "caption fact F1", 0.85),
     ("caption/v_strict", "caption V_strict", None),
@@ -17,15 +18,16 @@ HEADLINE = (
 )
 
 
-def table(result: Mapping[str, float], columns: Mapping[str, Mapping] | None = None
-          ) -> str:
-  """One column per run (default: a single column of `result`)."""
+def table(result: Mapping[str, float], columns: Mapping[str, Mapping] | None = None,
+          world: bool = True) -> str:
+  """One column per run (default: a single column of `result`); with
+  `world`, the world's targets beside them."""
   columns = dict(columns or {"value": result})
   keys = [k for k, _, _ in HEADLINE if any(k in c for c in columns.values())]
   keys += sorted({k for c in columns.values() for k in c
                   if k not in keys and "/" in k and not k.endswith("count")})
   labels = {k: label for k, label, _ in HEADLINE}
-  targets = {k: t for k, _, t in HEADLINE}
+  targets = {k: t for k, _, t in HEADLINE} if world else {}
   w = max([len(labels.get(k, k)) for k in keys] + [6])
   head = f"{'metric':<{w}}  " + "  ".join(f"{n:>10}" for n in columns)
   head += "  target"

@@ -212,3 +212,9 @@ def test_r3_sft_on_coco_trains_and_scores_rounds(dirs, tmp_path):
   c.rl.enabled = True
   with pytest.raises(ValueError, match="R3-RL's rewards come from the world"):
     config_lib.validate(c)
+
+
+def test_real_data_tables_carry_no_world_targets():
+  from r3jax import report  # noqa: PLC0415
+  assert ">= 0.85" in report.table({"vqa/accuracy": 0.5})
+  assert ">= 0.85" not in report.table({"vqa/accuracy": 0.5}, world=False)

@@ -92,33 +92,29 @@ def test_tiny_study_runs_in_order_skips_done_arms_and_reports(
   assert not os.path.exists(os.path.join(root, "tiny", "runs", "frozen",
                                          "seed0", "params.npz"))
   shutil.rmtree(os.path.join(first_dir, "checkpoints"))
-  os.remove(frozen_result)
-  logged = []
-  records = run.run_study("tiny", root, 1, None, sets, log=logged.append,
-                          devices=jax.devices()[:1])
-  assert [(r["arm"], r["status"]) for r in records] == [
-      ("first", "done"), ("frozen", "ran")]
-  assert not any("training it again" in l for l in logged)
-  again = _result(root, "frozen")
-  assert {k: v for k, v in again["metrics"].items() if "seconds" not in k} == {
-      k: v for k, v in frozen["metrics"].items() if "seconds" not in k}
+
+  def frozen_again() -> list[str]:
+    """Runs the study with frozen's result removed; it must come out the
+    same. Returns what the runner logged."""
+    os.remove(frozen_result)
+    logged = []
+    records = run.run_study("tiny", root, 1, None, sets, log=logged.append,
+                            devices=jax.devices()[:1])
+    assert [(r["arm"], r["status"]) for r in records] == [
+        ("first", "done"), ("frozen", "ran")]
+    drop = lambda m: {k: v for k, v in m.items() if "seconds" not in k}  # noqa: E731
+    assert drop(_result(root, "frozen")["metrics"]) == drop(frozen["metrics"])
+    return logged
+
+  assert not any("training it again" in l for l in frozen_again())
 
   # Without params.npz either, the starting run is trained again by its
   # command, must reproduce its metrics, and the arm after it runs as before.
   os.remove(os.path.join(first_dir, "params.npz"))
-  os.remove(frozen_result)
-  logged = []
-  records = run.run_study("tiny", root, 1, None, sets, log=logged.append,
-                          devices=jax.devices()[:1])
-  assert [(r["arm"], r["status"]) for r in records] == [
-      ("first", "done"), ("frozen", "ran")]
   assert any("its checkpoint is missing; training it again" in l
-             for l in logged)
+             for l in frozen_again())
   with open(os.path.join(first_dir, "remade.json")) as f:
     assert json.load(f)["differ"] == {}
-  again = _result(root, "frozen")
-  assert {k: v for k, v in again["metrics"].items() if "seconds" not in k} == {
-      k: v for k, v in frozen["metrics"].items() if "seconds" not in k}
 
   # Trained again on another machine type, the starting run may not
   # reproduce (here: its recorded F1 is not what it gives). When a new arm

@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 
 from r3jax import config as config_lib
 from r3jax import sharding
@@ -98,6 +99,18 @@ def _truncate_metrics(workdir: str, step: int) -> None:
   with open(path + ".tmp", "w") as f:
     f.writelines(rows)
   os.replace(path + ".tmp", path)
+
+
+def _compiled_together(fn, *args):
+  """`fn` compiled for `args`; with several processes, returned only once
+  every process has compiled it. XLA's CPU collectives (gloo) give a peer
+  30 s to join the first collective, and one process may compile that much
+  slower than another on a loaded machine."""
+  if jax.process_count() == 1:
+    return fn
+  compiled = fn.lower(*args).compile()
+  multihost_utils.sync_global_devices("r3jax: train step compiled")
+  return compiled
 
 
 def _draft_store(config, workdir: str) -> r3_drafts.DraftStore | None:
@@ -213,6 +226,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             finish(pending)
             pending = None
           writer.write(step, probe(state, batch))
+        if step == first + 1:
+          update = _compiled_together(update, state, batch)
         state, m = update(state, batch)
         if pending is not None:
           finish(pending)

@@ -161,19 +161,27 @@ class RealWorld:
   tokenizer: Any
   train_source: dict[str, Any]   # task -> records
   make_model: Callable[[nnx.Rngs], Model]
-  world: Any = None    # no world: R3 is refused on real data
+  world: Any = None    # no world: R3 targets come from references
 
   def records(self, split: str, max_examples: int
               ) -> dict[str, Sequence[Mapping[str, Any]]]:
     """Each task's first `max_examples` (all: -1) records of `split`."""
-    out = {}
     tasks = _evaluated(self.config)
     fit = Fit(self.tokenizer, tasks)
-    for task in tasks:  # the R3 tasks read the caption records
-      source = (VqaRecords(_split(self.vqa, split), fit) if task == "vqa" else
-                CaptionRecords(_split(self.coco, split), fit, False))
+
+    def first(source):
       n = len(source) if max_examples < 0 else min(max_examples, len(source))
-      out[task] = [source[i] for i in range(n)]
+      return [source[i] for i in range(n)]
+
+    captions = None  # every task but vqa reads the caption records
+    out = {}
+    for task in tasks:
+      if task == "vqa":
+        out[task] = first(VqaRecords(_split(self.vqa, split), fit))
+      else:
+        if captions is None:
+          captions = first(CaptionRecords(_split(self.coco, split), fit, False))
+        out[task] = captions
     return out
 
   def task_context(self) -> dict[str, Any]:
@@ -181,8 +189,9 @@ class RealWorld:
     R3 (r3jax.r3.real) its settings and the corruption vocabulary."""
     context = {"image_size": self.config.world.image_size,
                "r3": self.config.r3}
-    if R3_TASKS & set(self.config.tasks):
-      context["pool"] = r3_real.word_pool(self.train_source["caption"])
+    r3_tasks = R3_TASKS & set(self.config.tasks)
+    if r3_tasks:
+      context["pool"] = r3_real.word_pool(self.train_source[min(r3_tasks)])
     return context
 
   def evaluator(self, setup, eval_cfg):

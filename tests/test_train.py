@@ -4,6 +4,8 @@ Sharded-equals-single-device lives in test_parallel.py."""
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -92,3 +94,17 @@ def test_writer_keeps_keys_and_gives_tensorboard_legal_tags(tmp_path, caplog):
   assert metrics_lib.tb_tag("interf/conflict@-0.05/caption:vqa") == (
       "interf/conflict_-0.05/caption_vqa")
   assert "illegal" not in caplog.text
+
+
+def test_the_metrics_writer_does_not_load_torch(tmp_path):
+  """tensorboardX would import torch (installed for the parity tests) in
+  every run; the writer hides it for that import, and torch still imports
+  afterwards."""
+  code = ("import sys; from r3jax.train import metrics; "
+          f"w = metrics.Writer({str(tmp_path)!r}); w.write(1, {{'loss': 1.0}}); "
+          "print('torch' in sys.modules); import torch; print(torch.__name__)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, cwd=os.path.dirname(os.path.dirname(
+                           os.path.abspath(__file__))), check=True).stdout
+  assert out.split() == ["False", "torch"]
+  assert os.listdir(tmp_path / "tb")

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 
 import jax
@@ -15,6 +16,22 @@ import jax
 def tb_tag(key: str) -> str:
   """A TensorBoard-legal tag: ':' (task pairs) and '@' (thresholds) become '_'."""
   return re.sub(r"[^\w.\-/]", "_", key)
+
+
+def _summary_writer(logdir: str):
+  """tensorboardX's SummaryWriter, imported without torch: tensorboardX
+  imports torch when it is installed (the dev extra has it) only to accept
+  torch tensors, which costs every run 1.5 s and its memory. When torch is
+  not loaded yet it is hidden for that import and stays importable after."""
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # `import torch` raises ImportError
+  try:
+    from tensorboardX import SummaryWriter  # noqa: PLC0415
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return SummaryWriter(logdir)
 
 
 class Writer:
@@ -26,8 +43,7 @@ class Writer:
       return
     self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
     if tensorboard:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      self._tb = _summary_writer(os.path.join(workdir, "tb"))
 
   def write(self, step: int, values: Mapping[str, float]) -> None:
     if not self._active:

@@ -257,12 +257,16 @@ def run_study(name: str, root: str = "experiments", seeds: int | None = None,
                 "metrics": {k: float(v) for k, v in metrics.items()},
                 "wall_seconds": wall, "hardware": hardware()}
       os.makedirs(wd, exist_ok=True)
-      tmp = path + ".tmp"
-      with open(tmp, "w") as f:
-        json.dump(result, f, indent=1, sort_keys=True)
-      os.replace(tmp, path)  # a killed run leaves no result.json
+      _write_json(path, result)
       records.append({**record, "status": "ran"})
   return records
+
+
+def _write_json(path: str, obj: Any) -> None:
+  """Whole or not at all: a killed run leaves no half-written file."""
+  with open(path + ".tmp", "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+  os.replace(path + ".tmp", path)
 
 
 def _result_path(root: str, study, arm: str, seed: int) -> str:
@@ -288,18 +292,18 @@ def _restore_starts(study, ordered: Sequence[studies_lib.Arm], seed: int,
              if not os.path.exists(_result_path(root, study, a.name, seed))]
   starts = []
   for a in pending:
-    chain, name = [], a.after
-    while name:
-      chain.append(study.arm(name))
-      name = study.arm(name).after
-    starts += [c for c in reversed(chain) if c not in starts]
+    starts += [c for c in reversed(_starts(study, a)) if c not in starts]
   for start in starts:
     path = _result_path(root, study, start.name, seed)
     if not os.path.exists(path):
       continue
     with open(path) as f:
-      steps = _steps_of(json.load(f)["command"])
-    config, _ = resolve(study, start, seed, root, sets, scale, steps)
+      done = json.load(f)
+    config, command = resolve(study, start, seed, root, sets, scale,
+                              _steps_of(done["command"]))
+    if " ".join(command) != done["command"]:
+      raise ValueError(f"{path} was made by another command:\n  "
+                       f"{done['command']}\nnot\n  {' '.join(command)}")
     wd = workdir(root, study.name, start.name, seed)
     if os.path.isdir(os.path.join(wd, "checkpoints", str(config.total_steps))):
       if not os.path.exists(os.path.join(wd, ckpt_lib.PARAMS_FILE)):
@@ -307,9 +311,9 @@ def _restore_starts(study, ordered: Sequence[studies_lib.Arm], seed: int,
       continue  # its final checkpoint is here
     if os.path.exists(os.path.join(wd, ckpt_lib.PARAMS_FILE)):
       continue  # its exported parameters are (git keeps them)
-    if not _remake(study, start, seed, root, sets, scale, log, devices):
+    if not _remake(study, start, seed, wd, done, config, log, devices):
       for a in study.arms:
-        if _starts_from(study, a, start.name):
+        if start in _starts(study, a):
           path = _result_path(root, study, a.name, seed)
           if os.path.exists(path):
             os.replace(path, path.replace("result.json",
@@ -326,28 +330,22 @@ def _export_if_start(study, arm: studies_lib.Arm, wd: str) -> None:
     ckpt_lib.export_params(wd)
 
 
-def _starts_from(study, arm: studies_lib.Arm, start: str) -> bool:
-  name = arm.after
+def _starts(study, arm: studies_lib.Arm) -> list[studies_lib.Arm]:
+  """The arms `arm` starts from: its `after`, that arm's, and so on."""
+  out, name = [], arm.after
   while name:
-    if name == start:
-      return True
-    name = study.arm(name).after
-  return False
+    out.append(study.arm(name))
+    name = out[-1].after
+  return out
 
 
-def _remake(study, start: studies_lib.Arm, seed: int, root: str,
-            sets: Mapping[str, str], scale: bool, log, devices) -> bool:
-  """Trains `start` again by its recorded command; True when it reproduced
+def _remake(study, start: studies_lib.Arm, seed: int, wd: str,
+            done: dict[str, Any], config: ml_collections.ConfigDict, log,
+            devices) -> bool:
+  """Trains `start` again in `wd` by its recorded command (`done`: its
+  result.json, `config`: that command's config); True when it reproduced
   its recorded metrics (timings aside)."""
-  wd = workdir(root, study.name, start.name, seed)
   path = os.path.join(wd, "result.json")
-  with open(path) as f:
-    done = json.load(f)
-  config, command = resolve(study, start, seed, root, sets, scale,
-                            _steps_of(done["command"]))
-  if " ".join(command) != done["command"]:
-    raise ValueError(f"{path} was made by another command:\n  "
-                     f"{done['command']}\nnot\n  {' '.join(command)}")
   log(f"[{study.name}] {start.name} seed {seed}: its checkpoint is missing; "
       f"training it again ({done['command']})")
   t0 = time.perf_counter()
@@ -356,18 +354,16 @@ def _remake(study, start: studies_lib.Arm, seed: int, root: str,
   _export_if_start(study, start, wd)
   differ = {k: [v, metrics.get(k)] for k, v in done["metrics"].items()
             if not k.endswith("_seconds") and metrics.get(k) != v}
-  with open(os.path.join(wd, "remade.json"), "w") as f:
-    json.dump({"hardware": hardware(), "before": done["hardware"],
-               "differ": differ}, f, indent=1, sort_keys=True)
+  _write_json(os.path.join(wd, "remade.json"),
+              {"hardware": hardware(), "before": done["hardware"],
+               "differ": differ})
   if not differ:
     return True
   log(f"WARNING: {wd} trained again differs from its result.json in "
       f"{len(differ)} metrics (remade.json): "
       + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in list(differ.items())[:4]))
   done.update(metrics=metrics, wall_seconds=wall, hardware=hardware())
-  with open(path + ".tmp", "w") as f:
-    json.dump(done, f, indent=1, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  _write_json(path, done)
   return False
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from r3jax.r3 import data as r3_data
+from r3jax.r3 import real as r3_real
 
 Record = Mapping[str, Any]
 
@@ -97,7 +98,6 @@ def _r3_formatter(name, tokenizer, max_len, context):
   """The world's R3 sequences (verifier targets), or on real captions (no
   world in the context) those of r3jax.r3.real (nearest-reference targets)."""
   if context.get("world") is None:
-    from r3jax.r3 import real as r3_real  # noqa: PLC0415
     return r3_real.formatter(name, tokenizer, max_len, context["r3"],
                              context["pool"], context.get("drafts"))
   return r3_data.formatter(name, tokenizer, max_len, context["world"],

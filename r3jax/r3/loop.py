@@ -41,7 +41,9 @@ from jax.experimental import multihost_utils
 
 from r3jax import sharding
 from r3jax.data import tasks as tasks_lib
+from r3jax.eval import bleu, cider
 from r3jax.model import decoding
+from r3jax.r3 import real
 from r3jax.r3 import rewards as rewards_lib
 from r3jax.world.config import WorldConfig
 from r3jax.world.scene import scene_from_arrays
@@ -224,8 +226,6 @@ class R3Loop:
                         ) -> dict[str, float]:
     """Real captions (no world): BLEU-4 and CIDEr-D by round against the
     records' references, changes by per-example CIDEr-D."""
-    from r3jax.eval import bleu, cider  # noqa: PLC0415
-    from r3jax.r3 import real  # noqa: PLC0415
     refs = [[real.words(c) for c in r["captions"]] for r in records]
     out, per_round = {}, []
     for r in range(self._rounds + 1):

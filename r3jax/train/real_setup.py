@@ -85,6 +85,7 @@ class CaptionRecords:
     self._source = source
     self._fit = fit
     self._cut = cut_captions
+    self._room = max(fit.tokens(a) for a in ("yes", "no"))  # ITA's answer
     if len(source) < 2:
       raise ValueError(f"ITA needs at least 2 COCO images, the split has "
                        f"{len(source)}")
@@ -101,11 +102,10 @@ class CaptionRecords:
     caps = list(r["captions"])
     neg = list(self._source[self.other(i)]["captions"])
     ita = [caps[i % len(caps)], neg[i % len(neg)]]
-    room = max(self._fit.tokens(a) for a in ("yes", "no"))
     return {"index": i, "image": r["image"], "image_id": r["image_id"],
             "captions": [self._fit(c, "caption") for c in caps]
                         if self._cut else caps,
-            "ita_captions": [self._fit(c, "ita", room) for c in ita],
+            "ita_captions": [self._fit(c, "ita", self._room) for c in ita],
             "ita_labels": ["yes", "no"]}
 
 

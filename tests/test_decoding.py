@@ -77,6 +77,40 @@ def test_decode_step_matches_teacher_forcing():
     assert bool(jnp.all(cache[0]["k"][:, 9:] == 0))  # Nothing written past the end.
 
 
+def test_decode_step_with_a_start_per_row():
+  """A B-vector start puts each row at its own positions: the same logits and
+  cache as teacher forcing, and positions past the cache are not written."""
+  model, images = setup()
+  tokens = jax.random.randint(jax.random.key(8), (4, MAX_LEN), 0, 11)
+  img = model.encode(images)
+  full = model.decode(img, tokens)
+  cross_kv = model.cross_kv(img)
+  width = 3
+  # Row i has its first start_i tokens cached; the call feeds the next 3
+  # (row 3's window runs 2 positions past the cache).
+  start = jnp.array([0, 2, 5, MAX_LEN - 1], jnp.int32)
+  cache = model.init_cache(4, MAX_LEN)
+  for t in range(MAX_LEN):
+    _, filled = model.decode_step(cross_kv, cache, tokens[:, t:t + 1], t)
+    keep = (t < start)[:, None, None, None]
+    cache = [{n: jnp.where(keep, filled[i][n], x) for n, x in layer.items()}
+             for i, layer in enumerate(cache)]
+  feed = jnp.take_along_axis(
+      tokens, jnp.clip(start[:, None] + jnp.arange(width), 0, MAX_LEN - 1), 1)
+  logits, new = jax.jit(model.decode_step)(cross_kv, cache, feed, start)
+  for i, s in enumerate(start.tolist()):
+    n = min(width, MAX_LEN - s)
+    np.testing.assert_allclose(logits[i, :n], full[i, s:s + n], atol=1e-5)
+  want = model.init_cache(4, MAX_LEN)
+  for t in range(MAX_LEN):
+    want = model.decode_step(cross_kv, want, tokens[:, t:t + 1], t)[1]
+  for i, s in enumerate(start.tolist()):
+    upto = min(s + width, MAX_LEN)
+    np.testing.assert_allclose(new[1]["k"][i, :upto], want[1]["k"][i, :upto],
+                               atol=1e-5)
+    assert bool(jnp.all(new[1]["k"][i, upto:] == 0))
+
+
 @pytest.mark.parametrize("prefill_len", [1, 2])
 def test_generate_matches_recompute(prefill_len):
   model, images = setup()

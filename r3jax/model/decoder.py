@@ -51,21 +51,31 @@ class DecoderBlock(nnx.Module):
 
   def step(self, x_BxSxD: jax.Array, cross_kv: tuple[jax.Array, jax.Array],
            cache: dict[str, jax.Array], start: int | jax.Array,
-           mask_1x1xSxT: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+           mask_Bx1xSxT: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     h_BxSxD = self.ln_self(x_BxSxD)
     k_BxSxNxK, v_BxSxNxK = self.self_attn.kv(h_BxSxD)
-    at = (0, start, 0, 0)
-    cache = {
-        "k": jax.lax.dynamic_update_slice(
-            cache["k"], k_BxSxNxK.astype(cache["k"].dtype), at),
-        "v": jax.lax.dynamic_update_slice(
-            cache["v"], v_BxSxNxK.astype(cache["v"].dtype), at),
-    }
+    cache = {"k": _write(cache["k"], k_BxSxNxK, start),
+             "v": _write(cache["v"], v_BxSxNxK, start)}
     x_BxSxD = x_BxSxD + self.self_attn.attend(h_BxSxD, cache["k"], cache["v"],
-                                              mask=mask_1x1xSxT)
+                                              mask=mask_Bx1xSxT)
     x_BxSxD = x_BxSxD + self.cross_attn.attend(self.ln_cross(x_BxSxD), *cross_kv)
     x_BxSxD = x_BxSxD + self.mlp(self.ln_mlp(x_BxSxD))
     return constrain(x_BxSxD, ACT_BxLxD), cache
+
+
+def _write(cache_BxTxNxK: jax.Array, new_BxSxNxK: jax.Array,
+           start: int | jax.Array) -> jax.Array:
+  """Cache with positions start..start+S-1 replaced by the new entries; a
+  B-vector `start` places each row at its own positions, and positions past
+  the cache's end are dropped."""
+  new_BxSxNxK = new_BxSxNxK.astype(cache_BxTxNxK.dtype)
+  if jnp.ndim(start) == 0:
+    return jax.lax.dynamic_update_slice(cache_BxTxNxK, new_BxSxNxK,
+                                        (0, start, 0, 0))
+  batch, num_new = new_BxSxNxK.shape[:2]
+  pos_BxS = start[:, None] + jnp.arange(num_new)[None]
+  return cache_BxTxNxK.at[jnp.arange(batch)[:, None], pos_BxS].set(
+      new_BxSxNxK, mode="drop", unique_indices=True)
 
 
 class Decoder(nnx.Module):
@@ -91,8 +101,15 @@ class Decoder(nnx.Module):
                       out_dtype=jnp.float32)
 
   def _embed(self, tokens_BxS: jax.Array, start: int | jax.Array) -> jax.Array:
-    pos_SxD = jax.lax.dynamic_slice_in_dim(self.pos_embed[...], start,
-                                           tokens_BxS.shape[1])
+    """Token + position embeddings from position `start` (a scalar, or a
+    B-vector with each row's own; positions past the table are clipped)."""
+    num_new = tokens_BxS.shape[1]
+    if jnp.ndim(start) == 0:
+      pos_SxD = jax.lax.dynamic_slice_in_dim(self.pos_embed[...], start, num_new)
+    else:
+      pos_SxD = jnp.take(self.pos_embed[...],
+                         start[:, None] + jnp.arange(num_new)[None], axis=0,
+                         mode="clip")
     # Gather from a whole table: a gather from a vocab/embed-sharded table
     # makes the partitioner replicate the batch-sharded result instead.
     table_VxD = constrain(self.tok_embed[...], (None, None))
@@ -131,14 +148,17 @@ class Decoder(nnx.Module):
   def step(self, cross_kv: CrossKV, cache: Cache, tokens_BxS: jax.Array,
            start: int | jax.Array) -> tuple[jax.Array, Cache]:
     """Appends tokens at positions start..start+S-1; each attends to cache
-    positions <= its own. The caller keeps start + S <= T."""
+    positions <= its own. `start` is a scalar (every row; the caller keeps
+    start + S <= T) or a B-vector of each row's own start (positions past T
+    are computed but not cached; their logits are meaningless)."""
     num_new, cache_len = tokens_BxS.shape[1], cache[0]["k"].shape[1]
     x_BxSxD = self._embed(tokens_BxS, start)
-    pos_S = start + jnp.arange(num_new)
-    mask_SxT = jnp.arange(cache_len)[None, :] <= pos_S[:, None]
+    pos_BxS = jnp.reshape(start, (-1, 1)) + jnp.arange(num_new)[None]
+    mask_Bx1xSxT = (jnp.arange(cache_len)[None, None, :] <=
+                    pos_BxS[:, :, None])[:, None]
     new_cache = []
     for block, kv, layer_cache in zip(self._layers(), cross_kv, cache):
       x_BxSxD, layer_cache = block.step(x_BxSxD, kv, layer_cache, start,
-                                        mask_SxT[None, None])
+                                        mask_Bx1xSxT)
       new_cache.append(layer_cache)
     return self.head(self.ln_final(x_BxSxD)), new_cache

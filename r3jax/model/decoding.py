@@ -205,12 +205,17 @@ def generate_lookup(model: Model, images_or_img, prompt_BxL: jax.Array,
   and output so far): a refined caption that mostly repeats the draft in its
   prompt is confirmed several tokens per call. Prompt positions propose their
   own token. One call feeds every row's token at t and its k proposals at its
-  own positions (the decode step is vmapped over rows); a row keeps the
+  own positions (decode_step with a per-row start); a row keeps the
   proposals its greedy choices confirm plus the token chosen after them, so
   the output is exactly the greedy one. K/V written for rejected proposals lie
   beyond the row's accepted position and are overwritten by its next call
-  before any query can attend to them. Near the end of the buffer the calls
-  feed one token. `calls` counts decode_step calls.
+  before any query can attend to them; near the end of the buffer the
+  positions past it are computed but not cached. `calls` counts decode_step
+  calls.
+
+  Whether it pays depends on the hardware: a call costs about one step where
+  decoding is latency-bound (accelerators), but on a CPU the k extra positions
+  cost compute (benchmarks/r3_latency.py measures both).
   """
   _check(model, prompt_BxL, max_len, prefill_len)
   batch = prompt_BxL.shape[0]
@@ -247,15 +252,6 @@ def generate_lookup(model: Model, images_or_img, prompt_BxL: jax.Array,
     forced_BxK = ahead_BxK < prompt_len_B[:, None]
     return (jnp.where(forced_BxK, gather(tokens_BxT, ahead_BxK), copied_BxK),
             forced_BxK, j_B)
-
-  def step_rows(cache, feed_BxS, t_B):
-    """decode_step with every row at its own start position."""
-    def one(kv, layer_caches, toks_S, start):
-      kv1 = [(kk[None], vv[None]) for kk, vv in kv]
-      c1 = [{n: x[None] for n, x in c.items()} for c in layer_caches]
-      logits, new = model.decode_step(kv1, c1, toks_S[None], start)
-      return logits[0], [{n: x[0] for n, x in c.items()} for c in new]
-    return jax.vmap(one)(cross_kv, cache, feed_BxS, t_B)
 
   def advance(t_B, logits_BxSxV, proposal_BxK, forced_BxK, tokens_BxT, done_B,
               gen_len_B):
@@ -294,39 +290,23 @@ def generate_lookup(model: Model, images_or_img, prompt_BxL: jax.Array,
       t_B, logits_BxSxV[:, -1:], None, None, tokens_BxT, done_B, gen_len_B)
   m_B = jnp.full((batch,), -1, jnp.int32)
 
-  def active(t_B, done_B):
-    return ~done_B & (t_B + 1 < max_len)
-
   def cond(carry):
     t_B, _, _, done_B, _, _, _ = carry
-    return jnp.any(active(t_B, done_B))
+    return jnp.any(~done_B & (t_B + 1 < max_len))
 
-  def wide(carry):
-    t_B, cache, tokens_BxT, done_B, gen_len_B, m_B = carry
+  def body(carry):
+    t_B, cache, tokens_BxT, done_B, gen_len_B, m_B, calls = carry
     proposal_BxK, forced_BxK, j_B = propose(tokens_BxT, t_B, m_B)
     feed_BxS = jnp.concatenate([gather(tokens_BxT, t_B[:, None]), proposal_BxK],
                                axis=1)
-    # Finished rows recompute their last position (harmless, never read).
-    start_B = jnp.where(active(t_B, done_B), t_B, jnp.minimum(t_B, max_len - k - 1))
-    logits_BxSxV, cache = step_rows(cache, feed_BxS, start_B)
-    *out, a_B = advance(t_B, logits_BxSxV, proposal_BxK, forced_BxK,
-                        tokens_BxT, done_B, gen_len_B)
-    return (cache, *out, jnp.where(j_B >= 0, j_B + a_B, m_B))
-
-  def narrow(carry):
-    t_B, cache, tokens_BxT, done_B, gen_len_B, m_B = carry
-    logits_BxSxV, cache = step_rows(cache, gather(tokens_BxT, t_B[:, None]),
-                                    jnp.minimum(t_B, max_len - 1))
-    *out, _ = advance(t_B, logits_BxSxV, None, None, tokens_BxT, done_B,
-                      gen_len_B)
-    return (cache, *out, m_B)
-
-  def body(carry):
-    t_B, calls = carry[0], carry[-1]
-    room = jnp.all(~active(t_B, carry[3]) | (t_B + k + 1 <= max_len))
-    cache, t_B, tokens_BxT, done_B, gen_len_B, m_B = jax.lax.cond(
-        room, wide, narrow, carry[:-1])
-    return t_B, cache, tokens_BxT, done_B, gen_len_B, m_B, calls + 1
+    # Every row at its own position; finished rows compute junk that is never
+    # read, and positions past the buffer are not cached.
+    logits_BxSxV, cache = model.decode_step(cross_kv, cache, feed_BxS, t_B)
+    t_B, tokens_BxT, done_B, gen_len_B, a_B = advance(
+        t_B, logits_BxSxV, proposal_BxK, forced_BxK, tokens_BxT, done_B,
+        gen_len_B)
+    return (t_B, cache, tokens_BxT, done_B, gen_len_B,
+            jnp.where(j_B >= 0, j_B + a_B, m_B), calls + 1)
 
   carry = (t_B, cache, tokens_BxT, done_B, gen_len_B, m_B, jnp.int32(1))
   _, _, tokens_BxT, done_B, gen_len_B, _, calls = jax.lax.while_loop(

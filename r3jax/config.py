@@ -133,6 +133,7 @@ def defaults() -> ml_collections.ConfigDict:
       encoder_init="",
       cls_token=False,        # a [CLS] image token (HF ViT, big_vision "tok")
       enc_gelu="tanh",        # encoder MLP GELU: "tanh" or "erf" (HF ViT)
+      ln_custom_vjp=True,     # LayerNorm backward in closed form (faster on CPU)
   )
 
   c.optim = dict(

@@ -35,12 +35,12 @@ Cache = list[dict[str, jax.Array]]
 class DecoderBlock(nnx.Module):
 
   def __init__(self, width: int, heads: int, mlp: int, *, rngs: nnx.Rngs,
-               dtype: jnp.dtype):
-    self.ln_self = LayerNorm(width, rngs=rngs, dtype=dtype)
+               dtype: jnp.dtype, ln_vjp: bool = True):
+    self.ln_self = LayerNorm(width, rngs=rngs, dtype=dtype, custom_vjp=ln_vjp)
     self.self_attn = Attention(width, heads, rngs=rngs, dtype=dtype)
-    self.ln_cross = LayerNorm(width, rngs=rngs, dtype=dtype)
+    self.ln_cross = LayerNorm(width, rngs=rngs, dtype=dtype, custom_vjp=ln_vjp)
     self.cross_attn = Attention(width, heads, rngs=rngs, dtype=dtype)
-    self.ln_mlp = LayerNorm(width, rngs=rngs, dtype=dtype)
+    self.ln_mlp = LayerNorm(width, rngs=rngs, dtype=dtype, custom_vjp=ln_vjp)
     self.mlp = Mlp(width, mlp, rngs=rngs, dtype=dtype)
 
   def __call__(self, x_BxLxD: jax.Array, img_BxPxD: jax.Array) -> jax.Array:
@@ -91,10 +91,12 @@ class Decoder(nnx.Module):
                            (cfg.vocab_size, width), ("vocab", "embed"))
     self.pos_embed = param(rngs, nnx.initializers.normal(width ** -0.5),
                            (cfg.max_len, width), ("pos", "embed"))
-    blocks = [DecoderBlock(width, cfg.dec_heads, cfg.dec_mlp, rngs=rngs, dtype=dtype)
+    blocks = [DecoderBlock(width, cfg.dec_heads, cfg.dec_mlp, rngs=rngs,
+                           dtype=dtype, ln_vjp=cfg.ln_custom_vjp)
               for _ in range(cfg.dec_depth)]
     self.blocks = scan.stack(blocks) if cfg.scan_layers else nnx.List(blocks)
-    self.ln_final = LayerNorm(width, rngs=rngs, dtype=dtype)
+    self.ln_final = LayerNorm(width, rngs=rngs, dtype=dtype,
+                              custom_vjp=cfg.ln_custom_vjp)
     # Zero-initialised head (as in CapPa): training starts from uniform predictions.
     self.head = Dense((width,), (cfg.vocab_size,), ("embed",), ("vocab",),
                       rngs=rngs, dtype=dtype, kernel_init=nnx.initializers.zeros,

@@ -59,21 +59,58 @@ class Dense(nnx.Module):
 
 
 class LayerNorm(nnx.Module):
-  """LayerNorm over the last dim with float32 statistics."""
+  """LayerNorm over the last dim with float32 statistics. With `custom_vjp`
+  (the default) the backward pass is `layer_norm`'s closed form instead of
+  autodiff's, the same gradients to float tolerance."""
 
   def __init__(self, width: int, *, rngs: nnx.Rngs, dtype: jnp.dtype,
-               eps: float = 1e-6):
+               eps: float = 1e-6, custom_vjp: bool = True):
     self.scale = param(rngs, nnx.initializers.ones, (width,), ("embed",))
     self.bias = param(rngs, nnx.initializers.zeros, (width,), ("embed",))
     self.eps = eps
     self.dtype = dtype
+    self.custom_vjp = custom_vjp
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-    x = x_BxLxD.astype(jnp.float32)
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
-    return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
+    fn = layer_norm if self.custom_vjp else _layer_norm
+    return fn(x_BxLxD, self.scale[...], self.bias[...], self.eps).astype(self.dtype)
+
+
+def _layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float
+                ) -> jax.Array:
+  return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+  x32 = x.astype(jnp.float32)
+  centred = x32 - x32.mean(-1, keepdims=True)
+  rstd = jax.lax.rsqrt(jnp.square(centred).mean(-1, keepdims=True) + eps)
+  x_hat = centred * rstd
+  # The zero-size array carries x's dtype to the backward pass.
+  return x_hat * scale + bias, (x_hat, rstd, scale, jnp.zeros((0,), x.dtype))
+
+
+def _layer_norm_bwd(eps, residuals, g):
+  """With x_hat = (x - mean) * rstd and gs = g * scale (all over the last dim):
+  dx = rstd * (gs - mean(gs) - x_hat * mean(gs * x_hat)),
+  dscale = sum(g * x_hat), dbias = sum(g) over the leading dims."""
+  del eps
+  x_hat, rstd, scale, like = residuals
+  g = g.astype(jnp.float32)
+  gs = g * scale
+  dx = rstd * (gs - gs.mean(-1, keepdims=True)
+               - x_hat * (gs * x_hat).mean(-1, keepdims=True))
+  lead = tuple(range(g.ndim - 1))
+  return dx.astype(like.dtype), (g * x_hat).sum(lead), g.sum(lead)
+
+
+# float32 LayerNorm whose gradient is the closed form above. Autodiff's
+# backward is a long elementwise chain that XLA:CPU fuses into the transposes
+# feeding the weight-gradient matmuls, reading ~40 inputs with a stride there:
+# the closed form made the plain training step 1.4x faster on CPU
+# (benchmarks/vs_pytorch.py).
+layer_norm = jax.custom_vjp(_layer_norm, nondiff_argnums=(3,))
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class Mlp(nnx.Module):

@@ -22,10 +22,11 @@ from r3jax.sharding import constrain
 class EncoderBlock(nnx.Module):
 
   def __init__(self, width: int, heads: int, mlp: int, *, rngs: nnx.Rngs,
-               dtype: jnp.dtype, approximate_gelu: bool = True):
-    self.ln_attn = LayerNorm(width, rngs=rngs, dtype=dtype)
+               dtype: jnp.dtype, approximate_gelu: bool = True,
+               ln_vjp: bool = True):
+    self.ln_attn = LayerNorm(width, rngs=rngs, dtype=dtype, custom_vjp=ln_vjp)
     self.attn = Attention(width, heads, rngs=rngs, dtype=dtype)
-    self.ln_mlp = LayerNorm(width, rngs=rngs, dtype=dtype)
+    self.ln_mlp = LayerNorm(width, rngs=rngs, dtype=dtype, custom_vjp=ln_vjp)
     self.mlp = Mlp(width, mlp, rngs=rngs, dtype=dtype,
                    approximate=approximate_gelu)
 
@@ -90,10 +91,12 @@ class Encoder(nnx.Module):
     self.pos_embed = param(rngs, nnx.initializers.normal(width ** -0.5),
                            (cfg.num_image_tokens, width), ("pos", "embed"))
     blocks = [EncoderBlock(width, cfg.enc_heads, cfg.enc_mlp, rngs=rngs,
-                           dtype=dtype, approximate_gelu=cfg.enc_gelu == "tanh")
+                           dtype=dtype, approximate_gelu=cfg.enc_gelu == "tanh",
+                           ln_vjp=cfg.ln_custom_vjp)
               for _ in range(cfg.enc_depth)]
     self.blocks = scan.stack(blocks) if cfg.scan_layers else nnx.List(blocks)
-    self.ln_final = LayerNorm(width, rngs=rngs, dtype=dtype)
+    self.ln_final = LayerNorm(width, rngs=rngs, dtype=dtype,
+                              custom_vjp=cfg.ln_custom_vjp)
 
   def __call__(self, images_BxHxWx3: jax.Array) -> jax.Array:
     """`images` are uint8 in [0, 255] or floats already in [-1, 1]."""

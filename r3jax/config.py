@@ -134,6 +134,9 @@ def defaults() -> ml_collections.ConfigDict:
       cls_token=False,        # a [CLS] image token (HF ViT, big_vision "tok")
       enc_gelu="tanh",        # encoder MLP GELU: "tanh" or "erf" (HF ViT)
       ln_custom_vjp=True,     # LayerNorm backward in closed form (faster on CPU)
+      # jax.nn.dot_product_attention implementation: "auto" (cuDNN flash
+      # attention on GPUs where it applies, else XLA), "xla" or "cudnn".
+      attention="auto",
   )
 
   c.optim = dict(
@@ -294,6 +297,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
       config.model.encoder_init):
     raise ValueError(f"config.model.encoder_init={config.model.encoder_init!r}"
                      " does not exist")
+  if config.model.attention not in ("auto", "xla", "cudnn"):
+    raise ValueError(f"config.model.attention must be 'auto', 'xla' or "
+                     f"'cudnn', got {config.model.attention!r}")
+  if config.model.attention == "cudnn":
+    import jax  # noqa: PLC0415 (jax reads XLA_FLAGS when first imported)
+    if jax.default_backend() != "gpu":
+      raise ValueError("config.model.attention='cudnn' needs a GPU; this "
+                       f"run's backend is {jax.default_backend()!r} (use "
+                       "'auto' or 'xla')")
   if config.model.enc_gelu not in ("tanh", "erf"):
     raise ValueError(f"config.model.enc_gelu must be 'tanh' or 'erf', got "
                      f"{config.model.enc_gelu!r}")

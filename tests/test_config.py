@@ -63,6 +63,8 @@ def test_unknown_key_names_it_and_suggests():
     (lambda c: c.update(dict(eval_tasks=["vqa", "captions"])),
      r"config.eval_tasks: unknown tasks \['captions'\]"),
     (lambda c: c.data.split_sizes.update(dict(dev=3)), "unknown split 'dev'"),
+    (lambda c: c.model.update(dict(attention="flash")),
+     "config.model.attention must be 'auto', 'xla' or 'cudnn'"),
 ])
 def test_bad_values(edit, message):
   c = config_lib.defaults()
@@ -70,6 +72,18 @@ def test_bad_values(edit, message):
     edit(c)
   with pytest.raises(ValueError, match=message):
     config_lib.validate(c)
+
+
+def test_cudnn_attention_needs_a_gpu():
+  import jax  # noqa: PLC0415
+  c = config_lib.defaults()
+  c.model.attention = "cudnn"
+  if jax.default_backend() == "gpu":
+    config_lib.validate(c)
+  else:
+    with pytest.raises(ValueError, match="attention='cudnn' needs a GPU; this "
+                       f"run's backend is '{jax.default_backend()}'"):
+      config_lib.validate(c)
 
 
 def test_eval_tasks_are_scored_beside_the_trained_ones(tmp_path):

@@ -189,6 +189,7 @@ def test_vit_b16_encoder_param_count():
     (dict(dtype="float16"), "dtype='float16'"),
     (dict(max_len=0), "max_len must be a positive int"),
     (dict(stem="cnn"), "stem must be 'patch' or 'conv'"),
+    (dict(attention="flash"), "attention must be one of"),
     (dict(stem="conv", patch_size=2, image_size=16),
      "power-of-two patch_size >= 4"),
 ])
@@ -269,3 +270,31 @@ def test_layer_norm_custom_vjp_switch_keeps_gradients():
   assert len(flat[0]) == len(flat[1])
   for a, b in zip(*flat):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("implementation", ["auto", "xla"])
+def test_attention_matches_a_plain_softmax_reference(implementation):
+  """Attention.attend (jax.nn.dot_product_attention with the configured
+  implementation) against softmax(q k^T / sqrt(K)) v written out, with a
+  boolean mask and causally."""
+  from r3jax.model.layers import Attention
+  with nnx.use_eager_sharding(False):
+    attn = Attention(16, 2, rngs=nnx.Rngs(0), dtype=jnp.float32,
+                     implementation=implementation)
+  keys = jax.random.split(jax.random.key(1), 3)
+  x = jax.random.normal(keys[0], (2, 5, 16))
+  ctx = jax.random.normal(keys[1], (2, 7, 16))
+  mask = jax.random.bernoulli(keys[2], 0.7, (2, 1, 5, 7)).at[..., 0].set(True)
+
+  def reference(x, ctx, mask):
+    q, (k, v) = attn.query(x), attn.kv(ctx)
+    s = jnp.einsum("blnk,bsnk->bnls", q, k) / np.sqrt(q.shape[-1])
+    p = jax.nn.softmax(jnp.where(mask, s, -jnp.inf), axis=-1)
+    return attn.out(jnp.einsum("bnls,bsnk->blnk", p, v))
+
+  k, v = attn.kv(ctx)
+  np.testing.assert_allclose(attn.attend(x, k, v, mask=mask),
+                             reference(x, ctx, mask), atol=1e-5)
+  causal = jnp.tril(jnp.ones((5, 5), bool))[None, None]
+  np.testing.assert_allclose(attn(x, is_causal=True), reference(x, x, causal),
+                             atol=1e-5)

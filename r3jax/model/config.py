@@ -55,6 +55,9 @@ REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
 }
 
 
+ATTENTION = ("auto", "xla", "cudnn")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
   """Sizes of the ViT encoder and the text decoder.
@@ -97,6 +100,9 @@ class ModelConfig:
   # LayerNorm's backward pass in closed form (layers.layer_norm) rather than
   # autodiff's: the same gradients to float tolerance, a faster step on CPU.
   ln_custom_vjp: bool = True
+  # jax.nn.dot_product_attention's implementation: "auto" (cuDNN's fused
+  # flash attention on GPUs where it applies, else XLA's), "xla", "cudnn".
+  attention: str = "auto"
 
   def __post_init__(self):
     ints = ("vocab_size", "image_size", "patch_size", "enc_width", "enc_depth",
@@ -121,6 +127,9 @@ class ModelConfig:
                        f"{self.patch_size}.")
     if self.enc_gelu not in ("tanh", "erf"):
       raise ValueError(f"enc_gelu must be 'tanh' or 'erf', got {self.enc_gelu!r}.")
+    if self.attention not in ATTENTION:
+      raise ValueError(f"attention must be one of {ATTENTION}, got "
+                       f"{self.attention!r}.")
     if not isinstance(self.cls_token, bool):
       raise ValueError(f"ModelConfig.cls_token must be a bool, got "
                        f"{self.cls_token!r}.")

@@ -35,11 +35,13 @@ Cache = list[dict[str, jax.Array]]
 class DecoderBlock(nnx.Module):
 
   def __init__(self, width: int, heads: int, mlp: int, *, rngs: nnx.Rngs,
-               dtype: jnp.dtype, ln_vjp: bool = True):
+               dtype: jnp.dtype, ln_vjp: bool = True, attention: str = "auto"):
     self.ln_self = LayerNorm(width, rngs=rngs, dtype=dtype, custom_vjp=ln_vjp)
-    self.self_attn = Attention(width, heads, rngs=rngs, dtype=dtype)
+    self.self_attn = Attention(width, heads, rngs=rngs, dtype=dtype,
+                               implementation=attention)
     self.ln_cross = LayerNorm(width, rngs=rngs, dtype=dtype, custom_vjp=ln_vjp)
-    self.cross_attn = Attention(width, heads, rngs=rngs, dtype=dtype)
+    self.cross_attn = Attention(width, heads, rngs=rngs, dtype=dtype,
+                                implementation=attention)
     self.ln_mlp = LayerNorm(width, rngs=rngs, dtype=dtype, custom_vjp=ln_vjp)
     self.mlp = Mlp(width, mlp, rngs=rngs, dtype=dtype)
 
@@ -92,7 +94,8 @@ class Decoder(nnx.Module):
     self.pos_embed = param(rngs, nnx.initializers.normal(width ** -0.5),
                            (cfg.max_len, width), ("pos", "embed"))
     blocks = [DecoderBlock(width, cfg.dec_heads, cfg.dec_mlp, rngs=rngs,
-                           dtype=dtype, ln_vjp=cfg.ln_custom_vjp)
+                           dtype=dtype, ln_vjp=cfg.ln_custom_vjp,
+                           attention=cfg.attention)
               for _ in range(cfg.dec_depth)]
     self.blocks = scan.stack(blocks) if cfg.scan_layers else nnx.List(blocks)
     self.ln_final = LayerNorm(width, rngs=rngs, dtype=dtype,

@@ -134,8 +134,12 @@ class Attention(nnx.Module):
   """Multi-head attention whose key/value projection can be computed separately, so
   that decoding can cache k/v (self-attention) or reuse them (cross-attention)."""
 
-  def __init__(self, width: int, heads: int, *, rngs: nnx.Rngs, dtype: jnp.dtype):
+  def __init__(self, width: int, heads: int, *, rngs: nnx.Rngs, dtype: jnp.dtype,
+               implementation: str = "auto"):
     head_dim = width // heads
+    # jax.nn.dot_product_attention's implementation: None lets it pick
+    # (cuDNN's fused kernel on GPUs where supported, else XLA's).
+    self.implementation = None if implementation == "auto" else implementation
 
     def proj() -> Dense:
       return Dense((width,), (heads, head_dim), ("embed",), ("heads", "kv"),
@@ -159,7 +163,8 @@ class Attention(nnx.Module):
                           ("act_batch", "act_len", "act_heads", None))
     y_BxLxNxK = jax.nn.dot_product_attention(
         q_BxLxNxK, k_BxSxNxK.astype(q_BxLxNxK.dtype),
-        v_BxSxNxK.astype(q_BxLxNxK.dtype), mask=mask, is_causal=is_causal)
+        v_BxSxNxK.astype(q_BxLxNxK.dtype), mask=mask, is_causal=is_causal,
+        implementation=self.implementation)
     return self.out(y_BxLxNxK)
 
   def __call__(self, x_BxLxD: jax.Array, ctx_BxSxD: jax.Array | None = None, *,

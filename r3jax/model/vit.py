@@ -23,9 +23,10 @@ class EncoderBlock(nnx.Module):
 
   def __init__(self, width: int, heads: int, mlp: int, *, rngs: nnx.Rngs,
                dtype: jnp.dtype, approximate_gelu: bool = True,
-               ln_vjp: bool = True):
+               ln_vjp: bool = True, attention: str = "auto"):
     self.ln_attn = LayerNorm(width, rngs=rngs, dtype=dtype, custom_vjp=ln_vjp)
-    self.attn = Attention(width, heads, rngs=rngs, dtype=dtype)
+    self.attn = Attention(width, heads, rngs=rngs, dtype=dtype,
+                          implementation=attention)
     self.ln_mlp = LayerNorm(width, rngs=rngs, dtype=dtype, custom_vjp=ln_vjp)
     self.mlp = Mlp(width, mlp, rngs=rngs, dtype=dtype,
                    approximate=approximate_gelu)
@@ -92,7 +93,7 @@ class Encoder(nnx.Module):
                            (cfg.num_image_tokens, width), ("pos", "embed"))
     blocks = [EncoderBlock(width, cfg.enc_heads, cfg.enc_mlp, rngs=rngs,
                            dtype=dtype, approximate_gelu=cfg.enc_gelu == "tanh",
-                           ln_vjp=cfg.ln_custom_vjp)
+                           ln_vjp=cfg.ln_custom_vjp, attention=cfg.attention)
               for _ in range(cfg.enc_depth)]
     self.blocks = scan.stack(blocks) if cfg.scan_layers else nnx.List(blocks)
     self.ln_final = LayerNorm(width, rngs=rngs, dtype=dtype,

@@ -167,6 +167,25 @@ class Attention(nnx.Module):
         implementation=self.implementation)
     return self.out(y_BxLxNxK)
 
+  def attend_cached(self, x_BxLxD: jax.Array, k_BxNxKxS: jax.Array,
+                    v_BxNxSxK: jax.Array, *, mask: jax.Array | None = None
+                    ) -> jax.Array:
+    """`attend` with keys and values held in the layouts the two products
+    read directly (decoding's caches): written out, because XLA would
+    otherwise transpose the whole cache at every step. `mask` broadcasts to
+    B x N x L x S."""
+    q_BxLxNxK = self.query(x_BxLxD)
+    scale = q_BxLxNxK.shape[-1] ** -0.5
+    s_BxNxLxS = jnp.einsum("blnk,bnks->bnls", q_BxLxNxK,
+                           k_BxNxKxS.astype(q_BxLxNxK.dtype),
+                           preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+      s_BxNxLxS = jnp.where(mask, s_BxNxLxS, jnp.finfo(jnp.float32).min)
+    p_BxNxLxS = jax.nn.softmax(s_BxNxLxS, axis=-1).astype(q_BxLxNxK.dtype)
+    y_BxLxNxK = jnp.einsum("bnls,bnsk->blnk", p_BxNxLxS,
+                           v_BxNxSxK.astype(q_BxLxNxK.dtype))
+    return self.out(y_BxLxNxK)
+
   def __call__(self, x_BxLxD: jax.Array, ctx_BxSxD: jax.Array | None = None, *,
                is_causal: bool = False) -> jax.Array:
     """Self-attention, or cross-attention to `ctx_BxSxD` when given."""

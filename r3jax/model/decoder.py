@@ -26,10 +26,10 @@ from r3jax.model.config import ModelConfig
 from r3jax.model.layers import ACT_BxLxD, Attention, Dense, LayerNorm, Mlp, param
 from r3jax.sharding import constrain
 
-# One (k_BxNxKxP, v_BxNxPxK) pair per layer, in the layouts that
-# Attention.attend_cached reads.
+# One (k_BxNxPxK, v_BxNxPxK) pair per layer: heads before positions, the
+# layout Attention.attend_cached reads without transposing.
 CrossKV = list[tuple[jax.Array, jax.Array]]
-# One {"k": k_BxNxKxT, "v": v_BxNxTxK} dict per layer (likewise).
+# One {"k": k_BxNxTxK, "v": v_BxNxTxK} dict per layer (likewise).
 Cache = list[dict[str, jax.Array]]
 
 
@@ -57,8 +57,8 @@ class DecoderBlock(nnx.Module):
            mask_Bx1xSxT: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     h_BxSxD = self.ln_self(x_BxSxD)
     k_BxSxNxK, v_BxSxNxK = self.self_attn.kv(h_BxSxD)
-    cache = {"k": _write(cache["k"], k_BxSxNxK, start, axis=3),
-             "v": _write(cache["v"], v_BxSxNxK, start, axis=2)}
+    cache = {"k": _write(cache["k"], k_BxSxNxK, start),
+             "v": _write(cache["v"], v_BxSxNxK, start)}
     x_BxSxD = x_BxSxD + self.self_attn.attend_cached(
         h_BxSxD, cache["k"], cache["v"], mask=mask_Bx1xSxT)
     x_BxSxD = x_BxSxD + self.cross_attn.attend_cached(self.ln_cross(x_BxSxD),
@@ -67,25 +67,20 @@ class DecoderBlock(nnx.Module):
     return constrain(x_BxSxD, ACT_BxLxD), cache
 
 
-def _write(cache: jax.Array, new_BxSxNxK: jax.Array, start: int | jax.Array,
-           axis: int) -> jax.Array:
-  """A B x N x . x . cache whose positions (along `axis`, 2 or 3)
-  start..start+S-1 are replaced by the new entries; a B-vector `start` places
-  each row at its own positions, and positions past the cache's end are
-  dropped."""
-  new_BxSxNxK = new_BxSxNxK.astype(cache.dtype)
+def _write(cache_BxNxTxK: jax.Array, new_BxSxNxK: jax.Array,
+           start: int | jax.Array) -> jax.Array:
+  """The cache with positions start..start+S-1 replaced by the new entries; a
+  B-vector `start` places each row at its own positions, and positions past
+  the cache's end are dropped."""
+  new_BxSxNxK = new_BxSxNxK.astype(cache_BxNxTxK.dtype)
   if jnp.ndim(start) == 0:
-    new = jnp.moveaxis(new_BxSxNxK, 1, axis)  # B x N x K x S or B x N x S x K
-    at = [0, 0, 0, 0]
-    at[axis] = start
-    return jax.lax.dynamic_update_slice(cache, new, at)
+    return jax.lax.dynamic_update_slice(
+        cache_BxNxTxK, new_BxSxNxK.transpose(0, 2, 1, 3), (0, 0, start, 0))
   batch, num_new = new_BxSxNxK.shape[:2]
-  rows_Bx1 = jnp.arange(batch)[:, None]
   pos_BxS = start[:, None] + jnp.arange(num_new)[None]
-  # Two index arrays split by slices: the indexed shape is B x S x N x K.
-  index = ((rows_Bx1, slice(None), slice(None), pos_BxS) if axis == 3 else
-           (rows_Bx1, slice(None), pos_BxS, slice(None)))
-  return cache.at[index].set(new_BxSxNxK, mode="drop", unique_indices=True)
+  # Index arrays split by a slice: the indexed shape is B x S x N x K.
+  return cache_BxNxTxK.at[jnp.arange(batch)[:, None], :, pos_BxS].set(
+      new_BxSxNxK, mode="drop", unique_indices=True)
 
 
 class Decoder(nnx.Module):
@@ -150,7 +145,7 @@ class Decoder(nnx.Module):
     out = []
     for block in self._layers():
       k_BxPxNxK, v_BxPxNxK = block.cross_attn.kv(img_BxPxD)
-      out.append((k_BxPxNxK.transpose(0, 2, 3, 1),
+      out.append((k_BxPxNxK.transpose(0, 2, 1, 3),
                   v_BxPxNxK.transpose(0, 2, 1, 3)))
     return out
 
@@ -159,9 +154,8 @@ class Decoder(nnx.Module):
     cache = []
     for block in self._layers():
       heads, head_dim = block.self_attn.key.kernel.shape[1:]
-      cache.append({
-          "k": jnp.zeros((batch, heads, head_dim, max_len), self.dtype),
-          "v": jnp.zeros((batch, heads, max_len, head_dim), self.dtype)})
+      zeros = jnp.zeros((batch, heads, max_len, head_dim), self.dtype)
+      cache.append({"k": zeros, "v": zeros})
     return cache
 
   def step(self, cross_kv: CrossKV, cache: Cache, tokens_BxS: jax.Array,
@@ -170,7 +164,7 @@ class Decoder(nnx.Module):
     positions <= its own. `start` is a scalar (every row; the caller keeps
     start + S <= T) or a B-vector of each row's own start (positions past T
     are computed but not cached; their logits are meaningless)."""
-    num_new, cache_len = tokens_BxS.shape[1], cache[0]["k"].shape[-1]
+    num_new, cache_len = tokens_BxS.shape[1], cache[0]["k"].shape[2]
     x_BxSxD = self._embed(tokens_BxS, start)
     pos_BxS = jnp.reshape(start, (-1, 1)) + jnp.arange(num_new)[None]
     mask_Bx1xSxT = (jnp.arange(cache_len)[None, None, :] <=

@@ -167,17 +167,21 @@ class Attention(nnx.Module):
         implementation=self.implementation)
     return self.out(y_BxLxNxK)
 
-  def attend_cached(self, x_BxLxD: jax.Array, k_BxNxKxS: jax.Array,
+  def attend_cached(self, x_BxLxD: jax.Array, k_BxNxSxK: jax.Array,
                     v_BxNxSxK: jax.Array, *, mask: jax.Array | None = None
                     ) -> jax.Array:
-    """`attend` with keys and values held in the layouts the two products
-    read directly (decoding's caches): written out, because XLA would
-    otherwise transpose the whole cache at every step. `mask` broadcasts to
-    B x N x L x S."""
+    """`attend` with keys and values held heads-first (decoding's caches).
+    One query (a decode step) is written out: the products read that layout
+    directly, where XLA would otherwise transpose the whole cache at every
+    step. Several queries go through `attend`, whose fused kernel then pays
+    for the transpose. `mask` broadcasts to B x N x L x S."""
+    if x_BxLxD.shape[1] > 1:
+      return self.attend(x_BxLxD, k_BxNxSxK.transpose(0, 2, 1, 3),
+                         v_BxNxSxK.transpose(0, 2, 1, 3), mask=mask)
     q_BxLxNxK = self.query(x_BxLxD)
     scale = q_BxLxNxK.shape[-1] ** -0.5
-    s_BxNxLxS = jnp.einsum("blnk,bnks->bnls", q_BxLxNxK,
-                           k_BxNxKxS.astype(q_BxLxNxK.dtype),
+    s_BxNxLxS = jnp.einsum("blnk,bnsk->bnls", q_BxLxNxK,
+                           k_BxNxSxK.astype(q_BxLxNxK.dtype),
                            preferred_element_type=jnp.float32) * scale
     if mask is not None:
       s_BxNxLxS = jnp.where(mask, s_BxNxLxS, jnp.finfo(jnp.float32).min)

@@ -190,6 +190,7 @@ def test_vit_b16_encoder_param_count():
     (dict(max_len=0), "max_len must be a positive int"),
     (dict(stem="cnn"), "stem must be 'patch' or 'conv'"),
     (dict(attention="flash"), "attention must be one of"),
+    (dict(ln_custom_vjp=1), "ln_custom_vjp must be a bool"),
     (dict(stem="conv", patch_size=2, image_size=16),
      "power-of-two patch_size >= 4"),
 ])

@@ -130,6 +130,9 @@ class ModelConfig:
     if self.attention not in ATTENTION:
       raise ValueError(f"attention must be one of {ATTENTION}, got "
                        f"{self.attention!r}.")
+    if not isinstance(self.ln_custom_vjp, bool):
+      raise ValueError(f"ModelConfig.ln_custom_vjp must be a bool, got "
+                       f"{self.ln_custom_vjp!r}.")
     if not isinstance(self.cls_token, bool):
       raise ValueError(f"ModelConfig.cls_token must be a bool, got "
                        f"{self.cls_token!r}.")

@@ -51,6 +51,18 @@ def test_branch_reward_and_the_stop_rule(v_prev, reflection, refined, expected):
   assert got == expected
 
 
+def test_final_caption_is_the_draft_unless_a_refined_caption_was_written():
+  assert rw.final_caption(HALF, None, True) == HALF
+  assert rw.final_caption(HALF, RIGHT, True) == HALF
+  # An instruction without a refined caption (malformed) leaves the draft:
+  # chain RL scores this caption, and the verifier needs a string.
+  assert rw.final_caption(HALF, None, False) == HALF
+  assert rw.final_caption(HALF, "", False) == HALF
+  assert rw.final_caption(HALF, RIGHT, False) == RIGHT
+  assert rw.score(rw.final_caption(HALF, None, False), SCENE, CFG,
+                  "v_strict") == 0.0
+
+
 def test_group_advantages_subtract_the_group_mean_only():
   np.testing.assert_allclose(rw.advantages([2, 0, 1, 1, 3, 2], 3),
                              [1, -1, 0, -1, 1, 0])
@@ -103,6 +115,7 @@ def _fake_scores(monkeypatch):
   """Untrained samples score 0; give them a deterministic, varied score so
   that advantages and gradients are not zero."""
   def score(text, scene, cfg, kind):
+    assert isinstance(text, str), text  # what the real verifier needs
     return (hash(text) % 7) / 6.0
   monkeypatch.setattr(rw, "score", score)
   monkeypatch.setattr(rw, "root_reward",

@@ -57,12 +57,20 @@ def read_branch(reflection: str, refined: str | None
   return refined is not None and bool(refined.strip()), False
 
 
+def final_caption(draft: str, refined: str | None, stopped: bool) -> str:
+  """The caption a rollout leaves: the draft when it stopped or wrote no
+  refined caption (an instruction without one is malformed), else the
+  refined caption."""
+  return draft if stopped or not refined else refined
+
+
 def branch_reward(v_prev: float, reflection: str, refined: str | None,
                   scene: Scene, cfg: WorldConfig, kind: str, draft: str
                   ) -> tuple[float, float, bool]:
   """(reward, V_new, stopped) of one reflect+refine rollout from `draft`."""
   ok, stopped = read_branch(reflection, refined)
-  v_new = v_prev if stopped else score(refined or draft, scene, cfg, kind)
+  v_new = v_prev if stopped else score(final_caption(draft, refined, False),
+                                       scene, cfg, kind)
   delta = 1.0 if (stopped and v_prev == 1.0) else v_new - v_prev
   return float(ok) * (1.0 + delta), v_new, stopped
 

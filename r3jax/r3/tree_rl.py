@@ -211,7 +211,7 @@ class TreeRL:
       info["v"].append(v)
       info["stop"].append(stopped)
       info["format"].append(rewards_lib.read_branch(reflection, refined)[0])
-      info["final"].append(d.draft if stopped else refined)
+      info["final"].append(rewards_lib.final_caption(d.draft, refined, stopped))
       # A stop trains no refine tokens; the ablation trains no reflection.
       info["from"].append(0 if self.rl.train_reflection else cut + 1)
       info["to"].append(cut + 1 if stopped else None)

@@ -4,6 +4,7 @@
   python -m experiments.run mitigation --seeds 1 --arms pcgrad,famo --scale
   python -m experiments.run tiny --set data.dir=/tmp/d --set mesh.data=1
   python -m experiments.run r3 --dry-run                # print the commands
+  python -m experiments.run r3 --seed 2                 # seed 2 only
 
 Each run lives in <root>/<study>/runs/<arm>/seed<k> with a result.json (final
 metrics, wall seconds, the `python -m r3jax.main` command that reproduces it,
@@ -205,20 +206,24 @@ def hardware() -> dict[str, Any]:
           "devices": jax.device_count(), "cpus": os.cpu_count()}
 
 
-def run_study(name: str, root: str = "experiments", seeds: int | None = None,
+def run_study(name: str, root: str = "experiments",
+              seeds: int | Sequence[int] | None = None,
               arms: Sequence[str] | None = None,
               sets: Mapping[str, str] | None = None, scale: bool = False,
               dry_run: bool = False, log=print, devices=None
               ) -> list[dict[str, Any]]:
   """Runs (or with dry_run, prints the commands of) the study's arms over
-  seeds 0..seeds-1 (on `devices`, default all); returns one record per run: arm, seed, command, status
-  ("ran", "done" (result.json existed) or "dry-run")."""
+  seeds 0..seeds-1, or the listed seeds (on `devices`, default all); returns
+  one record per run: arm, seed, command, status ("ran", "done" (result.json
+  existed) or "dry-run")."""
   study = studies_lib.get(name)
   ordered = study.order(arms)
   sets = dict(sets or {})
   steps = budget_steps(study, ordered, root, sets, scale, dry_run, log, devices)
   records = []
-  for seed in range(study.seeds if seeds is None else seeds):
+  if seeds is None or isinstance(seeds, int):
+    seeds = range(study.seeds if seeds is None else seeds)
+  for seed in seeds:
     if not dry_run:
       _restore_starts(study, ordered, seed, root, sets, scale, log, devices)
     for arm in ordered:
@@ -380,6 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("study", help=f"one of {sorted(studies_lib.STUDIES)}")
   parser.add_argument("--seeds", type=int, default=None,
                       help="seeds 0..N-1 (default: the study's)")
+  parser.add_argument("--seed", type=int, action="append", default=None,
+                      help="only this seed (repeatable): seeds in parallel "
+                      "processes, one --seed each")
   parser.add_argument("--arms", default=None,
                       help="comma-separated arms (default: all)")
   parser.add_argument("--root", default="experiments")
@@ -394,7 +402,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     arms = [a for a in args.arms.split(",") if a] if args.arms else None
-    run_study(args.study, args.root, args.seeds, arms, parse_sets(args.sets),
+    if args.seed is not None and args.seeds is not None:
+      raise ValueError("give --seeds N or --seed K, not both")
+    seeds = args.seed if args.seed is not None else args.seeds
+    if seeds is not None and not isinstance(seeds, int) and min(seeds) < 0:
+      raise ValueError(f"--seed must be >= 0, not {min(seeds)}")
+    run_study(args.study, args.root, seeds, arms, parse_sets(args.sets),
               args.scale, args.dry_run)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -366,3 +366,16 @@ def test_commands_show_paths_inside_the_repository_relative(tmp_path):
                            os.path.join(run.ROOT, "experiments"), {})
   assert "--workdir=experiments/dilemma/runs/joint/seed0" in command
   assert command[-1] == "--config.init_from=experiments/dilemma/runs/base/seed0"
+
+
+def test_seed_option_runs_only_the_named_seeds(tmp_path, capsys):
+  root = str(tmp_path)
+  assert run.main(["tiny", "--arms=first", "--seed=1", "--seed=3",
+                   f"--root={root}", "--dry-run"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert ["seed=1 " in lines[0], "seed=3 " in lines[1], len(lines)] == [
+      True, True, 2]
+  assert run.main(["tiny", "--seed=1", "--seeds=2", f"--root={root}",
+                   "--dry-run"]) == 2
+  assert "not both" in capsys.readouterr().err
+  assert run.main(["tiny", "--seed=-1", f"--root={root}", "--dry-run"]) == 2

@@ -17,9 +17,10 @@ def built():
   return c, world, setup, init
 
 
-def _oracle(world, records, fail_on=()):
+def _oracle(world, records, fail_on=(), copy_on=()):
   """A stand-in for the model: drafts with one corruption, then the
-  verifier's own reflection and refinement (optionally a wrong stop)."""
+  verifier's own reflection and refinement (optionally a wrong stop, or a
+  refine that copies the draft)."""
   tok, cfg = world.tokenizer, world.world
   calls = []
 
@@ -38,7 +39,7 @@ def _oracle(world, records, fail_on=()):
       if e is None or row in fail_on:
         out.append(tok.encode(edit.STOP))
       else:
-        fixed = edit.apply(e, draft, scene, cfg)
+        fixed = draft if row in copy_on else edit.apply(e, draft, scene, cfg)
         out.append(tok.encode(e.instruction) + [tok.sep_id] + tok.encode(fixed))
     return out
   return decode, calls
@@ -83,6 +84,42 @@ def test_oracle_loop_exits_early_and_accounts_rounds(built, monkeypatch):
       np.mean([len(t.reflections) for t in trajs]))
   assert s["r3/round1/improved"] == pytest.approx((n - 1) / n)
   assert s["r3/round1/worse"] == 0.0
+  calls_n = sum(len(t.reflections) for t in trajs)
+  assert s["r3/reflect_right"] == pytest.approx((calls_n - 1) / calls_n)
+  assert s["r3/refine_right"] == 1.0
+
+
+def test_stage_scores_say_which_stage_fails(built, monkeypatch):
+  c, world, setup, init = built
+  records = world.records("validation", 8)
+  lp = r3_loop.R3Loop(setup, world.tokenizer, world.world, rounds=2,
+                      batch_size=4, caption_len=40, r3_len=144)
+  # Row 0 stops on a wrong draft; rows 1 and 2 are told the right edit but
+  # copy the draft, so they are told it again next round.
+  decode, _ = _oracle(world, records, fail_on={0}, copy_on={1, 2})
+  monkeypatch.setattr(lp, "_decode", decode)
+  monkeypatch.setattr(lp, "_encode", lambda params, recs: None)
+  trajs, s = lp.run(None, records)
+  assert trajs[1].captions == [trajs[1].captions[0]] * 3
+  calls_n = sum(len(t.reflections) for t in trajs)
+  told = [(i, r) for i, t in enumerate(trajs) if i != 0
+          for r in t.reflections if r != edit.STOP]
+  assert s["r3/reflect_right"] == pytest.approx((calls_n - 1) / calls_n)
+  assert [i for i, _ in told].count(1) == 2  # both rounds
+  assert s["r3/refine_right"] == pytest.approx(
+      sum(i not in (1, 2) for i, _ in told) / len(told))
+  # The same captions, scored without a reflect stage: every draft needing
+  # an edit is a known refine (row 0's too), right when its caption is the
+  # verifier's.
+  direct = r3_loop.Scorer(world.world, 2, direct=True).scores(trajs, records)
+  assert direct["r3/refine_right"] == pytest.approx(
+      sum(i not in (1, 2) for i, _ in told) / (len(told) + 1))
+  assert "r3/reflect_right" not in direct
+  # Saved examples score the same again, without a model.
+  again = r3_loop.Scorer(world.world, 2).scores(
+      r3_loop.trajectories(lp.examples(trajs, records)), records)
+  assert again == {**s, "r3/tokens_per_example": 0.0,
+                   "r3/seconds_per_example": 0.0}
 
 
 def test_loop_runs_the_model(built):

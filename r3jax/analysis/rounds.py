@@ -65,19 +65,26 @@ def by_arm(results: Sequence[Mapping], stat: str) -> pd.DataFrame:
   return pd.DataFrame(out).T
 
 
+def _rows(workdir: str) -> list[dict[str, Any]]:
+  with open(os.path.join(workdir, "r3_examples.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _world(workdir: str):
+  from r3jax.train import world_setup  # noqa: PLC0415 (builds TF datasets)
+  config = config_lib.load_saved(os.path.join(workdir, "config.json"))
+  return config, world_setup.load(config)
+
+
 def examples(workdir: str, n: int | None = None) -> list[dict[str, Any]]:
   """The first n rows of the run's r3_examples.jsonl (all by default), each
   with its record's "image" (and "reference", its first reference caption)
-  from the run's
-  dataset, re-opened from its config.json."""
-  with open(os.path.join(workdir, "r3_examples.jsonl")) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+  from the run's dataset, re-opened from its config.json."""
+  rows = _rows(workdir)
   rows = rows[:n] if n is not None else rows
   if not rows:
     return rows
-  from r3jax.train import world_setup  # noqa: PLC0415 (builds TF datasets)
-  config = config_lib.load_saved(os.path.join(workdir, "config.json"))
-  world = world_setup.load(config)
+  config, world = _world(workdir)
   records = world.records(config.final_eval.split,
                           max(r["index"] for r in rows) + 1)
   for r in rows:
@@ -85,6 +92,25 @@ def examples(workdir: str, n: int | None = None) -> list[dict[str, Any]]:
     r["image"] = np.asarray(rec["image"])
     r["reference"] = _text(rec["captions"][0])
   return rows
+
+
+def rescore(workdir: str) -> dict[str, float]:
+  """The loop's scores computed again from the run's saved examples
+  (r3_examples.jsonl, the whole final evaluation) by r3jax.r3.loop.Scorer,
+  the code that scores a live run: a statistic added after a run was made
+  can be read off its examples. Token counts and times are not saved (0)."""
+  from r3jax.r3 import loop as r3_loop  # noqa: PLC0415 (imports jax)
+  from r3jax.train import world_setup  # noqa: PLC0415
+  rows = _rows(workdir)
+  config, world = _world(workdir)
+  if [r["index"] for r in rows] != list(range(len(rows))):
+    raise ValueError(f"{workdir}/r3_examples.jsonl is not a whole evaluation "
+                     "(its rows are not examples 0..n-1)")
+  records = world.records(config.final_eval.split, len(rows))
+  scorer = r3_loop.Scorer(
+      world.world if config.data.source == "world" else None,
+      config.r3.rounds, world_setup.r3_direct(config))
+  return scorer.scores(r3_loop.trajectories(rows), records)
 
 
 def _text(x) -> str:

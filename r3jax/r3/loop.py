@@ -45,6 +45,7 @@ from r3jax.eval import bleu, cider
 from r3jax.model import decoding
 from r3jax.r3 import real
 from r3jax.r3 import rewards as rewards_lib
+from r3jax.world import edit as edit_lib
 from r3jax.world.config import WorldConfig
 from r3jax.world.scene import scene_from_arrays
 from r3jax.world.verify import verify
@@ -81,6 +82,7 @@ class R3Loop:
       raise ValueError(f"R3 needs rounds >= 1, got {rounds}")
     self._tok, self._world, self._bs = tokenizer, world, batch_size
     self._rounds, self._direct = rounds, direct
+    self.scorer = Scorer(world, rounds, direct)
     self._caption_len, self._r3_len = caption_len, r3_len
     self._shard = sharding.batch_sharding(setup.mesh)
     self._temperature = temperature
@@ -206,12 +208,31 @@ class R3Loop:
     for t in trajs:  # an example that stopped keeps its caption
       t.captions += [t.captions[-1]] * (self._rounds + 1 - len(t.captions))
     seconds = time.perf_counter() - t0
-    return trajs, self.scores(trajs, records, seconds)
+    return trajs, self.scorer.scores(trajs, records, seconds)
+
+  def scores(self, trajs: Sequence[Trajectory],
+             records: Sequence[Mapping[str, Any]], seconds: float = 0.0
+             ) -> dict[str, float]:
+    return self.scorer.scores(trajs, records, seconds)
+
+  def examples(self, trajs: Sequence[Trajectory],
+               records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return self.scorer.examples(trajs, records)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+  """The loop's scores from its trajectories (no model needed: saved
+  examples can be scored again, `trajectories` below). world=None scores
+  real captions against their references."""
+  world: WorldConfig | None
+  rounds: int
+  direct: bool = False
 
   def _changes(self, out: dict, trajs, per_round) -> None:
     """improved / worse / unchanged (per_round[r][i]: example i's score after
     round r) and the stop rates by round; mean rounds and stops overall."""
-    for r in range(1, self._rounds + 1):
+    for r in range(1, self.rounds + 1):
       d = np.asarray(per_round[r]) - np.asarray(per_round[r - 1])
       out[f"r3/round{r}/improved"] = np.mean(d > 1e-9)
       out[f"r3/round{r}/worse"] = np.mean(d < -1e-9)
@@ -228,7 +249,7 @@ class R3Loop:
     records' references, changes by per-example CIDEr-D."""
     refs = [[real.words(c) for c in r["captions"]] for r in records]
     out, per_round = {}, []
-    for r in range(self._rounds + 1):
+    for r in range(self.rounds + 1):
       hyps = [real.words(t.captions[r]) for t in trajs]
       mean, each = cider.cider_d(hyps, refs)
       out[f"r3/round{r}/cider_d"] = mean
@@ -242,18 +263,18 @@ class R3Loop:
   def scores(self, trajs: Sequence[Trajectory],
              records: Sequence[Mapping[str, Any]], seconds: float = 0.0
              ) -> dict[str, float]:
-    if self._world is None:
+    if self.world is None:
       return self._reference_scores(trajs, records, seconds)
-    cfg = self._world
+    cfg = self.world
     scenes = [scene_from_arrays(r["scene"], cfg) for r in records]
     v = [[verify(c, s, cfg) for c in t.captions] for t, s in zip(trajs, scenes)]
     n, out = len(trajs), {}
-    for r in range(self._rounds + 1):
+    for r in range(self.rounds + 1):
       out[f"r3/round{r}/v_strict"] = np.mean([x[r].v_strict for x in v])
       out[f"r3/round{r}/v_frac"] = np.mean([x[r].v_frac for x in v])
       out[f"r3/round{r}/f1"] = np.mean([x[r].f1 for x in v])
     self._changes(out, trajs, [[x[r].v_frac for x in v]
-                               for r in range(self._rounds + 1)])
+                               for r in range(self.rounds + 1)])
     false_stop = over_edit = stops = correct_drafts = 0
     for t, x in zip(trajs, v):
       for r in range(1, len(t.reflections) + 1):
@@ -265,9 +286,48 @@ class R3Loop:
         over_edit += was_right and not stopped_here
     out["r3/false_stop"] = false_stop / max(stops, 1)
     out["r3/over_edit"] = over_edit / max(correct_drafts, 1)
+    out.update(self._stage_scores(trajs, scenes))
     out["r3/tokens_per_example"] = float(np.mean([t.tokens for t in trajs]))
     out["r3/seconds_per_example"] = seconds / max(n, 1)
     return {k: float(val) for k, val in out.items()}
+
+  def _stage_scores(self, trajs: Sequence[Trajectory], scenes
+                    ) -> dict[str, float]:
+    """Which stage fails, against the verifier's own edit of each draft
+    (r3jax.world.edit: `instruction` is the reflect target, `apply` of its
+    edit the refine target), over every reflect call of every round:
+      r3/reflect_right  the reflection's instruction (or stop string) is the
+                        verifier's, exactly
+      r3/refine_right   of the refines whose target is known (the reflection
+                        named the verifier's edit; without a reflect stage,
+                        the draft needs an edit), the fraction that wrote the
+                        verifier's one-edit caption, word for word
+    A loop whose reflect is right but whose refine is not fails at
+    generation; the other way round, at understanding."""
+    cfg = self.world
+    right = calls = refine_right = refines = 0
+    for t, scene in zip(trajs, scenes):
+      for r in range(1, len(t.reflections) + 1):
+        draft = t.captions[r - 1]
+        edit = edit_lib.diagnose(draft, scene, cfg)
+        target = edit_lib.STOP if edit is None else edit.instruction
+        stopped_here = t.stopped and r == len(t.reflections)
+        if self.direct:
+          known = edit is not None
+        else:
+          said = " ".join(t.reflections[r - 1].rsplit(" . ", 1)[-1].split())
+          calls += 1
+          right += said == target
+          known = said == target and edit is not None
+        if known:
+          refines += 1
+          want = edit_lib.apply(edit, draft, scene, cfg)
+          refine_right += (not stopped_here and
+                           t.captions[r].split() == want.split())
+    out = {"r3/refine_right": refine_right / max(refines, 1)}
+    if not self.direct:
+      out["r3/reflect_right"] = right / max(calls, 1)
+    return out
 
   def examples(self, trajs: Sequence[Trajectory],
                records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -275,12 +335,12 @@ class R3Loop:
     captions by round, reflections, stopped, and the verifier's scores by
     round (the inputs of `scores`)."""
     rows = []
-    if self._world is None:  # real captions: no verifier scores
+    if self.world is None:  # real captions: no verifier scores
       return [{"index": i, "captions": t.captions, "reflections": t.reflections,
                "stopped": t.stopped} for i, t in enumerate(trajs)]
     for i, (t, rec) in enumerate(zip(trajs, records)):
-      scene = scene_from_arrays(rec["scene"], self._world)
-      v = [verify(c, scene, self._world) for c in t.captions]
+      scene = scene_from_arrays(rec["scene"], self.world)
+      v = [verify(c, scene, self.world) for c in t.captions]
       rows.append({"index": i, "captions": t.captions,
                    "reflections": t.reflections, "stopped": t.stopped,
                    "v_strict": [bool(x.v_strict) for x in v],
@@ -294,3 +354,10 @@ def _split_at(ids: list[int], sep: int) -> tuple[list[int], bool, list[int]]:
     k = ids.index(sep)
     return ids[:k], True, ids[k + 1:]
   return ids, False, []
+
+
+def trajectories(rows: Sequence[Mapping[str, Any]]) -> list[Trajectory]:
+  """Trajectories back from `examples` rows (r3_examples.jsonl); their token
+  counts are not saved (0)."""
+  return [Trajectory(list(r["captions"]), list(r["reflections"]),
+                     bool(r["stopped"])) for r in rows]

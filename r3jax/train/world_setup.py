@@ -108,13 +108,20 @@ def r3_loop_for(config, setup, tokenizer, world, batch_size: int):
   tasks = config_lib.evaluated_tasks(config)
   if not {"reflect", "refine", "refine_direct"} & set(tasks):
     return None
-  direct = "refine_direct" in tasks and "reflect" not in tasks
+  direct = r3_direct(config)
   r3_len = tasks["refine_direct" if direct else "refine"].max_len if (
       "refine_direct" in tasks or "refine" in tasks) else tasks.reflect.max_len
   return r3_loop.R3Loop(
       setup, tokenizer, world, rounds=config.r3.rounds,
       batch_size=batch_size, caption_len=tasks.caption.max_len,
       r3_len=r3_len, direct=direct, lookup=config.r3.lookup)
+
+
+def r3_direct(config) -> bool:
+  """Whether the run's loop refines without a reflect stage (the no-reflect
+  ablation)."""
+  tasks = config_lib.evaluated_tasks(config)
+  return "refine_direct" in tasks and "reflect" not in tasks
 
 
 @dataclasses.dataclass

@@ -171,9 +171,13 @@ def _rounds_section(out_dir, results, arms) -> list[str]:
           "Loop statistics (mean ± std over seeds): stop rate = examples "
           "that stopped; false stop = stops on a draft that was not "
           "V_strict, per stop; over-edit = edits of a V_strict draft, per "
-          "such reflection; rounds = reflect rounds per example.", "",
-          *_table(["arm", "stop rate", "false stop", "over-edit", "rounds"],
-                  rows), ""]
+          "such reflection; rounds = reflect rounds per example; reflect "
+          "right = reflections that are the verifier's instruction (or stop) "
+          "exactly; refine right = refines, of those told the verifier's "
+          "edit (without reflect: of drafts needing one), that wrote the "
+          "verifier's edited caption word for word (r3jax/r3/loop.py).", "",
+          *_table(["arm", "stop rate", "false stop", "over-edit", "rounds",
+                   "reflect right", "refine right"], rows), ""]
 
 
 def _cost_section(out_dir, results, arms) -> list[str]:

@@ -234,6 +234,12 @@ def test_r3_examples_match_logged_scores(r3_dir):
   shown = rounds.examples(r3_dir, 2)
   assert [r["index"] for r in shown] == [0, 1]
   assert shown[0]["image"].shape == (32, 32, 3) and shown[0]["reference"]
+  # The saved examples score again to the logged scores.
+  again = rounds.rescore(r3_dir)
+  assert {k: again[k] for k in logged if k in again and "per_example" not in k
+          } == pytest.approx({k: logged[k] for k in logged if k in again and
+                              "per_example" not in k})
+  assert again["r3/refine_right"] == logged["r3/refine_right"]
 
 
 def test_notebook_executes(run_dir, study_root, monkeypatch):

@@ -18,7 +18,8 @@ from r3jax.train import metrics as metrics_lib
 
 ROUND_STATS = ("v_strict", "v_frac", "f1", "improved", "worse", "unchanged",
                "stop_rate")
-LOOP_STATS = ("stopped_frac", "false_stop", "over_edit", "mean_rounds")
+LOOP_STATS = ("stopped_frac", "false_stop", "over_edit", "mean_rounds",
+              "reflect_right", "refine_right")
 _ROUND_KEY = re.compile(r"^r3/round(\d+)/(\w+)$")
 
 

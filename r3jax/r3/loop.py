@@ -23,8 +23,9 @@ r >= 1: improved / worse / unchanged fractions (V_frac against round r-1, over
 all examples), stop_rate (stops among the examples that entered the round);
 over the run: mean_rounds (reflect rounds run per example), stopped_frac,
 false_stop (stopped while the draft was not V_strict, per stop), over_edit
-(edited a V_strict draft, per such reflection), tokens_per_example (generated
-tokens, all stages), seconds_per_example.
+(edited a V_strict draft, per such reflection), reflect_right and
+refine_right (which stage fails, `Scorer._stage_scores`), tokens_per_example
+(generated tokens, all stages), seconds_per_example.
 """
 
 from __future__ import annotations

@@ -170,12 +170,13 @@ MITIGATION_METHODS = ("rlw", "pcgrad", "cagrad", "mgda", "nash_mtl", "upgrad",
 
 register(Study(
     name="mitigation",
-    doc="From the dilemma study's joint base (the same config): co-training "
+    doc="From a joint base made by the dilemma study's base command (its "
+        "own run): co-training "
         "for equal steps with the plain weighted sum over a log grid of "
         "caption weights, and with each gradient-aggregation method; "
         "`<method>_eqtime` arms train for the wall-clock time the plain "
-        "weighted-sum step takes for those steps. `weighted_sum_w1` is the "
-        "dilemma study's `joint` arm.",
+        "weighted-sum step takes for those steps. `weighted_sum_w1` has the "
+        "dilemma study's `joint` config.",
     arms=_continuations((_DILEMMA_STEPS,) * 2, SMALL, [
         *((f"weighted_sum_w{w:g}", f"joint,gen_weight={w:g}")
           for w in GEN_WEIGHTS),

@@ -279,3 +279,21 @@ def test_notebooks_are_committed_without_outputs():
     for c in nb.cells:
       if c.cell_type == "code":
         assert c.outputs == [] and c.execution_count is None, p
+
+
+def test_arm_summary_takes_runs_that_log_only_the_cosine(tmp_path, run_dir):
+  """R3-RL logs interf/cos/rl:<task> alone: no norms, null or group cosines."""
+  wd = str(tmp_path / "rl")
+  os.makedirs(wd)
+  cos = [0.1, -0.3, 0.2, 0.4]
+  with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
+    for step, c in enumerate(cos, 1):
+      f.write(json.dumps({"step": step, "loss": 1.0,
+                          "interf/cos/rl:vqa": c}) + "\n")
+  t = analysis.arm_summary({"rl": [wd], "joint": [run_dir]}, since=0.5)
+  rl = t.loc[("rl", "rl:vqa")]
+  assert rl["cos"] == pytest.approx(0.3) and rl["conflict"] == 0.0
+  assert all(math.isnan(rl[k]) for k in ("null_a", "norm_ratio", "debiased"))
+  assert not math.isnan(t.loc[("joint", "caption:vqa"), "norm_ratio"])
+  assert analysis.compare_arms({"rl": [wd]}).loc[
+      ("rl", "rl:vqa"), "global"] == pytest.approx(np.mean(cos))

@@ -198,7 +198,9 @@ def arm_summary(workdirs: Mapping[str, Sequence[str]], since: float = 0.5,
   same-task split-half null cosines of both tasks ("null_a", "null_b"), the
   debiased cosine with the unbiased pieces averaged over all those steps
   ("debiased"), the norm ratio, the fraction of steps with cos < 0; and
-  "lowest": the `worst` groups of lowest mean cosine (of the first seed)."""
+  "lowest": the `worst` groups of lowest mean cosine (of the first seed).
+  A statistic a run does not log is NaN (R3-RL logs only the cosine of its
+  gradient with each understanding task's, interf/cos/rl:<task>)."""
   rows = []
   for arm, runs in _arm_runs(workdirs, since):
     per_seed = []
@@ -210,7 +212,8 @@ def arm_summary(workdirs: Mapping[str, Sequence[str]], since: float = 0.5,
                  [np.nan])).mean(),
              "null_b": df.get(f"interf/null_cos/{b}", pd.Series(
                  [np.nan])).mean(),
-             "norm_ratio": df[f"interf/norm_ratio/{pair}"].mean(),
+             "norm_ratio": df.get(f"interf/norm_ratio/{pair}", pd.Series(
+                 [np.nan])).mean(),
              "conflict": (df[f"interf/cos/{pair}"] < 0).mean()}
       row["debiased"] = (debiased_cosine(df, pair, len(df)).iloc[-1]
                          if f"interf/null_dot/{a}" in df else np.nan)

@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -120,7 +121,7 @@ def _cosine_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
                         if (a, p) in full.index else "-" for p in pairs]
           for a in arms]
   summary = interference.arm_summary(dirs, since=0.5)
-  detail = [[f"`{a}`", p, *(f"{s[k]:.4f}" for k in (
+  detail = [[f"`{a}`", p, *("-" if np.isnan(s[k]) else f"{s[k]:.4f}" for k in (
       "cos", "null_a", "null_b", "debiased", "norm_ratio", "conflict")),
              s["lowest"]] for (a, p), s in summary.iterrows()]
   return ["## Gradient cosine by parameter group", "",

@@ -101,9 +101,12 @@ def _cosine_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
     return []
   pairs = sorted(table.index.get_level_values("pair").unique())
   arms = list(table.index.get_level_values("arm").unique())
-  fig, axes = plt.subplots(1, len(pairs), squeeze=False, figsize=(
-      1 + 0.45 * (table.shape[1] - 1) * len(pairs), 1.5 + 0.35 * len(arms)))
-  for ax, pair in zip(axes[0], pairs):
+  # Pairs logged without per-group cosines (R3-RL's rl:<task>) get no panel.
+  grouped = [p for p in pairs if table.xs(p, level="pair").drop(
+      columns="global").notna().any().any()] or pairs
+  fig, axes = plt.subplots(1, len(grouped), squeeze=False, figsize=(
+      1 + 0.45 * (table.shape[1] - 1) * len(grouped), 1.5 + 0.35 * len(arms)))
+  for ax, pair in zip(axes[0], grouped):
     im = interference.plot_arms_heatmap(ax, table, pair)
   fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
   fig.savefig(os.path.join(out_dir, "cosine_groups.png"), dpi=110,

@@ -402,11 +402,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     arms = [a for a in args.arms.split(",") if a] if args.arms else None
-    if args.seed is not None and args.seeds is not None:
-      raise ValueError("give --seeds N or --seed K, not both")
-    seeds = args.seed if args.seed is not None else args.seeds
-    if seeds is not None and not isinstance(seeds, int) and min(seeds) < 0:
-      raise ValueError(f"--seed must be >= 0, not {min(seeds)}")
+    seeds = args.seeds
+    if args.seed is not None:
+      if args.seeds is not None:
+        raise ValueError("give --seeds N or --seed K, not both")
+      if min(args.seed) < 0:
+        raise ValueError(f"--seed must be >= 0, not {min(args.seed)}")
+      seeds = args.seed
     run_study(args.study, args.root, seeds, arms, parse_sets(args.sets),
               args.scale, args.dry_run)
   except ValueError as e:

@@ -72,6 +72,7 @@ def _rows(workdir: str) -> list[dict[str, Any]]:
 
 
 def _world(workdir: str):
+  """(config, World) of the run, its dataset re-opened from config.json."""
   from r3jax.train import world_setup  # noqa: PLC0415 (builds TF datasets)
   config = config_lib.load_saved(os.path.join(workdir, "config.json"))
   return config, world_setup.load(config)

@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import studies as studies_lib  # noqa: E402
+from r3jax.analysis import competence  # noqa: E402
 from r3jax.analysis import interference  # noqa: E402
 from r3jax.analysis import rounds as rounds_lib  # noqa: E402
 from r3jax.analysis.study import (  # noqa: E402
@@ -199,6 +200,21 @@ def _cost_section(out_dir, results, arms) -> list[str]:
           "", *_table(["arm", "wall s (mean over seeds)", "config"], rows), ""]
 
 
+def _competence_section(results, start: str) -> list[str]:
+  """The start arm's gate table (r3jax.analysis.competence), its metrics
+  averaged over seeds: the competence at which the study's results hold."""
+  runs = [r for r in results if r["arm"] == start]
+  keys = sorted({k for r in runs for k in r["metrics"]})
+  mean = {k: float(np.mean([r["metrics"][k] for r in runs]))
+          for k in keys if all(k in r["metrics"] for r in runs)}
+  n = competence.max_objects_of(runs[0]["workdir"])
+  return ["## Competence of the start arm", "",
+          f"`{start}`'s competence gates on the test split (mean over "
+          f"{len(runs)} seed(s); r3jax/analysis/competence.py): the model "
+          "the study's arms start from sees the world this well.", "",
+          competence.table(mean, n), ""]
+
+
 def collect(root: str, study: str) -> str:
   """Writes <root>/<study>/RESULTS.md (and its PNGs) from the study's
   result.json files; returns the markdown's path."""
@@ -237,6 +253,7 @@ def collect(root: str, study: str) -> str:
   lines += _table(["arm", "seeds"] + [label for _, label in metrics] +
                   ["vs reference"], rows) + [""]
   if known and known.start and known.start in found:
+    lines += _competence_section(results, known.start)
     lines += _change_section(results, known.start, arms, metrics)
   detail = summarize(results, [k for k, _ in DETAIL])
   rows = [[f"`{a}`"] + [cell(detail[a].get(k), 3) for k, _ in DETAIL]

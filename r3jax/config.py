@@ -113,6 +113,7 @@ def defaults() -> ml_collections.ConfigDict:
       encoder="Ti",           # named ViT size: mu (tests), Ti, S, B, L
       patch_size=8,
       stem="patch",           # "patch" (linear) or "conv" (see ModelConfig)
+      pos_init="normal",      # encoder positions start "normal" or "sincos2d"
       # Changes to the named size; the default is a narrow, shallow Ti that
       # learns the default world in minutes on a laptop CPU.
       enc_overrides=dict(width=128, depth=2, heads=4, mlp=512),

@@ -152,6 +152,9 @@ def check_model(config: ml_collections.ConfigDict,
   if m.stem not in ("patch", "conv"):
     raise ValueError(f"config.model.stem must be 'patch' or 'conv', got "
                      f"{m.stem!r}")
+  if m.pos_init not in ("normal", "sincos2d"):
+    raise ValueError(f"config.model.pos_init must be 'normal' or 'sincos2d', "
+                     f"got {m.pos_init!r}")
   enc = dict(zip(_ENC_OVERRIDES, VIT_SIZES[m.encoder]), **m.enc_overrides)
   dec = {k: m[f"dec_{k}"] for k in _ENC_OVERRIDES}
   for part, sizes in (("enc", enc), ("dec", dec)):

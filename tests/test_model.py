@@ -230,6 +230,33 @@ def test_conv_stem_makes_the_same_tokens_and_sees_local_structure():
   assert (diff[:, 0] > 0).all() and (diff[:, 1:] == 0).all()
 
 
+@pytest.mark.parametrize("cls_token", [False, True])
+def test_sincos2d_positions_code_column_and_row(cls_token):
+  """pos_init="sincos2d" starts the encoder's positions at the 2-D sine-cosine
+  code: for the patch in row r, column c, channel k < D/4 is sin(c * w_k),
+  then cos(c * w_k), sin(r * w_k), cos(r * w_k), w_k = 10000^(-k / (D/4))."""
+  cfg = tiny_config(pos_init="sincos2d", image_size=32, patch_size=8,
+                    cls_token=cls_token)
+  pos = np.asarray(make_model(cfg).encoder.pos_embed[...])
+  side, width = 4, cfg.enc_width
+  assert pos.shape == (side * side + cls_token, width)
+  if cls_token:
+    assert (pos[0] == 0).all()
+    pos = pos[1:]
+  q = width // 4
+  for r in range(side):
+    for c in range(side):
+      for k in range(q):
+        w = 10000.0 ** (-k / q)
+        want = [np.sin(c * w), np.cos(c * w), np.sin(r * w), np.cos(r * w)]
+        np.testing.assert_allclose(pos[r * side + c, k::q], want, atol=1e-6)
+  # The default stays a random start (std width ** -0.5).
+  normal = np.asarray(make_model(tiny_config()).encoder.pos_embed[...])
+  assert abs(normal.std() - width ** -0.5) < 0.3 * width ** -0.5
+  with pytest.raises(ValueError, match="pos_init must be one of"):
+    tiny_config(pos_init="rope")
+
+
 def test_layer_norm_closed_form_gradient():
   """layers.layer_norm's custom backward against finite differences and
   against autodiff of the same forward, for float32 and bfloat16 inputs."""

@@ -1,6 +1,7 @@
 """What notebooks and the study report read: a run's interference
-statistics, a study's results, and the R3 loop by round."""
+statistics, a study's results, the R3 loop by round, and a model's
+competence gates."""
 
-from r3jax.analysis import interference, rounds, study
+from r3jax.analysis import competence, interference, rounds, study
 
-__all__ = ["interference", "rounds", "study"]
+__all__ = ["competence", "interference", "rounds", "study"]

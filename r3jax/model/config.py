@@ -56,6 +56,7 @@ REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
 
 
 ATTENTION = ("auto", "xla", "cudnn")
+POS_INITS = ("normal", "sincos2d")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,6 +91,12 @@ class ModelConfig:
   # "Early convolutions help transformers see better"): same tokens, but small
   # shapes are learnt in far fewer steps.
   stem: str = "patch"
+  # How the encoder's learned patch positions start: "normal" (random, std
+  # width**-0.5) or "sincos2d" (the fixed 2-D sine-cosine code of MAE and
+  # big_vision's plain ViT, half the channels for the row, half for the
+  # column): x and y are then linear in the tokens from the first step,
+  # which relations ("left of") read.
+  pos_init: str = "normal"
   # A learned [CLS] token before the image tokens, with its own position (P + 1
   # tokens reach the decoder), and the exact (erf) GELU instead of the tanh
   # approximation in the encoder's MLPs: what Hugging Face ViT checkpoints
@@ -125,6 +132,12 @@ class ModelConfig:
                                 self.patch_size & (self.patch_size - 1)):
       raise ValueError("stem='conv' needs a power-of-two patch_size >= 4, got "
                        f"{self.patch_size}.")
+    if self.pos_init not in POS_INITS:
+      raise ValueError(f"pos_init must be one of {POS_INITS}, got "
+                       f"{self.pos_init!r}.")
+    if self.pos_init == "sincos2d" and self.enc_width % 4:
+      raise ValueError(f"pos_init='sincos2d' needs enc_width divisible by 4, "
+                       f"got {self.enc_width}.")
     if self.enc_gelu not in ("tanh", "erf"):
       raise ValueError(f"enc_gelu must be 'tanh' or 'erf', got {self.enc_gelu!r}.")
     if self.attention not in ATTENTION:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import einops
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from r3jax.model import scan
@@ -67,6 +68,27 @@ class ConvStem(nnx.Module):
     return self.embed(patches_BxPxC)
 
 
+def sincos2d(side: int, width: int) -> np.ndarray:
+  """side*side x width positions, row-major like the patches: the first half
+  of the channels codes the column (x), the second the row (y), each as
+  sin / cos at width/4 frequencies from 1 to 1/10000 (MAE; big_vision's
+  posemb_sincos_2d with temperature 10000)."""
+  omega = 1.0 / 10000 ** (np.arange(width // 4) / (width // 4))
+  y, x = np.mgrid[:side, :side]
+  parts = [f(c.reshape(-1, 1) * omega) for c in (x, y) for f in (np.sin, np.cos)]
+  return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def _sincos2d_init(side: int, cls_token: bool):
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    pos = sincos2d(side, shape[1])
+    if cls_token:  # the [CLS] token's position starts at zero
+      pos = np.concatenate([np.zeros((1, shape[1]), np.float32), pos])
+    return jnp.asarray(pos, dtype)
+  return init
+
+
 class Encoder(nnx.Module):
   """Images to image tokens at encoder width (no pooling): the patches, after
   the [CLS] token when ModelConfig.cls_token."""
@@ -89,8 +111,11 @@ class Encoder(nnx.Module):
                                kernel_init=nnx.initializers.lecun_normal())
     if cfg.cls_token:  # position 0 of pos_embed is the token's
       self.cls = param(rngs, nnx.initializers.zeros, (width,), ("embed",))
-    self.pos_embed = param(rngs, nnx.initializers.normal(width ** -0.5),
-                           (cfg.num_image_tokens, width), ("pos", "embed"))
+    pos_init = (nnx.initializers.normal(width ** -0.5)
+                if cfg.pos_init == "normal" else
+                _sincos2d_init(cfg.image_size // cfg.patch_size, cfg.cls_token))
+    self.pos_embed = param(rngs, pos_init, (cfg.num_image_tokens, width),
+                           ("pos", "embed"))
     blocks = [EncoderBlock(width, cfg.enc_heads, cfg.enc_mlp, rngs=rngs,
                            dtype=dtype, approximate_gelu=cfg.enc_gelu == "tanh",
                            ln_vjp=cfg.ln_custom_vjp, attention=cfg.attention)

@@ -1,0 +1,145 @@
+"""Competence gates: the table, where its metrics come from, and a fresh
+evaluation that reproduces a run's own."""
+
+import json
+import os
+
+import jax
+import pytest
+
+from r3jax.analysis import competence
+from r3jax.train import checkpoint as ckpt_lib
+from r3jax.train import loop
+
+from experiments import report
+from experiments.competence import __main__ as command
+
+
+def _metrics(vqa=0.97, pos=0.95, neg=0.9, f1=0.93, strict=0.6):
+  m = {f"vqa/qtype/{q}/accuracy": vqa for q in competence.QTYPES}
+  m.update({"vqa/accuracy": vqa, "ita/pos_accuracy": pos,
+            "ita/neg_accuracy": neg, "caption/f1": f1,
+            "caption/v_strict": strict})
+  return m
+
+
+def test_gates_pass_and_fail_at_their_thresholds():
+  m = _metrics()
+  assert competence.passes(m) and competence.failed(m) == []
+  assert competence.with_derived(m)[competence.DISCRIMINATION] == pytest.approx(
+      0.85)
+  # Each gate fails just below its threshold and passes at it.
+  for key, gate in [("vqa/qtype/relation/accuracy", 0.95),
+                    ("caption/f1", 0.90)]:
+    assert competence.passes({**m, key: gate})
+    bad = {**m, key: gate - 1e-6}
+    assert not competence.passes(bad) and len(competence.failed(bad)) == 1
+  # Discrimination, not accuracy: always "yes" is 1.0 positive, 0.0 negative.
+  yes = {**m, "ita/pos_accuracy": 1.0, "ita/neg_accuracy": 0.0}
+  assert competence.failed(yes) == ["ITA discrimination (pos + neg - 1)"]
+  assert competence.passes({**m, "ita/pos_accuracy": 0.9,
+                            "ita/neg_accuracy": 0.9})
+  # V_strict and overall VQA are reported, never gated.
+  assert competence.passes({**m, "caption/v_strict": 0.0, "vqa/accuracy": 0.})
+
+
+def test_a_missing_gated_metric_fails_except_relation_in_a_one_object_world():
+  m = _metrics()
+  del m["vqa/qtype/relation/accuracy"]
+  assert competence.failed(m) == ["VQA relation"]
+  assert competence.passes(m, max_objects=1)
+  assert "VQA relation" not in competence.table(m, max_objects=1)
+  del m["ita/neg_accuracy"]
+  assert "ITA discrimination (pos + neg - 1)" in competence.failed(m)
+
+
+def test_table_rows_and_verdict():
+  m = _metrics(vqa=0.5)
+  text = competence.table(m, title="run")
+  assert text.startswith("**run**")
+  assert "| VQA shape | 0.500 | >= 0.95 | FAIL |" in text
+  assert "| ITA discrimination (pos + neg - 1) | 0.850 | >= 0.80 | pass |" in text
+  assert "| caption V_strict | 0.600 |  |  |" in text
+  assert text.endswith("not competent: 6 gate(s) failed (VQA existence, "
+                       "VQA count, VQA color, VQA shape, VQA size, "
+                       "VQA relation)")
+  assert competence.table(_metrics()).endswith("competent: every gate passed")
+
+
+def _write_jsonl(path, rows):
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def test_read_prefers_result_json_then_the_last_split_row(tmp_path):
+  wd = str(tmp_path)
+  _write_jsonl(os.path.join(wd, "metrics.jsonl"), [
+      {"step": 10, "loss": 1.0},
+      {"step": 10, "validation/vqa/accuracy": 0.4,
+       "validation/ita/pos_accuracy": 0.9, "validation/ita/neg_accuracy": 0.3},
+      {"step": 20, "test/vqa/accuracy": 0.6},
+      {"step": 20, "validation/vqa/accuracy": 0.5},
+      {"step": 30, "test/vqa/accuracy": 0.7, "test/caption/f1": 0.2}])
+  assert competence.read(wd) == {"vqa/accuracy": 0.7, "caption/f1": 0.2}
+  assert competence.read(wd, "validation") == {"vqa/accuracy": 0.5}
+  curve = competence.curve(wd)
+  assert [c["step"] for c in curve] == [10, 20]
+  assert curve[0][competence.DISCRIMINATION] == pytest.approx(0.2)
+  with open(os.path.join(wd, "result.json"), "w") as f:
+    json.dump({"metrics": {"vqa/accuracy": 0.9}}, f)
+  assert competence.read(wd) == {"vqa/accuracy": 0.9}
+  with pytest.raises(ValueError, match="holds no 'train' evaluation"):
+    competence.read(_only_jsonl(tmp_path), "train")
+  with pytest.raises(FileNotFoundError, match="neither result.json"):
+    competence.read(str(tmp_path / "nothing"))
+
+
+def _only_jsonl(tmp_path):
+  d = tmp_path / "only"
+  d.mkdir()
+  _write_jsonl(d / "metrics.jsonl", [{"step": 1, "test/vqa/accuracy": 0.1}])
+  return str(d)
+
+
+def test_the_report_prints_the_start_arms_gate_table_averaged_over_seeds(
+    tmp_path):
+  runs = []
+  for seed, vqa in enumerate((0.9, 1.0)):
+    d = tmp_path / f"seed{seed}"
+    d.mkdir()
+    runs.append({"arm": "base", "workdir": str(d),
+                 "metrics": _metrics(vqa=vqa)})
+  runs.append({"arm": "other", "workdir": str(tmp_path),
+               "metrics": _metrics(vqa=0.0)})
+  text = "\n".join(report._competence_section(runs, "base"))
+  assert "mean over 2 seed(s)" in text
+  assert "| VQA color | 0.950 | >= 0.95 | pass |" in text
+  assert text.rstrip().endswith("competent: every gate passed")
+
+
+def test_evaluate_scores_a_runs_parameters_as_its_final_evaluation(
+    tiny, tmp_path, capsys):
+  """A fresh evaluation of the latest checkpoint, and of the exported
+  params.npz alone, on a dataset built with other split sizes, reproduces
+  the run's own final test evaluation: a split's first images do not depend
+  on the split sizes."""
+  c = tiny()
+  c.total_steps = 2
+  c.interference.enabled = False
+  wd = str(tmp_path / "run")
+  result = loop.train_and_evaluate(c, wd, jax.devices()[:1])
+  n = c.final_eval.max_examples
+  keys = [k for k in result if "/" in k]
+  for source in ("checkpoint", "params.npz"):
+    if source == "params.npz":
+      ckpt_lib.export_params(wd)
+      export = str(tmp_path / "export")
+      os.makedirs(export)
+      for name in ("params.npz", "config.json"):
+        os.replace(os.path.join(wd, name), os.path.join(export, name))
+      wd = export
+    got = competence.evaluate(wd, "test", n, devices=jax.devices()[:1])
+    assert {k: got[k] for k in keys} == {k: result[k] for k in keys}, source
+  # The command reads the run's own evaluation and says it is not competent.
+  assert command.main([os.path.join(str(tmp_path), "run")]) == 1
+  assert "not competent" in capsys.readouterr().out

@@ -28,6 +28,10 @@ def task_defaults(batch_size: int, max_len: int, weight: float = 1.0):
       batch_size=batch_size,  # per-task examples in every global batch
       max_len=max_len,        # decoder tokens for this task (prompt + target)
       weight=weight,          # loss weight; each task loss is a token mean
+      # Examples drawn from each image (split layout): batch_size / per_image
+      # images are encoded once each, so more questions per step cost
+      # decoder tokens only.
+      per_image=1,
   ))
 
 
@@ -261,6 +265,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if t.batch_size <= 0 or t.max_len < 3:
       raise ValueError(f"config.tasks.{name}: batch_size must be > 0 and "
                        f"max_len >= 3, got {t.batch_size}, {t.max_len}")
+    if t.per_image < 1 or t.batch_size % t.per_image:
+      raise ValueError(f"config.tasks.{name}.per_image={t.per_image} must be "
+                       f">= 1 and divide batch_size={t.batch_size}")
+    if t.per_image > 1 and (tasks_lib.TASKS[name].sample is None or
+                            config.data.layout != "split"):
+      raise ValueError(
+          f"config.tasks.{name}.per_image={t.per_image}: several examples "
+          "per image are drawn for the caption, VQA and ITA tasks in the "
+          "'split' layout only (the 'shared' layout draws one example of "
+          "each task per image)")
   for split in config.data.split_sizes:
     if split not in ("train", "validation", "test"):
       raise ValueError(f"unknown split {split!r} in config.data.split_sizes")
@@ -397,8 +411,9 @@ def check_devices(config: ml_collections.ConfigDict, num_devices: int,
   processes (training batches); returns the mesh shape."""
   shape = mesh_shape(config.mesh, num_devices)
   dp = shape["data"] * shape["fsdp"]
-  batches = {f"config.tasks.{name}.batch_size": (t.batch_size,
-                                                 math.lcm(dp, num_processes))
+  batches = {(f"config.tasks.{name}.batch_size" if t.per_image == 1 else
+              f"config.tasks.{name}.batch_size/per_image"): (
+                  t.batch_size // t.per_image, math.lcm(dp, num_processes))
              for name, t in sorted(config.tasks.items())}
   for key in ("evals", "final_eval"):
     batches[f"config.{key}.batch_size"] = (config[key].batch_size, dp)
@@ -448,6 +463,10 @@ def load_saved(path: str) -> ml_collections.ConfigDict:
 
   with c.unlocked():
     merge(c, saved)
+    for t in c.tasks.values():  # task settings added since keep defaults
+      for k, v in task_defaults(1, 1).items():
+        if k not in t:
+          t[k] = v
   c.sharding_rules = [tuple(tuple(a) if isinstance(a, list) else a for a in r)
                       for r in c.sharding_rules]
   validate(c)

@@ -244,6 +244,8 @@ def test_a_saved_config_loads_over_todays_defaults(tmp_path):
   c = importlib.import_module("configs.r3_sft").get_config("runlocal,seed=4")
   d = json.loads(json.dumps(c.to_dict()))
   del d["nonfinite"]
+  for t in d["tasks"].values():
+    del t["per_image"]
   d["model"]["remat"] = True
   path = tmp_path / "config.json"
   path.write_text(json.dumps(d))
@@ -276,6 +278,11 @@ def test_a_saved_config_loads_over_todays_defaults(tmp_path):
      r"config.data.split_sizes.test must be > 0"),
     (lambda c: c.data.update(dict(layout="shared")),
      r"layout='shared' needs equal task batch sizes"),
+    (lambda c: c.tasks.vqa.update(dict(per_image=3)),
+     r"config.tasks.vqa.per_image=3 must be >= 1 and divide batch_size=32"),
+    (lambda c: (c.tasks.ita.update(dict(batch_size=32, per_image=2)),
+                c.data.update(dict(layout="shared"))),
+     r"per_image=2: several examples per image .* 'split' layout only"),
 ])
 def test_bad_model_data_and_mesh_values(edit, message):
   c = config_lib.defaults()
@@ -283,6 +290,17 @@ def test_bad_model_data_and_mesh_values(edit, message):
     edit(c)
   with pytest.raises(ValueError, match=message):
     config_lib.validate(c)
+
+
+def test_per_image_needs_whole_images_on_every_data_shard(tiny):
+  c = tiny()
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  c.tasks.vqa.per_image = 2  # 8 questions, 4 images: 8 devices cannot split
+  with pytest.raises(ValueError, match=(
+      r"config.tasks.vqa.batch_size/per_image=4 is not divisible by the "
+      r"data-parallel size data\*fsdp=8")):
+    config_lib.check_devices(c, 8)
+  assert config_lib.check_devices(c, 4)["data"] == 4
 
 
 def test_mesh_and_batches_must_fit_the_devices(tiny):

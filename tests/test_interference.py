@@ -119,8 +119,10 @@ def _setup(config, devices=None):
   return mesh, world, setup, init, data
 
 
-def test_split_gradients_sum_to_the_joint_gradient(tiny):
+@pytest.mark.parametrize("per_image", [1, 2])
+def test_split_gradients_sum_to_the_joint_gradient(tiny, per_image):
   c = tiny()
+  c.tasks.vqa.per_image = c.tasks.ita.per_image = per_image
   mesh, _, setup, init, data = _setup(c)
   weights = {k: t.weight * (i + 1) for i, (k, t) in
              enumerate(sorted(c.tasks.items()))}
@@ -142,6 +144,20 @@ def test_split_gradients_sum_to_the_joint_gradient(tiny):
     # The halves really are different samples: their cosine is not 1.
     k = gram_lib.group_grams(tg.halves, [0] * len(jax.tree.leaves(want)), 1)[0]
     assert float(k[0, 1]) < 0.999 * float(jnp.sqrt(k[0, 0] * k[1, 1]))
+    # Half a is the even images with all their text rows.
+    b = batch["vqa"]
+    n_img = b["image"].shape[0]
+    assert n_img * per_image == b["tokens"].shape[0]
+    rows = np.array([i * per_image + j for i in range(0, n_img, 2)
+                     for j in range(per_image)])
+    half = {key: jnp.asarray(np.asarray(v)[np.arange(0, n_img, 2) if
+                                           key == "image" else rows])
+            for key, v in b.items()}
+    want_a = jax.jit(jax.grad(lambda p: grads_lib.task_loss(
+        setup.model, half)(p)[0]))(state["params"])
+    got_a = tg.halves[2 * tg.tasks.index("vqa")]
+    for a, b in zip(jax.tree.leaves(want_a), jax.tree.leaves(got_a)):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
 
 
 def test_shared_input_gradients_equal_separate_grads(tiny):

@@ -230,6 +230,19 @@ def test_conv_stem_makes_the_same_tokens_and_sees_local_structure():
   assert (diff[:, 0] > 0).all() and (diff[:, 1:] == 0).all()
 
 
+def test_fewer_images_than_texts_encode_once_and_repeat():
+  """Model(images_I, tokens_B): text rows i*k .. i*k+k-1 read image i."""
+  cfg = tiny_config()
+  model = make_model(cfg)
+  images, tokens = random_inputs(cfg, batch=6)
+  few = images[:2]
+  want = model(jnp.repeat(few, 3, axis=0), tokens)
+  np.testing.assert_array_equal(np.asarray(model(few, tokens)),
+                                np.asarray(want))
+  with pytest.raises(ValueError, match="6 text rows cannot share 4 images"):
+    model(images[:4], tokens)
+
+
 @pytest.mark.parametrize("cls_token", [False, True])
 def test_sincos2d_positions_code_column_and_row(cls_token):
   """pos_init="sincos2d" starts the encoder's positions at the 2-D sine-cosine

@@ -54,6 +54,33 @@ def test_process_shards_assemble_the_single_process_batch(world):
                                 pipeline.task_dataset(*args)[3]["tokens"])
 
 
+def test_per_image_rows_share_their_image_and_split_over_processes(world):
+  """per_image=3: a batch of 6 questions holds 2 images, rows 3i..3i+2 ask
+  about image i's record; processes read whole images."""
+  tok = world.tokenizer
+  args = (world.train_source, tok, "vqa", 20, 6, 0)
+  single = pipeline.task_dataset(*args, per_image=3)
+  records = [world.train_source[i] for i in range(len(world.train_source))]
+  for k in (0, 5):
+    b = single[k]
+    assert b["image"].shape[0] == 2 and b["tokens"].shape == (6, 20)
+    for i, image in enumerate(b["image"]):
+      record = next(r for r in records if (r["image"] == image).all())
+      for row in range(3 * i, 3 * i + 3):
+        ids = b["tokens"][row].tolist()
+        question = tok.decode(ids[1:ids.index(tok.sep_id)])
+        assert question in list(record["vqa_questions"])
+    parts = [pipeline.task_dataset(*args, process_index=p, process_count=2,
+                                   per_image=3)[k] for p in range(2)]
+    for key, value in b.items():
+      np.testing.assert_array_equal(value, np.concatenate([x[key] for x in parts]))
+  with pytest.raises(ValueError, match="per_image=4 must be >= 1 and divide"):
+    pipeline.task_dataset(*args, per_image=4)
+  with pytest.raises(ValueError, match="3 images per batch .* 2 processes"):
+    pipeline.task_dataset(world.train_source, tok, "vqa", 20, 6, 0,
+                          process_count=2, per_image=2)
+
+
 def test_train_data_state_round_trip(world, tiny):
   c = tiny()
   mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))

@@ -89,11 +89,22 @@ def stream(source, task: str, seed: int) -> grain.MapDataset:
 
 def task_dataset(source, tokenizer, task: str, max_len: int, global_batch: int,
                  seed: int, process_index: int = 0, process_count: int = 1,
-                 context: Mapping[str, Any] | None = None) -> grain.MapDataset:
-  """This process's batches (numpy dicts) of one task, random-access."""
-  if global_batch % process_count:
-    raise ValueError(f"config.tasks.{task}.batch_size={global_batch} is not "
-                     f"divisible by the {process_count} processes")
+                 context: Mapping[str, Any] | None = None,
+                 per_image: int = 1) -> grain.MapDataset:
+  """This process's batches (numpy dicts) of one task, random-access.
+
+  With `per_image` = k > 1 each image of the stream gives k examples, drawn
+  independently (a record's question may come twice): a batch holds
+  global_batch / k images, and text rows i*k .. i*k+k-1 belong to image i
+  (Model.__call__ encodes each image once and repeats its tokens)."""
+  if per_image < 1 or global_batch % per_image:
+    raise ValueError(f"config.tasks.{task}.per_image={per_image} must be >= 1 "
+                     f"and divide batch_size={global_batch}")
+  images = global_batch // per_image
+  if images % process_count:
+    raise ValueError(f"config.tasks.{task}: {images} images per batch "
+                     f"(batch_size={global_batch} / per_image={per_image}) "
+                     f"are not divisible by the {process_count} processes")
   task_fmt = tasks_lib.formatter(task, tokenizer, max_len, context)
   tseed = _task_seed(seed, task)
   image_size = _image_size(context)
@@ -101,16 +112,24 @@ def task_dataset(source, tokenizer, task: str, max_len: int, global_batch: int,
   def fmt(indexed, rng):
     index, record = indexed
     image = check_image(record, image_size)
-    out = task_fmt(record, rng, index)
+    if per_image == 1:
+      out = task_fmt(record, rng, index)
+    else:
+      rows = [task_fmt(record, rng, index) for _ in range(per_image)]
+      out = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     out["image"] = image
     return out
 
   ds = stream(task_source(source, task), task, seed).map_with_index(
       lambda j, r: (j, r))
   ds = ds.random_map(fmt, seed=tseed + 1)
-  local = global_batch // process_count
-  ds = _ProcessRows(ds, global_batch, local, process_index)
-  return ds.batch(local, drop_remainder=True)
+  local = images // process_count
+  ds = _ProcessRows(ds, images, local, process_index)
+  ds = ds.batch(local, drop_remainder=True)
+  if per_image > 1:  # images x k x ... text arrays -> (images * k) x ...
+    ds = ds.map(lambda b: {k: v if k == "image" else v.reshape(-1, *v.shape[2:])
+                           for k, v in b.items()})
+  return ds
 
 
 def shared_dataset(source, tokenizer, tasks_cfg: Mapping[str, Any],
@@ -150,14 +169,21 @@ def shared_dataset(source, tokenizer, tasks_cfg: Mapping[str, Any],
   return ds.batch(local, drop_remainder=True)
 
 
+def _per_image(t) -> int:
+  return getattr(t, "per_image", 1)
+
+
 def _check_batch_sizes(tasks_cfg: Mapping[str, Any],
                        mesh: jax.sharding.Mesh) -> None:
   dp = mesh.shape["data"] * mesh.shape["fsdp"]
   for name, t in sorted(tasks_cfg.items()):
-    if t.batch_size % dp:
+    k = _per_image(t)
+    if t.batch_size % k or (t.batch_size // k) % dp:
+      what = (f"batch_size={t.batch_size}" if k == 1 else
+              f"batch_size/per_image={t.batch_size}/{k}")
       raise ValueError(
-          f"config.tasks.{name}.batch_size={t.batch_size} is not divisible "
-          f"by the data-parallel size data*fsdp={dp}")
+          f"config.tasks.{name}.{what} is not divisible by the data-parallel "
+          f"size data*fsdp={dp}")
 
 
 def abstract_batch(tasks_cfg: Mapping[str, Any], tokenizer,
@@ -175,7 +201,9 @@ def abstract_batch(tasks_cfg: Mapping[str, Any], tokenizer,
   for name, t in sorted(tasks_cfg.items()):
     row = tasks_lib.formatter(name, tokenizer, t.max_len, context)(record, rng)
     row["image"] = check_image(record)
-    out[name] = {k: jax.ShapeDtypeStruct((t.batch_size, *np.shape(v)),
+    rows = {k: t.batch_size // (_per_image(t) if k == "image" else 1)
+            for k in row}
+    out[name] = {k: jax.ShapeDtypeStruct((rows[k], *np.shape(v)),
                                          np.asarray(v).dtype, sharding=shard)
                  for k, v in row.items()}
   return out
@@ -211,7 +239,7 @@ class TrainData:
       for name, t in sorted(tasks_cfg.items()):
         ds = task_dataset(source, tokenizer, name, t.max_len, t.batch_size,
                           seed, jax.process_index(), jax.process_count(),
-                          context)
+                          context, _per_image(t))
         self._iters[name] = ds.to_iter_dataset(opts).__iter__()
     else:
       raise ValueError(f"config.data.layout must be 'split' or 'shared', got "

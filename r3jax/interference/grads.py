@@ -73,9 +73,19 @@ def split(model_fn: Callable, params, batch: Mapping[str, Mapping[str, Any]],
     if n_rows % 2:
       raise ValueError(f"the split-half noise floor needs an even batch; "
                        f"config.tasks.{name}.batch_size={n_rows}")
-    # Even rows form half a, odd rows half b: each half stays spread over
-    # every data-parallel shard.
-    pairs = jax.tree.map(lambda x: x.reshape(n_rows // 2, 2, *x.shape[1:]), b)
+    # Even images form half a, odd images half b, each with its text rows
+    # (k per image with the pipeline's per_image, else 1): each half stays
+    # spread over every data-parallel shard.
+    n_img = b["image"].shape[0]
+    if n_img % 2:
+      raise ValueError(f"the split-half noise floor needs an even number of "
+                       f"images per batch; config.tasks.{name} has {n_img}")
+
+    def pair(x):
+      k = x.shape[0] // n_img
+      x = x.reshape(n_img // 2, 2, k, *x.shape[1:]).swapaxes(1, 2)
+      return x.reshape(n_img // 2 * k, 2, *x.shape[3:])
+    pairs = jax.tree.map(pair, b)
 
     def sums(params, h):
       logits = model_fn(params)(h["image"], h["tokens"])

@@ -21,6 +21,7 @@ layouts); the methods below behave the same in both layouts.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from r3jax.model.config import ModelConfig
@@ -55,8 +56,18 @@ class Model(nnx.Module):
     """Causal teacher forcing at positions 0..L-1 -> float32 logits_BxLxV."""
     return self.decoder(img_BxPxD, tokens_BxL)
 
-  def __call__(self, images_BxHxWx3: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
-    return self.decode(self.encode(images_BxHxWx3), tokens_BxL)
+  def __call__(self, images_IxHxWx3: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
+    """Teacher-forced logits; with I < B images, text rows i*k .. i*k+k-1
+    (k = B / I) read image i, which is encoded once (the pipeline's
+    per_image)."""
+    img_IxPxD = self.encode(images_IxHxWx3)
+    n_img, n_txt = images_IxHxWx3.shape[0], tokens_BxL.shape[0]
+    if n_img != n_txt:
+      if n_txt % n_img:
+        raise ValueError(f"{n_txt} text rows cannot share {n_img} images "
+                         "evenly")
+      img_IxPxD = jnp.repeat(img_IxPxD, n_txt // n_img, axis=0)
+    return self.decode(img_IxPxD, tokens_BxL)
 
   def cross_kv(self, img_BxPxD: jax.Array) -> CrossKV:
     """Per-layer cross-attention (k, v), computed once per image."""

@@ -5,6 +5,8 @@ R3-SFT checkpoint.
   python -m r3jax.main --config configs/r3_rl.py --workdir runs/r3_rl \\
       --config.init_from=runs/r3_sft
   args: runlocal (CPU smoke run), seed=N, steps=N
+        base=DIR (start from that run or exported base, e.g.
+        experiments/competence/base, with its world and model settings)
 """
 
 from r3jax import config as config_lib

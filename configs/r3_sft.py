@@ -4,6 +4,8 @@ captions) with the reflect/refine consistency loss.
 
   python -m r3jax.main --config configs/r3_sft.py --workdir runs/r3_sft
   args: runlocal (CPU smoke run), seed=N, steps=N, method=NAME
+        base=DIR (start from that run or exported base, e.g.
+        experiments/competence/base, with its world and model settings)
 """
 
 from r3jax import config as config_lib

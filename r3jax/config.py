@@ -541,16 +541,36 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
   c.optim.warmup_steps = 1
 
 
+def start_from(c: ml_collections.ConfigDict, base: str) -> None:
+  """Starts `c` from the run or exported base in directory `base`: its world
+  and model settings (which its parameters need) and config.init_from."""
+  path = os.path.join(base, "config.json")
+  if not os.path.exists(path):
+    raise ValueError(f"base={base!r} has no config.json (a run's workdir or "
+                     "an exported base such as experiments/competence/base)")
+  saved = load_saved(path)
+  c.world = saved.world.to_dict()
+  c.model = saved.model.to_dict()
+  c.init_from = base
+
+
 def world_experiment(arg: str | None, tasks) -> ml_collections.ConfigDict:
   """The config files' shared recipe: defaults, the given tasks, and the
   arguments `runlocal`, `seed=N`, `steps=N`, `method=NAME` (an interference
-  aggregation method) and `gen_weight=R` (the caption task's weight, the
+  aggregation method), `gen_weight=R` (the caption task's weight, the
   understanding tasks keeping 1; sweep it over
-  r3jax.interference.methods.log_ratio_grid)."""
+  r3jax.interference.methods.log_ratio_grid) and `base=DIR` (start from that
+  run's or exported base's parameters, with its world and model settings:
+  `base=experiments/competence/base` is the shipped competent model)."""
   arg = parse_arg(arg, runlocal=False, seed=0, steps=0, method="weighted_sum",
-                  gen_weight=1.0)
+                  gen_weight=1.0, base="")
   c = defaults()
   select_tasks(c, tasks)
+  if arg.base:
+    if arg.runlocal:
+      raise ValueError("base=... and runlocal exclude each other: runlocal "
+                       "shrinks the model the base's parameters need")
+    start_from(c, arg.base)
   c.seed = arg.seed
   c.interference.method = arg.method
   if arg.gen_weight != 1.0:

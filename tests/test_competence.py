@@ -140,6 +140,12 @@ def test_evaluate_scores_a_runs_parameters_as_its_final_evaluation(
       wd = export
     got = competence.evaluate(wd, "test", n, devices=jax.devices()[:1])
     assert {k: got[k] for k in keys} == {k: result[k] for k in keys}, source
+  # Another model's parameters are refused with the way to match them.
+  other = tiny()
+  other.model.dec_depth = 2
+  _, _, setup, _ = loop.build(other, jax.devices()[:1])
+  with pytest.raises(ValueError, match=r"configs/joint.py:base=DIR"):
+    ckpt_lib.load_params(wd, setup.abstract["params"])
   # The command reads the run's own evaluation and says it is not competent.
   assert command.main([os.path.join(str(tmp_path), "run")]) == 1
   assert "not competent" in capsys.readouterr().out

@@ -16,6 +16,8 @@ from r3jax import config as config_lib
 from r3jax import sharding
 from r3jax.data import pipeline
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 EXPECTED_TASKS = {
     "joint": {"caption", "vqa", "ita"}, "caption_only": {"caption"},
@@ -365,3 +367,23 @@ def test_build_rejects_a_misfit_before_building_anything(tiny, monkeypatch):
   c.model.encoder = "XL"
   with pytest.raises(ValueError, match=r"config.model.encoder='XL'"):
     loop.build(c, jax.devices())
+
+
+def test_base_argument_takes_the_bases_world_and_model(tmp_path):
+  """configs/<any>.py:base=DIR starts from DIR's parameters with DIR's world
+  and model settings; the run's own tasks and schedule stay."""
+  base = config_lib.defaults()
+  base.model.update(dict(stem="conv", pos_init="sincos2d", dec_depth=3,
+                         max_len=144))
+  base.world.image_size = 48
+  config_lib.dump(base, str(tmp_path / "config.json"))
+  c = config_lib.from_file(f"configs/r3_sft.py:base={tmp_path},steps=7",
+                           ROOT)
+  config_lib.validate(c)
+  assert c.init_from == str(tmp_path) and c.total_steps == 7
+  assert c.model.to_dict() == base.model.to_dict()
+  assert c.world.image_size == 48 and "reflect" in c.tasks
+  with pytest.raises(ValueError, match="base=... and runlocal exclude"):
+    config_lib.from_file(f"configs/joint.py:base={tmp_path},runlocal", ROOT)
+  with pytest.raises(ValueError, match="has no config.json"):
+    config_lib.from_file(f"configs/joint.py:base={tmp_path / 'no'}", ROOT)

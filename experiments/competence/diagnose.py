@@ -21,11 +21,15 @@ def main(argv=None) -> int:
   p.add_argument("--images", type=int, default=2000)
   p.add_argument("--split", default="train")
   p.add_argument("--out", default="", help="also write the figures as JSON")
+  p.add_argument("--label", default="", help="the JSON's title")
   args = p.parse_args(argv)
   d = probe.relation_diagnosis(args.workdir, args.images, args.split)
   print(probe.table(d))
   if args.out:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    argv = sys.argv[1:] if argv is None else argv
+    d.update(label=args.label or args.workdir, command=" ".join(
+        ["python -m experiments.competence.diagnose", *argv]))
     with open(args.out, "w") as f:
       json.dump(d, f, indent=1, sort_keys=True)
   return 0

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +42,9 @@ MIX = ("--config.tasks.caption.batch_size=16",
        "--config.tasks.ita.batch_size=32", "--config.tasks.ita.per_image=4")
 DEEP = ("--config.model.enc_overrides={\"width\":128,\"depth\":4,"
         "\"heads\":4,\"mlp\":512}", "--config.model.dec_depth=4")
+# Decoder positions for the R3 tasks (max_len 144), so that every R3 arm can
+# start from the base; rows past a task's length are never read or trained.
+R3_POSITIONS = ("--config.model.max_len=144",)
 
 # name -> (what it changes, its flags beyond COMMON)
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -48,8 +52,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
             "image) per step; learned positions (random start)", CONV + MIX),
     "mix_sincos": ("mix, positions starting as the 2-D sin-cos code",
                    CONV + MIX + SINCOS),
-    "deep_sincos": ("mix_sincos with 4 encoder and 4 decoder layers",
-                    CONV + MIX + SINCOS + DEEP),
+    "deep_sincos": ("mix_sincos with 4 encoder and 4 decoder layers (and "
+                    "decoder positions for the R3 tasks)",
+                    CONV + MIX + SINCOS + DEEP + R3_POSITIONS),
 }
 
 
@@ -81,6 +86,32 @@ def last_step(wd: str) -> int:
   return step
 
 
+def ship(name: str) -> str | None:
+  """Copies the variant's latest checkpoint to <workdir>/resume/<step>, which
+  git keeps (checkpoints/ it does not): a fresh clone resumes the run there
+  (restore_shipped) instead of starting it again."""
+  wd = workdir(name)
+  ckpts = os.path.join(wd, "checkpoints")
+  steps = sorted(int(s) for s in os.listdir(ckpts) if s.isdigit() and
+                 os.path.exists(os.path.join(ckpts, s, "commit_success.txt")))
+  if not steps:
+    return None
+  out = os.path.join(wd, "resume")
+  shutil.rmtree(out, ignore_errors=True)
+  shutil.copytree(os.path.join(ckpts, str(steps[-1])),
+                  os.path.join(out, str(steps[-1])))
+  return os.path.join(out, str(steps[-1]))
+
+
+def restore_shipped(wd: str) -> None:
+  """A run with no checkpoints of its own starts from its shipped one."""
+  ckpts, shipped = os.path.join(wd, "checkpoints"), os.path.join(wd, "resume")
+  if os.path.isdir(shipped) and not (os.path.isdir(ckpts) and any(
+      s.isdigit() for s in os.listdir(ckpts))):
+    for step in os.listdir(shipped):
+      shutil.copytree(os.path.join(shipped, step), os.path.join(ckpts, step))
+
+
 def run(name: str, until: int = 0) -> int:
   """Trains (or resumes) variant `name`, up to step `until` when > 0 (the
   run is then stopped by SIGTERM and saves that step); appends the
@@ -88,6 +119,7 @@ def run(name: str, until: int = 0) -> int:
   exit status (75: stopped before the schedule's end, resumable)."""
   wd = workdir(name)
   os.makedirs(wd, exist_ok=True)
+  restore_shipped(wd)
   start, t0 = last_step(wd), time.time()
   if until and start >= until:
     return 0
@@ -116,6 +148,9 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("names", nargs="*")
   p.add_argument("--list", action="store_true")
+  p.add_argument("--ship", action="store_true",
+                 help="copy each named variant's latest checkpoint to its "
+                 "resume/ (kept in git) instead of training")
   p.add_argument("--until", type=int, default=0,
                  help="stop at this step (resumable), 0: the schedule's end")
   args = p.parse_args(argv)
@@ -125,6 +160,10 @@ def main(argv=None) -> int:
     return 0
   for name in args.names:
     command(name)  # unknown names fail before anything runs
+  if args.ship:
+    for name in args.names:
+      print(ship(name))
+    return 0
   return max(run(name, args.until) for name in args.names)
 
 

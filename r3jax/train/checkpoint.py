@@ -311,6 +311,11 @@ def _int_keys(tree):
           for k, v in tree.items()}
 
 
+_MATCH_HINT = ("the model settings must be those in the config.json beside "
+               "it: start with a config file's base=DIR argument "
+               "(configs/joint.py:base=DIR), which takes them")
+
+
 def _load_exported(path: str, abstract_params):
   """Parameters from export_params' file, placed per abstract_params and
   checked against the fingerprint saved with them."""
@@ -323,12 +328,14 @@ def _load_exported(path: str, abstract_params):
              if jax.tree_util.keystr(k) not in flat]
   if missing or len(flat) != len(paths):
     raise ValueError(f"{path} does not hold this model's parameters: missing "
-                     f"{missing[:4]}, {len(flat)} arrays for {len(paths)}")
+                     f"{missing[:4]}, {len(flat)} arrays for {len(paths)}; "
+                     f"{_MATCH_HINT}")
   for k, a in paths:
     x = flat[jax.tree_util.keystr(k)]
     if x.shape != a.shape or x.dtype != a.dtype:
       raise ValueError(f"{path}: {jax.tree_util.keystr(k)} is {x.dtype}"
-                       f"{list(x.shape)}, the model's {a.dtype}{list(a.shape)}")
+                       f"{list(x.shape)}, the model's {a.dtype}{list(a.shape)}"
+                       f"; {_MATCH_HINT}")
     leaves.append(jax.device_put(x, a.sharding))
   params = jax.tree.unflatten(jax.tree.structure(abstract_params), leaves)
   got = fingerprint(params)

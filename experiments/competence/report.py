@@ -1,0 +1,137 @@
+"""experiments/competence/RESULTS.md: the recipe search's learning curves,
+each variant's command and CPU time, the relation diagnoses, and the gate
+table of the shipped base.
+
+  python -m experiments.competence.report
+
+Reads experiments/competence/runs/<variant>/ (metrics.jsonl, cpu.jsonl),
+diagnosis/*.json (python -m experiments.competence.diagnose ... --out) and
+base/result.json (python -m experiments.competence.export). A written
+reading, experiments/competence/reading.md, goes under the title.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from experiments.competence import search  # noqa: E402
+from r3jax.analysis import competence  # noqa: E402
+from r3jax.analysis import probe  # noqa: E402
+
+HERE = os.path.join("experiments", "competence")
+# (metric, column label) of the curve tables, validation split.
+COLUMNS = [(f"vqa/qtype/{q}/accuracy", q) for q in competence.QTYPES] + [
+    (competence.DISCRIMINATION, "ITA disc."), ("caption/f1", "caption F1"),
+    ("caption/v_strict", "V_strict")]
+PLOTTED = ("vqa/qtype/relation/accuracy", "vqa/qtype/shape/accuracy",
+           "vqa/qtype/count/accuracy", competence.DISCRIMINATION,
+           "caption/f1")
+
+
+def cpu(wd: str) -> tuple[float, float, int]:
+  """(CPU seconds, wall seconds, last step) over a variant's stretches."""
+  path = os.path.join(wd, "cpu.jsonl")
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      rows = [json.loads(line) for line in f]
+  return (sum(r["cpu_s"] for r in rows), sum(r["wall_s"] for r in rows),
+          search.last_step(wd))
+
+
+def _table(head, rows) -> list[str]:
+  return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+          ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def variant_section(name: str, every: int = 1000) -> list[str]:
+  wd = search.workdir(name)
+  cpu_s, wall_s, step = cpu(wd)
+  curve = [c for c in competence.curve(wd) if c["step"] % every == 0]
+  rows = [[str(c["step"])] + [f"{c[k]:.3f}" if k in c else "-"
+                              for k, _ in COLUMNS] for c in curve]
+  return [f"### `{name}`", "", search.VARIANTS[name][0] + ".", "",
+          f"Trained to step {step:,} of {search.STEPS:,}: {cpu_s / 3600:.2f} "
+          f"CPU-hours ({wall_s / 3600:.2f} h of wall time; both cores, often "
+          "shared with another variant).", "", "```",
+          search.shown(name), "```", "",
+          *_table(["step"] + [label for _, label in COLUMNS], rows), ""]
+
+
+def plot(names, path: str) -> None:
+  fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4 * len(PLOTTED), 3.4))
+  for name in names:
+    curve = competence.curve(search.workdir(name))
+    for ax, key in zip(axes, PLOTTED):
+      pts = [(c["step"], c[key]) for c in curve if key in c]
+      if pts:
+        ax.plot(*zip(*pts), marker=".", label=name)
+  for ax, key in zip(axes, PLOTTED):
+    ax.set_title(key.replace("vqa/qtype/", "").replace("/accuracy", ""))
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+  axes[-1].legend(fontsize="small")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def diagnosis_section() -> list[str]:
+  paths = sorted(glob.glob(os.path.join(HERE, "diagnosis", "*.json")))
+  lines = []
+  for p in paths:
+    with open(p) as f:
+      d = json.load(f)
+    lines += [f"### {d.get('label', os.path.basename(p)[:-5])}", "",
+              f"`{d['command']}`" if "command" in d else "", "",
+              probe.table(d), ""]
+  return (["## Relation diagnosis", ""] + lines) if lines else []
+
+
+def base_section() -> list[str]:
+  path = os.path.join(HERE, "base", "result.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    r = json.load(f)
+  return ["## The shipped base (`experiments/competence/base/`)", "",
+          f"From `{r['run']}` at step {r['step']:,}; "
+          f"{r['cpu_hours']:.2f} CPU-hours of training on "
+          f"{r['hardware']['cpus']} CPUs.", "",
+          competence.table(r["metrics"], r.get("max_objects", 3)), ""]
+
+
+def collect(names=None) -> str:
+  names = [n for n in (names or search.VARIANTS)
+           if os.path.exists(os.path.join(search.workdir(n), "metrics.jsonl"))]
+  lines = ["# Competence: a model that sees the world", ""]
+  reading = os.path.join(HERE, "reading.md")
+  if os.path.exists(reading):
+    with open(reading) as f:
+      lines += [f.read().strip(), ""]
+  lines += base_section()
+  plot(names, os.path.join(HERE, "curves.png"))
+  lines += ["## Learning curves", "",
+            "Validation split (its first 256 images: about 1,500 questions, "
+            "1,024 ITA pairs and 256 captions) every 1,000 steps; gates: "
+            "each VQA type >= 0.95, ITA discrimination (pos + neg - 1) >= "
+            "0.80, caption fact F1 >= 0.90.", "", "![curves](curves.png)", ""]
+  for name in names:
+    lines += variant_section(name)
+  lines += diagnosis_section()
+  path = os.path.join(HERE, "RESULTS.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+  return path
+
+
+if __name__ == "__main__":
+  print(collect(sys.argv[1:] or None))

@@ -117,6 +117,7 @@ def defaults() -> ml_collections.ConfigDict:
       encoder="Ti",           # named ViT size: mu (tests), Ti, S, B, L
       patch_size=8,
       stem="patch",           # "patch" (linear) or "conv" (see ModelConfig)
+      stem_convs=0,           # conv stem: extra residual 3x3 convolutions
       pos_init="normal",      # encoder positions start "normal" or "sincos2d"
       # Changes to the named size; the default is a narrow, shallow Ti that
       # learns the default world in minutes on a laptop CPU.

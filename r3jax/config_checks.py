@@ -152,6 +152,9 @@ def check_model(config: ml_collections.ConfigDict,
   if m.stem not in ("patch", "conv"):
     raise ValueError(f"config.model.stem must be 'patch' or 'conv', got "
                      f"{m.stem!r}")
+  if m.stem_convs < 0 or (m.stem_convs and m.stem != "conv"):
+    raise ValueError(f"config.model.stem_convs={m.stem_convs} needs "
+                     "stem='conv' (and must be >= 0)")
   if m.pos_init not in ("normal", "sincos2d"):
     raise ValueError(f"config.model.pos_init must be 'normal' or 'sincos2d', "
                      f"got {m.pos_init!r}")

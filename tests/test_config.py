@@ -263,6 +263,10 @@ def test_a_saved_config_loads_over_todays_defaults(tmp_path):
      r"config.model.encoder='XL' is not a named size; known: "
      r"\['mu', 'Ti', 'S', 'B', 'L'\]"),
     (lambda c: c.model.update(dict(stem="conv2")), r"'patch' or 'conv'"),
+    (lambda c: c.model.update(dict(stem_convs=1)),
+     r"config.model.stem_convs=1 needs stem='conv'"),
+    (lambda c: c.model.update(dict(pos_init="rope")),
+     r"config.model.pos_init must be 'normal' or 'sincos2d'"),
     (lambda c: c.model.update(dict(patch_size=7)),
      r"config.world.image_size=64 is not divisible by "
      r"config.model.patch_size=7"),

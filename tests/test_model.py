@@ -228,6 +228,19 @@ def test_conv_stem_makes_the_same_tokens_and_sees_local_structure():
   y = x.at[:, 0, 0, :].set(1.0)
   diff = np.abs(np.asarray(stem(y) - stem(x))).sum(-1)
   assert (diff[:, 0] > 0).all() and (diff[:, 1:] == 0).all()
+  # An extra convolution widens a token's view by half a patch each side:
+  # pixel (7, 7), at patch 0's corner, then reaches the tokens of the next
+  # patch row and column too, where the plain stem keeps it in token 0.
+  y = x.at[:, 7, 7, :].set(1.0)
+  diff = np.abs(np.asarray(stem(y) - stem(x))).sum(-1)
+  assert (diff[:, 0] > 0).all() and (diff[:, 1:] == 0).all()
+  wide = make_model(tiny_config(stem="conv", image_size=32, patch_size=8,
+                                stem_convs=1)).encoder.conv_stem
+  diff = np.abs(np.asarray(wide(y) - wide(x))).sum(-1).reshape(2, 4, 4)
+  assert (diff[:, :2, :2] > 0).all()
+  assert (diff[:, 2:] == 0).all() and (diff[:, :, 2:] == 0).all()
+  with pytest.raises(ValueError, match="0 unless stem='conv'"):
+    tiny_config(stem_convs=1)
 
 
 def test_fewer_images_than_texts_encode_once_and_repeat():

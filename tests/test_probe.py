@@ -37,6 +37,7 @@ def test_parsed_objects_answer_every_relation_question(world):
     scene = scene_from_arrays(records[it.record]["scene"], cfg)
     centres = {(o.x, o.y) for o in scene.objects}
     assert {it.a_xy, it.b_xy} <= centres and it.a_xy != it.b_xy
+    assert it.a_kind in {o.kind for o in scene.objects if (o.x, o.y) == it.a_xy}
     side = cfg.image_size // 8
     col, row = int(it.a_xy[0] * cfg.image_size // 8), int(
         it.a_xy[1] * cfg.image_size // 8)
@@ -50,6 +51,10 @@ def test_ridge_probe_reads_a_linear_target_and_not_noise():
   train = np.arange(600) < 420
   r2 = probe.ridge_r2(x, y, train)
   assert r2[0] > 0.99 and abs(r2[1]) < 0.1
+  labels = np.array(["a", "b", "c"])[(x[:, :3]).argmax(1)]  # linear classes
+  assert probe.ridge_accuracy(x, list(labels), train) > 0.8
+  noise = rng.choice(["a", "b", "c"], 600)
+  assert probe.ridge_accuracy(x, list(noise), train) < 0.5
 
 
 def test_trace_matches_the_models_forward_pass(world):

@@ -10,7 +10,8 @@ relation questions of the first images of a split (default: 2,000 training
 images, about 1,200 questions; the probes read representations, they do not
 score the model):
   1. image tokens: a ridge probe from the image token (model.encode) at each
-     object's centre patch to the object's x and y;
+     object's centre patch to the object's x and y, and linear classifiers
+     of its size, colour and shape;
   2. decoder: the same probe from the residual stream after the last decoder
      layer at REF_A's last word, at REF_B's last word and at the answer
      position (the <sep> token, whose logits give the answer), and the
@@ -50,6 +51,7 @@ class Item:
   b_xy: tuple[float, float]
   a_patches: tuple[int, ...]   # patches the objects' bounding boxes touch
   b_patches: tuple[int, ...]
+  a_kind: tuple[str, str, str]  # A's (size, colour, shape)
   relation: str                # "left" or "above": A REL B as canonical
   swapped: bool                # ... with A and B swapped ("right of")
   yes: bool
@@ -104,7 +106,8 @@ def relation_items(records: Sequence[Mapping], tokenizer, cfg,
       out.append(Item(k, np.asarray(ids, np.int32), rel, len(words) - 1,
                       len(words) + 1, (oa.x, oa.y), (ob.x, ob.y),
                       patches_of(oa, cfg, patch_size),
-                      patches_of(ob, cfg, patch_size), relation, swapped,
+                      patches_of(ob, cfg, patch_size), oa.kind, relation,
+                      swapped,
                       a == "yes"))
   return out
 
@@ -152,6 +155,23 @@ def ridge_r2(x: np.ndarray, y: np.ndarray, train: np.ndarray) -> np.ndarray:
   best = np.asarray(LAMBDAS)[inner.argmax(0)]
   return np.array([_r2(z[~train] @ _fit(zt, yt[:, j], lam), y[~train, j])
                    for j, lam in enumerate(best)])
+
+
+def ridge_accuracy(x: np.ndarray, labels: Sequence[str], train: np.ndarray
+                   ) -> float:
+  """Held-out accuracy of a one-vs-rest ridge classifier (argmax of ridge
+  fits to the one-hot labels, each column's strength chosen as in
+  ridge_r2)."""
+  classes = sorted(set(labels))
+  y = np.array([[float(l == c) for c in classes] for l in labels])
+  mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
+  z = np.concatenate([(x - mu) / sd, np.ones((len(x), 1))], 1)
+  zt, yt = z[train], y[train]
+  cut = int(len(zt) * 0.8)
+  inner = [((zt[cut:] @ _fit(zt[:cut], yt[:cut], lam)).argmax(1) ==
+            yt[cut:].argmax(1)).mean() for lam in LAMBDAS]
+  w = _fit(zt, yt, LAMBDAS[int(np.argmax(inner))])
+  return float(((z[~train] @ w).argmax(1) == y[~train].argmax(1)).mean())
 
 
 def _split(items: Sequence[Item], frac: float = 0.7) -> np.ndarray:
@@ -208,8 +228,12 @@ def relation_diagnosis(workdir: str, n_images: int = 2000,
   a_xy = np.array([it.a_xy for it in items])
   b_xy = np.array([it.b_xy for it in items])
   out = {"items": float(len(items))}
-  r2 = ridge_r2(np.concatenate(img_feats), a_xy, train)
+  feats = np.concatenate(img_feats)
+  r2 = ridge_r2(feats, a_xy, train)
   out.update({"image_tokens->a_x": r2[0], "image_tokens->a_y": r2[1]})
+  for k, attr in enumerate(("size", "color", "shape")):
+    out[f"image_tokens->a_{attr}_acc"] = ridge_accuracy(
+        feats, [it.a_kind[k] for it in items], train)
   for where in ("a_end", "b_end", "answer"):
     feats = np.concatenate(pos_feats[where])
     r2 = ridge_r2(feats, np.concatenate([a_xy, b_xy], 1), train)
@@ -248,6 +272,11 @@ def table(d: Mapping[str, float]) -> str:
     lines.append(f"| {label} | " + " | ".join(
         f"{d[f'{where}->{n}']:.3f}" for n in ("a_x", "a_y", "b_x", "b_y"))
         + " |")
+  lines += ["", "Object A's attributes from the image token at its centre "
+            "(held-out accuracy of a linear classifier): size "
+            f"{d['image_tokens->a_size_acc']:.3f}, colour "
+            f"{d['image_tokens->a_color_acc']:.3f}, shape "
+            f"{d['image_tokens->a_shape_acc']:.3f}."]
   lines += ["", f"Answer (yes = 1, no = -1) from the answer position: R² "
             f"{d['answer->yes_r2']:.3f}.", "",
             "Cross-attention share on each object's patches (mean over "

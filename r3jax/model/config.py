@@ -91,6 +91,9 @@ class ModelConfig:
   # "Early convolutions help transformers see better"): same tokens, but small
   # shapes are learnt in far fewer steps.
   stem: str = "patch"
+  # Residual stride-1 3x3 convolutions at the end of the conv stem, each
+  # widening a token's view by patch_size pixels (ConvStem).
+  stem_convs: int = 0
   # How the encoder's learned patch positions start: "normal" (random, std
   # width**-0.5) or "sincos2d" (the fixed 2-D sine-cosine code of MAE and
   # big_vision's plain ViT, half the channels for the row, half for the
@@ -132,6 +135,11 @@ class ModelConfig:
                                 self.patch_size & (self.patch_size - 1)):
       raise ValueError("stem='conv' needs a power-of-two patch_size >= 4, got "
                        f"{self.patch_size}.")
+    if not isinstance(self.stem_convs, int) or self.stem_convs < 0 or (
+        self.stem_convs and self.stem != "conv"):
+      raise ValueError(f"stem_convs must be an int >= 0, and 0 unless "
+                       f"stem='conv'; got {self.stem_convs!r} with stem "
+                       f"{self.stem!r}.")
     if self.pos_init not in POS_INITS:
       raise ValueError(f"pos_init must be one of {POS_INITS}, got "
                        f"{self.pos_init!r}.")

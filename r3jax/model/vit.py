@@ -40,10 +40,16 @@ class EncoderBlock(nnx.Module):
 
 class ConvStem(nnx.Module):
   """Images to B x P x D tokens: log2(patch) - 1 stride-2 3x3 convolutions with
-  GELU (channels 32, 64, ...), then a linear embedding of 2 x 2 patches."""
+  GELU (channels 32, 64, ...), then `extra` residual stride-1 3x3
+  convolutions at that resolution, then a linear embedding of 2 x 2 patches.
+
+  A token of patch 8 sees 11 x 11 pixels (its own 8 x 8 and a few beyond);
+  each extra convolution widens that by patch / 2 pixels on every side, so
+  that an object straddling patches (most do at 64 px) is seen whole by the
+  tokens it covers."""
 
   def __init__(self, patch_size: int, width: int, *, rngs: nnx.Rngs,
-               dtype: jnp.dtype):
+               dtype: jnp.dtype, extra: int = 0):
     self.dtype = dtype
     chans = [3] + [32 * 2 ** i for i in range(patch_size.bit_length() - 2)]
     self.convs = nnx.List([
@@ -52,17 +58,31 @@ class ConvStem(nnx.Module):
         for cin, cout in zip(chans[:-1], chans[1:])])
     self.biases = nnx.List([
         param(rngs, nnx.initializers.zeros, (c,), (None,)) for c in chans[1:]])
-    self.embed = Dense((4 * chans[-1],), (width,), ("patch",), ("embed",),
+    c = chans[-1]
+    # Residual branches start small, so that the stem starts close to the
+    # plain one.
+    self.extra_convs = nnx.List([
+        param(rngs, nnx.initializers.variance_scaling(0.1, "fan_in", "normal"),
+              (3, 3, c, c), (None, None, None, None)) for _ in range(extra)])
+    self.extra_biases = nnx.List([
+        param(rngs, nnx.initializers.zeros, (c,), (None,))
+        for _ in range(extra)])
+    self.embed = Dense((4 * c,), (width,), ("patch",), ("embed",),
                        rngs=rngs, dtype=dtype,
                        kernel_init=nnx.initializers.lecun_normal())
+
+  def _conv(self, x, kernel, bias, stride: int):
+    x = jax.lax.conv_general_dilated(
+        x, kernel[...].astype(self.dtype), window_strides=(stride, stride),
+        padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.nn.gelu(x + bias[...].astype(self.dtype))
 
   def __call__(self, x_BxHxWx3: jax.Array) -> jax.Array:
     x = x_BxHxWx3.astype(self.dtype)
     for kernel, bias in zip(self.convs, self.biases):
-      x = jax.lax.conv_general_dilated(
-          x, kernel[...].astype(self.dtype), window_strides=(2, 2),
-          padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-      x = jax.nn.gelu(x + bias[...].astype(self.dtype))
+      x = self._conv(x, kernel, bias, 2)
+    for kernel, bias in zip(self.extra_convs, self.extra_biases):
+      x = x + self._conv(x, kernel, bias, 1)
     patches_BxPxC = einops.rearrange(x, "b (h p) (w q) c -> b (h w) (p q c)",
                                      p=2, q=2)
     return self.embed(patches_BxPxC)
@@ -103,7 +123,8 @@ class Encoder(nnx.Module):
     self.stem = cfg.stem
     self.cls_token = cfg.cls_token
     if cfg.stem == "conv":
-      self.conv_stem = ConvStem(cfg.patch_size, width, rngs=rngs, dtype=dtype)
+      self.conv_stem = ConvStem(cfg.patch_size, width, rngs=rngs, dtype=dtype,
+                                extra=cfg.stem_convs)
     else:
       pixels = cfg.patch_size ** 2 * 3
       self.patch_embed = Dense((pixels,), (width,), ("patch",), ("embed",),

@@ -39,7 +39,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int,
       vocab_size=vocab_size, image_size=image_size,
       max_len=config_lib.decoder_len(config),
       dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers, stem=m.stem,
-      pos_init=m.pos_init,
+      pos_init=m.pos_init, stem_convs=m.stem_convs,
       cls_token=m.cls_token, enc_gelu=m.enc_gelu,
       ln_custom_vjp=m.ln_custom_vjp, attention=m.attention,
       **{f"enc_{k}": v for k, v in m.enc_overrides.items()})

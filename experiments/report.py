@@ -215,6 +215,30 @@ def _competence_section(results, start: str) -> list[str]:
           competence.table(mean, n), ""]
 
 
+def insert_competence(root: str, study: str, start: str | None = None) -> str:
+  """Puts the start arm's gate table (a section of collect's) into an
+  existing RESULTS.md, before its change section, replacing an older one:
+  for reports whose runs' logs are no longer here to collect them again."""
+  start = start or studies_lib.get(study).start
+  if not start:
+    raise ValueError(f"study {study!r} has no start arm; name one")
+  path = os.path.join(root, study, "RESULTS.md")
+  with open(path) as f:
+    text = f.read()
+  section = "\n".join(_competence_section(load(root, study), start))
+  head = "## Competence of the start arm"
+  if head in text:
+    start = text.index(head)
+    end = text.index("\n## ", start + len(head)) + 1
+    text = text[:start] + section + text[end:]
+  else:
+    at = text.index(f"## Change from `{start}`")
+    text = text[:at] + section + "\n" + text[at:]
+  with open(path, "w") as f:
+    f.write(text)
+  return path
+
+
 def collect(root: str, study: str) -> str:
   """Writes <root>/<study>/RESULTS.md (and its PNGs) from the study's
   result.json files; returns the markdown's path."""

@@ -379,3 +379,21 @@ def test_seed_option_runs_only_the_named_seeds(tmp_path, capsys):
                    "--dry-run"]) == 2
   assert "not both" in capsys.readouterr().err
   assert run.main(["tiny", "--seed=-1", f"--root={root}", "--dry-run"]) == 2
+
+
+def test_insert_competence_adds_the_start_arms_gate_table_once(tmp_path):
+  root = str(tmp_path)
+  for s in range(2):
+    _fake(root, "first", s, 0.5, 0.7)
+    _fake(root, "frozen", s, 0.6, 0.7)
+  path = os.path.join(root, "tiny", "RESULTS.md")
+  with open(path, "w") as f:
+    f.write("# Study\n\n## Change from `first`\n\nrows\n")
+  for _ in range(2):  # a second insert replaces the first
+    report.insert_competence(root, "tiny", "first")
+  text = open(path).read()
+  assert text.count("## Competence of the start arm") == 1
+  assert text.index("## Competence") < text.index("## Change from `first`")
+  assert "`first`'s competence gates on the test split (mean over 2 seed(s)" in text
+  assert "| VQA overall | 0.700 |  |  |" in text
+  assert "| caption fact F1 | 0.500 | >= 0.90 | FAIL |" in text

@@ -52,7 +52,7 @@ def _table(head, rows) -> list[str]:
           ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def variant_section(name: str, every: int = 1000) -> list[str]:
+def variant_section(name: str, every: int = 500) -> list[str]:
   wd = search.workdir(name)
   cpu_s, wall_s, step = cpu(wd)
   curve = [c for c in competence.curve(wd) if c["step"] % every == 0]
@@ -121,7 +121,7 @@ def collect(names=None) -> str:
   plot(names, os.path.join(HERE, "curves.png"))
   lines += ["## Learning curves", "",
             "Validation split (its first 256 images: about 1,500 questions, "
-            "1,024 ITA pairs and 256 captions) every 1,000 steps; gates: "
+            "1,024 ITA pairs and 256 captions) every 500 steps; gates: "
             "each VQA type >= 0.95, ITA discrimination (pos + neg - 1) >= "
             "0.80, caption fact F1 >= 0.90.", "", "![curves](curves.png)", ""]
   for name in names:

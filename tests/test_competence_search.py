@@ -1,0 +1,96 @@
+"""The competence search's bookkeeping: commands, CPU time, shipped
+checkpoints and the learning-curve report."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments.competence import report, search
+
+
+@pytest.fixture
+def variants(tmp_path, monkeypatch):
+  monkeypatch.setattr(search, "ROOT", str(tmp_path / "runs"))
+  monkeypatch.setattr(report, "HERE", str(tmp_path))
+  monkeypatch.setattr(search, "VARIANTS", {
+      "a": ("variant a", ("--config.model.stem=conv",)),
+      "b": ("variant b", ())})
+  return tmp_path
+
+
+def _write(path, rows):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def test_commands_name_the_variant_and_refuse_unknown_ones(variants):
+  cmd = search.command("a")
+  assert cmd[1:4] == ["-m", "r3jax.main",
+                      f"--config=configs/joint.py:steps={search.STEPS}"]
+  assert f"--workdir={os.path.join(search.ROOT, 'a')}" in cmd
+  assert cmd[-1] == "--config.model.stem=conv"
+  with pytest.raises(SystemExit, match="unknown variant 'c'"):
+    search.command("c")
+
+
+def test_run_records_cpu_time_and_stops_at_until(variants, monkeypatch):
+  """A stand-in for r3jax.main writes a step a line; --until stops it with
+  SIGTERM at that step and the stretch's seconds are appended."""
+  script = ("import json, signal, sys, time\n"
+            "wd = [a for a in sys.argv if a.startswith('--workdir=')][0][10:]\n"
+            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))\n"
+            "for s in range(1, 1000):\n"
+            "  open(wd + '/metrics.jsonl', 'a').write(json.dumps({'step': s}) + '\\n')\n"
+            "  sum(range(20000)); time.sleep(0.05)\n")
+  monkeypatch.setattr(search, "command", lambda name: [
+      sys.executable, "-c", script, f"--workdir={search.workdir(name)}"])
+  monkeypatch.setattr(search.time, "sleep", lambda s: None)
+  assert search.run("a", until=5) == 75
+  with open(os.path.join(search.workdir("a"), "cpu.jsonl")) as f:
+    rec = json.loads(f.read())
+  assert rec["from_step"] == 0 and rec["to_step"] >= 5 and rec["exit"] == 75
+  assert rec["cpu_s"] > 0 and rec["wall_s"] > 0
+  assert search.run("a", until=5) == 0  # already there: nothing runs
+  cpu_s, wall_s, step = report.cpu(search.workdir("a"))
+  assert (cpu_s, wall_s, step) == (rec["cpu_s"], rec["wall_s"], rec["to_step"])
+
+
+def test_a_shipped_checkpoint_restores_a_fresh_clone(variants):
+  wd = search.workdir("a")
+  for step in (500, 1000):
+    os.makedirs(os.path.join(wd, "checkpoints", str(step), "state"))
+  open(os.path.join(wd, "checkpoints", "500", "commit_success.txt"), "w").close()
+  # 1000 was never committed: 500 is shipped.
+  shipped = search.ship("a")
+  assert shipped == os.path.join(wd, "resume", "500")
+  import shutil
+  shutil.rmtree(os.path.join(wd, "checkpoints"))
+  search.restore_shipped(wd)
+  assert os.listdir(os.path.join(wd, "checkpoints")) == ["500"]
+  # A run with checkpoints of its own keeps them.
+  os.makedirs(os.path.join(wd, "checkpoints", "1500"))
+  search.restore_shipped(wd)
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["1500", "500"]
+
+
+def test_report_tables_every_500_steps_with_cpu_hours(variants):
+  wd = search.workdir("a")
+  _write(os.path.join(wd, "metrics.jsonl"), [
+      {"step": 250, "validation/vqa/qtype/shape/accuracy": 0.1},
+      {"step": 500, "validation/vqa/qtype/shape/accuracy": 0.4,
+       "validation/ita/pos_accuracy": 0.9, "validation/ita/neg_accuracy": 0.3,
+       "validation/caption/f1": 0.25},
+      {"step": 510, "loss": 1.0}])
+  _write(os.path.join(wd, "cpu.jsonl"), [
+      {"cpu_s": 3600.0, "wall_s": 1800.0, "to_step": 510},
+      {"cpu_s": 1800.0, "wall_s": 900.0, "to_step": 510}])
+  text = open(report.collect()).read()
+  assert "### `a`" in text and "### `b`" not in text  # b never ran
+  assert "Trained to step 510 of" in text and "1.50 CPU-hours" in text
+  assert "| 500 | - | - | - | 0.400 | - | - | 0.200 | 0.250 | - |" in text
+  assert "| 250 |" not in text
+  assert os.path.exists(variants / "curves.png")

@@ -149,3 +149,32 @@ def test_evaluate_scores_a_runs_parameters_as_its_final_evaluation(
   # The command reads the run's own evaluation and says it is not competent.
   assert command.main([os.path.join(str(tmp_path), "run")]) == 1
   assert "not competent" in capsys.readouterr().out
+
+
+def test_export_ships_a_finished_run_with_its_gate_verdict_and_slice(
+    tiny, tmp_path):
+  from experiments.competence import export
+  c = tiny()
+  c.total_steps = 2
+  c.interference.enabled = False
+  wd = str(tmp_path / "run")
+  loop.train_and_evaluate(c, wd, jax.devices()[:1])
+  out = str(tmp_path / "base")
+  r = export.export(wd, out, slice_n=8)
+  assert sorted(os.listdir(out)) == ["config.json", "params.npz", "result.json"]
+  with open(os.path.join(out, "result.json")) as f:
+    assert json.load(f) == r
+  assert r["metrics"] == competence.read(wd) and r["step"] == 2
+  assert r["competent"] is False and "caption fact F1" in r["failed"]
+  assert r["slice"]["max_examples"] == 8
+  # The slice is what the shipped parameters score on the first 8 images.
+  again = competence.evaluate(out, "test", 8, devices=jax.devices()[:1])
+  assert {k: again[k] for k in r["slice"]["metrics"]} == r["slice"]["metrics"]
+  with open(os.path.join(out, "config.json")) as f:
+    assert json.load(f)["init_from"] == ""
+  # An unfinished run is refused.
+  c.total_steps = 4
+  with open(os.path.join(wd, "config.json"), "w") as f:
+    json.dump(c.to_dict(), f)
+  with pytest.raises(ValueError, match="stopped at step 2 of 4"):
+    export.export(wd, out)

@@ -348,12 +348,14 @@ def _load_exported(path: str, abstract_params):
 def load_params(workdir: str, abstract_params):
   """The parameters of `workdir`'s latest checkpoint (config.init_from), or,
   when it has none, of its exported params.npz (export_params)."""
-  ck = Checkpointer(os.path.join(workdir, "checkpoints"), 1, 1)
-  try:
-    if ck.latest_step() is not None:
-      return ck.restore_params(abstract_params)
-  finally:
-    ck.close()
+  directory = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(directory):  # (a Checkpointer would create it)
+    ck = Checkpointer(directory, 1, 1)
+    try:
+      if ck.latest_step() is not None:
+        return ck.restore_params(abstract_params)
+    finally:
+      ck.close()
   exported = os.path.join(workdir, PARAMS_FILE)
   if os.path.exists(exported):
     return _load_exported(exported, abstract_params)

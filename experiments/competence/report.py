@@ -31,9 +31,12 @@ HERE = os.path.join("experiments", "competence")
 COLUMNS = [(f"vqa/qtype/{q}/accuracy", q) for q in competence.QTYPES] + [
     (competence.DISCRIMINATION, "ITA disc."), ("caption/f1", "caption F1"),
     ("caption/v_strict", "V_strict")]
-PLOTTED = ("vqa/qtype/relation/accuracy", "vqa/qtype/shape/accuracy",
-           "vqa/qtype/count/accuracy", competence.DISCRIMINATION,
-           "caption/f1")
+PLOTTED = {"vqa/qtype/relation/accuracy": competence.VQA_GATE,
+           "vqa/qtype/existence/accuracy": competence.VQA_GATE,
+           "vqa/qtype/shape/accuracy": competence.VQA_GATE,
+           "vqa/qtype/count/accuracy": competence.VQA_GATE,
+           competence.DISCRIMINATION: competence.ITA_GATE,
+           "caption/f1": competence.CAPTION_GATE}
 
 
 def cpu(wd: str) -> tuple[float, float, int]:
@@ -58,23 +61,28 @@ def variant_section(name: str, every: int = 500) -> list[str]:
   curve = [c for c in competence.curve(wd) if c["step"] % every == 0]
   rows = [[str(c["step"])] + [f"{c[k]:.3f}" if k in c else "-"
                               for k, _ in COLUMNS] for c in curve]
+  if os.path.exists(os.path.join(wd, "cpu.jsonl")):
+    cost = (f"{cpu_s / 3600:.2f} CPU-hours ({wall_s / 3600:.2f} h of wall "
+            "time; both cores, often shared with another variant)")
+  else:
+    cost = "CPU time not recorded (its runner was stopped with it)"
   return [f"### `{name}`", "", search.VARIANTS[name][0] + ".", "",
-          f"Trained to step {step:,} of {search.STEPS:,}: {cpu_s / 3600:.2f} "
-          f"CPU-hours ({wall_s / 3600:.2f} h of wall time; both cores, often "
-          "shared with another variant).", "", "```",
+          f"Trained to step {step:,} of {search.STEPS:,}: {cost}.", "", "```",
           search.shown(name), "```", "",
           *_table(["step"] + [label for _, label in COLUMNS], rows), ""]
 
 
 def plot(names, path: str) -> None:
-  fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4 * len(PLOTTED), 3.4))
+  fig, axes = plt.subplots(1, len(PLOTTED), figsize=(3.3 * len(PLOTTED), 3.2))
   for name in names:
     curve = competence.curve(search.workdir(name))
     for ax, key in zip(axes, PLOTTED):
       pts = [(c["step"], c[key]) for c in curve if key in c]
       if pts:
         ax.plot(*zip(*pts), marker=".", label=name)
-  for ax, key in zip(axes, PLOTTED):
+  for ax, (key, gate) in zip(axes, PLOTTED.items()):
+    ax.axhline(gate, color="k", ls="--", lw=0.8)  # the gate
+    ax.set_ylim(0, 1)
     ax.set_title(key.replace("vqa/qtype/", "").replace("/accuracy", ""))
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)

@@ -55,7 +55,10 @@ def _table(head, rows) -> list[str]:
           ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def variant_section(name: str, every: int = 500) -> list[str]:
+def variant_section(name: str, every: int = 0) -> list[str]:
+  """The variant's description, command, CPU time and validation curve,
+  every 500 steps (every 2,000 on a schedule longer than 12,000)."""
+  every = every or (500 if search.steps(name) <= 12_000 else 2000)
   wd = search.workdir(name)
   cpu_s, wall_s, step = cpu(wd)
   curve = [c for c in competence.curve(wd) if c["step"] % every == 0]
@@ -67,7 +70,7 @@ def variant_section(name: str, every: int = 500) -> list[str]:
   else:
     cost = "CPU time not recorded (its runner was stopped with it)"
   return [f"### `{name}`", "", search.VARIANTS[name][0] + ".", "",
-          f"Trained to step {step:,} of {search.STEPS:,}: {cost}.", "", "```",
+          f"Trained to step {step:,} of {search.steps(name):,}: {cost}.", "", "```",
           search.shown(name), "```", "",
           *_table(["step"] + [label for _, label in COLUMNS], rows), ""]
 
@@ -129,7 +132,8 @@ def collect(names=None) -> str:
   plot(names, os.path.join(HERE, "curves.png"))
   lines += ["## Learning curves", "",
             "Validation split (its first 256 images: about 1,500 questions, "
-            "1,024 ITA pairs and 256 captions) every 500 steps; gates: "
+            "1,024 ITA pairs and 256 captions) every 500 steps (every 2,000 "
+            "in the tables of the 40,000-step schedule); gates: "
             "each VQA type >= 0.95, ITA discrimination (pos + neg - 1) >= "
             "0.80, caption fact F1 >= 0.90.", "", "![curves](curves.png)", ""]
   for name in names:

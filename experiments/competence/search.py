@@ -27,9 +27,12 @@ import time
 
 ROOT = os.path.join("experiments", "competence", "runs")
 
-# The long schedule every variant is a candidate for; the learning rate
-# decays over it (cosine), so a variant stopped early has seen a high rate.
+# The schedule every variant is a candidate for (unless it names its own);
+# the learning rate decays over it (cosine), so a variant stopped early has
+# seen a high rate.
 STEPS = 12_000
+# Variants on a schedule of their own: name -> steps.
+LONG = {"mix_sincos_rf_40k": 40_000}
 COMMON = ("--config.interference.enabled=False",
           "--config.eval_every_steps=500", "--config.ckpt_every_steps=500",
           "--config.progress_bar=False")
@@ -74,10 +77,18 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mix_sincos_cap": ("mix_sincos with 64 captions a step (2 per image): "
                        "a caption supervises every fact of its image",
                        CONV + mix(captions=64, captions_per_image=2) + SINCOS),
+    "mix_sincos_rf_40k": ("mix_sincos_rf on a 40,000-step schedule, with "
+                          "decoder positions for the R3 tasks",
+                          CONV + MIX + SINCOS + ("--config.model.stem_convs=2",)
+                          + R3_POSITIONS),
     "deep_sincos": ("mix_sincos with 4 encoder and 4 decoder layers (and "
                     "decoder positions for the R3 tasks)",
                     CONV + MIX + SINCOS + DEEP + R3_POSITIONS),
 }
+
+
+def steps(name: str) -> int:
+  return LONG.get(name, STEPS)
 
 
 def workdir(name: str) -> str:
@@ -88,7 +99,7 @@ def command(name: str) -> list[str]:
   if name not in VARIANTS:
     raise SystemExit(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
   return [sys.executable, "-m", "r3jax.main",
-          f"--config=configs/joint.py:steps={STEPS}",
+          f"--config=configs/joint.py:steps={steps(name)}",
           f"--workdir={workdir(name)}", *COMMON, *VARIANTS[name][1]]
 
 

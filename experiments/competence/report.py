@@ -72,7 +72,19 @@ def variant_section(name: str, every: int = 0) -> list[str]:
   return [f"### `{name}`", "", search.VARIANTS[name][0] + ".", "",
           f"Trained to step {step:,} of {search.steps(name):,}: {cost}.", "", "```",
           search.shown(name), "```", "",
-          *_table(["step"] + [label for _, label in COLUMNS], rows), ""]
+          *_table(["step"] + [label for _, label in COLUMNS], rows), "",
+          *_test_gates(wd)]
+
+
+def _test_gates(wd: str) -> list[str]:
+  """The gate table of a variant that finished its schedule (its final
+  evaluation, on the whole test split)."""
+  try:
+    metrics = competence.read(wd, "test")
+  except ValueError:
+    return []
+  return ["At the end of its schedule, on the test split (1,000 images):", "",
+          competence.table(metrics, competence.max_objects_of(wd)), ""]
 
 
 def plot(names, path: str) -> None:

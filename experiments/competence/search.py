@@ -6,7 +6,7 @@
   python -m experiments.competence.search --list            # the commands
 
 A variant trains the whole schedule of a candidate base (validation every
-1,000 steps), so the search's winner is continued, not trained again. A run
+500 steps), so the search's winner is continued, not trained again. A run
 stopped at any point (kill, SIGTERM, a session's end) resumes from its last
 checkpoint when the same command runs again; each stretch of training
 appends its wall and CPU seconds (user + system, this process's children, from
@@ -38,6 +38,7 @@ COMMON = ("--config.interference.enabled=False",
           "--config.progress_bar=False")
 CONV = ("--config.model.stem=conv",)
 SINCOS = ("--config.model.pos_init=sincos2d",)
+WIDE_STEM = ("--config.model.stem_convs=2",)
 
 
 def mix(vqa: int = 64, ita: int = 32, per_image: int = 4,
@@ -69,7 +70,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                    CONV + MIX + SINCOS),
     "mix_sincos_rf": ("mix_sincos with 2 extra residual convolutions in the "
                       "stem: a token sees 27 x 27 pixels instead of 11 x 11",
-                      CONV + MIX + SINCOS + ("--config.model.stem_convs=2",)),
+                      CONV + MIX + SINCOS + WIDE_STEM),
     "mix_sincos_q2": ("mix_sincos with twice the questions and ITA pairs "
                       "per image: VQA 128 (8 per image), ITA 64 (8 per "
                       "image), the same 40 images a step",
@@ -79,8 +80,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                        CONV + mix(captions=64, captions_per_image=2) + SINCOS),
     "mix_sincos_rf_40k": ("mix_sincos_rf on a 40,000-step schedule, with "
                           "decoder positions for the R3 tasks",
-                          CONV + MIX + SINCOS + ("--config.model.stem_convs=2",)
-                          + R3_POSITIONS),
+                          CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS),
     "deep_sincos": ("mix_sincos with 4 encoder and 4 decoder layers (and "
                     "decoder positions for the R3 tasks)",
                     CONV + MIX + SINCOS + DEEP + R3_POSITIONS),

@@ -142,12 +142,17 @@ def _r2(pred, y):
   return 1 - ((pred - y) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
 
 
+def _design(x: np.ndarray, train: np.ndarray) -> np.ndarray:
+  """Features standardised on the fitting rows, with a bias column."""
+  mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
+  return np.concatenate([(x - mu) / sd, np.ones((len(x), 1))], 1)
+
+
 def ridge_r2(x: np.ndarray, y: np.ndarray, train: np.ndarray) -> np.ndarray:
   """Held-out R² per target column of a ridge fit on standardised features:
   rows where `train` is True fit (the last fifth of them picks the ridge
   strength per column from LAMBDAS), the other rows score."""
-  mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
-  z = np.concatenate([(x - mu) / sd, np.ones((len(x), 1))], 1)
+  z = _design(x, train)
   zt, yt = z[train], y[train]
   cut = int(len(zt) * 0.8)
   inner = np.stack([_r2(zt[cut:] @ _fit(zt[:cut], yt[:cut], lam), yt[cut:])
@@ -164,8 +169,7 @@ def ridge_accuracy(x: np.ndarray, labels: Sequence[str], train: np.ndarray
   ridge_r2)."""
   classes = sorted(set(labels))
   y = np.array([[float(l == c) for c in classes] for l in labels])
-  mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
-  z = np.concatenate([(x - mu) / sd, np.ones((len(x), 1))], 1)
+  z = _design(x, train)
   zt, yt = z[train], y[train]
   cut = int(len(zt) * 0.8)
   inner = [((zt[cut:] @ _fit(zt[:cut], yt[:cut], lam)).argmax(1) ==

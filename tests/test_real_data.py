@@ -211,9 +211,14 @@ def test_vqa_accuracy_normalises_like_the_script():
       pytest.approx(0.6)
   assert vqa.accuracy("the dog.", ["dog"] * 3 + ["cat"] * 7) == \
       pytest.approx(0.9)
-  # Ten identical answers: the script compares without normalising, only
-  # case-insensitively.
-  assert vqa.accuracy("Yes", ["yes"] * 10) == 1.0
+  # Answers that differ are lowercased on both sides: "Yes" matches 4 "yes".
+  assert vqa.accuracy("Yes", ["yes"] * 4 + ["no"] * 6) == 1.0
+  assert vqa.accuracy("YES", ["Yes"] * 2 + ["no"] * 8) == pytest.approx(0.6)
+  # Ten identical answers: the script compares the raw stripped strings
+  # (`item['answer']==resAns`), case-sensitively and without normalising.
+  assert vqa.accuracy("Yes", ["yes"] * 10) == 0.0
+  assert vqa.accuracy(" yes\n", ["yes"] * 10) == 1.0
+  assert vqa.accuracy("Yes", ["Yes"] * 10) == 1.0
   assert vqa.accuracy("yes.", ["yes"] * 10) == 0.0
   assert vqa.mean_accuracy(["cat", "dog"], [["cat"] * 10, ["cat"] * 10]) \
       == pytest.approx(0.5)

@@ -1,4 +1,5 @@
-"""The official VQA accuracy (GT-Vision-Lab VQA vqaEval.py, current master).
+"""The official VQA accuracy (GT-Vision-Lab VQA vqaEval.py, current master,
+commit a013f00 "Fixed processing answers bug").
 
 For a prediction and the 10 human answers of one question, the accuracy is
 the mean over the 10 leave-one-out subsets of 9 answers of
@@ -10,7 +11,9 @@ Normalisation follows the script exactly, quirks included:
 - answers are normalised (`normalize`) only when the 10 human answers are not
   all the same string; otherwise the raw stripped prediction is compared,
   so "yes." scores 0 against ten "yes";
-- matching is case-insensitive in both cases;
+- that raw comparison is case-sensitive (`item['answer']==resAns`): "Yes"
+  scores 0 against ten "yes". When the answers differ, normalisation
+  lowercases both sides, so there matching is case-insensitive;
 - contraction keys "Im", "Ive", "Id've", "I'dve" are capitalised while words
   are lowercased before the lookup, so "im" stays "im";
 - "somebody'd" maps to "somebodyd" (sic);
@@ -115,8 +118,7 @@ def accuracy(prediction: str, answers: Sequence[str]) -> float:
   if len(set(gts)) > 1:
     gts = [normalize(a) for a in gts]
     pred = normalize(pred)
-  pred = pred.lower()
-  match = [g.lower() == pred for g in gts]
+  match = [g == pred for g in gts]
   m = sum(match)
   # Leaving out answer i leaves m - match[i] matches among the other 9.
   return sum(min((m - hit) / 3, 1.0) for hit in match) / len(gts)

@@ -11,6 +11,10 @@ Exit status: 0 when the run finished; 75 (EX_TEMPFAIL) when SIGTERM or SIGINT
 stopped training after saving a checkpoint of the current step (all processes
 stop at the same step): rerun the same command to resume; 1 on an error, e.g. a
 non-finite loss (r3jax/train/nonfinite.py).
+
+Output: the progress bar, a line per periodic evaluation, the final table,
+warnings and errors. `--verbosity=0` (absl's flag, also -v 0) adds the
+libraries' INFO lines (orbax, TFDS); see r3jax/logs.py.
 """
 
 from absl import app, flags
@@ -36,6 +40,9 @@ EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: not done, run again
 
 def main(argv):
   del argv
+  if not FLAGS["verbosity"].present:
+    from r3jax import logs
+    logs.quiet()
   from r3jax import distributed
   distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address,
                          FLAGS.num_processes, FLAGS.process_id)

@@ -18,6 +18,13 @@ HEADLINE = (
 )
 
 
+def line(result: Mapping[str, float], step: int, split: str) -> str:
+  """One line of an evaluation's headline metrics that have targets."""
+  cells = [f"{label} {result[k]:.4f}" for k, label, t in HEADLINE
+           if t is not None and k in result]
+  return f"step {step} {split}: " + " | ".join(cells)
+
+
 def table(result: Mapping[str, float], columns: Mapping[str, Mapping] | None = None,
           world: bool = True) -> str:
   """One column per run (default: a single column of `result`); with

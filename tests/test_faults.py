@@ -147,6 +147,12 @@ def test_killed_then_preempted_run_resumes_to_the_uninterrupted_state(
   run = launch(c, workdir, log)
   assert run.wait(timeout=300) == 0, open(log).read()[-3000:]
   _assert_same_run(c, reference["setup"], workdir, reference)
+  # The default console: the final table, no library INFO lines (orbax's
+  # restore and save bookkeeping would be about 40 of them).
+  out = open(log).read()
+  assert "caption fact F1" in out
+  assert not re.search(r"^I\d{4} ", out, re.M), out[:3000]
+  assert "orbax" not in out, out[:3000]
 
 
 def _garble(path):

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from r3jax import logs
+
 
 def config_name(prefix: str, params: dict[str, Any]) -> tuple[str, str]:
   """(name, description) of a config: a hash of `params` and their JSON."""
@@ -61,8 +63,11 @@ def build(builder_cls, config, data_dir: str, manual_dir: str):
   with build_lock(data_dir):
     builder = builder_cls(config=config, data_dir=data_dir,
                           file_format="array_record")
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    what = None if os.path.exists(builder.data_dir) else (
+        f"building {builder.name} at {builder.data_dir} from {manual_dir}")
+    with logs.library_output(what):
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
 
 

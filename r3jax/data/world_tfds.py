@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from r3jax import logs
 from r3jax.data import manual
 from r3jax.data.tokenizer import WordTokenizer
 from r3jax.world import WorldConfig, generate_example
@@ -196,7 +197,9 @@ def build(world_cfg: WorldConfig, data_dir: str,
     with manual.build_lock(data_dir):
       builder = R3World(config=cfg, data_dir=data_dir,
                         file_format="array_record")
-      builder.download_and_prepare()  # a no-op when the dataset exists
+      with logs.library_output(None if existed else
+                               f"generating the world dataset at {directory}"):
+        builder.download_and_prepare()  # a no-op when the dataset exists
   except Exception as e:  # noqa: BLE001 (TFDS raises many kinds)
     if not existed:
       raise

@@ -13,6 +13,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from r3jax import config as config_lib
+from r3jax import report
 from r3jax import sharding
 from r3jax.data import pipeline
 from r3jax.interference import step as interference_step
@@ -249,8 +250,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           ckpt.wait()
           raise preemption.Preempted(step, signals.signal_name)
         if evaluate:
-          writer.write(step, {f"{config.evals.split}/{k}": v for k, v in
-                              evaluator.run(state["params"]).items()})
+          scores = evaluator.run(state["params"])
+          writer.write(step, {f"{config.evals.split}/{k}": v
+                              for k, v in scores.items()})
+          if jax.process_index() == 0:
+            text = report.line(scores, step, config.evals.split)
+            bar.write(text) if bar is not None else print(text, flush=True)
       if pending is not None:
         finish(pending)
     ckpt.wait()

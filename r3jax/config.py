@@ -605,8 +605,11 @@ def coco_vqa_experiment(arg: str | None, tasks) -> ml_collections.ConfigDict:
   c.data.manual_dir = arg.manual_dir or os.environ.get("R3JAX_COCO_DIR", "")
   c.data.karpathy = arg.karpathy
   c.world.image_size = 224
-  c.model.update(encoder="B", patch_size=16, enc_overrides={}, dec_width=512,
-                 dec_depth=6, dec_heads=8, dec_mlp=2048, dtype="bfloat16")
+  # enc_overrides is assigned, not update()d: update merges into the joint
+  # recipe's overrides, which would shrink ViT-B to width 128 and 2 layers.
+  c.model.enc_overrides = {}
+  c.model.update(encoder="B", patch_size=16, dec_width=512, dec_depth=6,
+                 dec_heads=8, dec_mlp=2048, dtype="bfloat16")
   for name, max_len in REAL_MAX_LEN.items():
     if name in c.tasks:
       c.tasks[name].max_len = max_len

@@ -15,6 +15,7 @@ import pytest
 from r3jax import config as config_lib
 from r3jax import sharding
 from r3jax.data import pipeline
+from r3jax.train import world_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -391,3 +392,16 @@ def test_base_argument_takes_the_bases_world_and_model(tmp_path):
     config_lib.from_file(f"configs/joint.py:base={tmp_path},runlocal", ROOT)
   with pytest.raises(ValueError, match="has no config.json"):
     config_lib.from_file(f"configs/joint.py:base={tmp_path / 'no'}", ROOT)
+
+
+@pytest.mark.parametrize("name", ["coco_vqa_joint", "coco_caption_only",
+                                  "coco_vqa_understanding_only",
+                                  "coco_r3_sft"])
+def test_real_data_configs_train_vit_b16(name):
+  """The real-data recipe's encoder is ViT-B/16 itself: none of the joint
+  recipe's narrow-encoder overrides survive."""
+  c = importlib.import_module(f"configs.{name}").get_config()
+  cfg = world_setup.model_config(c, 1000, c.world.image_size)
+  assert (cfg.enc_width, cfg.enc_depth, cfg.enc_heads, cfg.enc_mlp) == (
+      768, 12, 12, 3072)
+  assert (cfg.patch_size, c.world.image_size, c.model.dec_depth) == (16, 224, 6)

@@ -6,11 +6,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q
-LIBTPU := $(CURDIR)/$(VENV)/libtpu
+LIBTPU := $(VENV)/libtpu
 # The TPU compiler, kept out of the venv's site-packages: where it is
 # importable, every JAX program on a host without TPUs starts with libtpu's
 # complaints on stderr. Only compile-for-TPU commands point JAX at it.
-TPU_ENV := TPU_LIBRARY_PATH=$(LIBTPU)/libtpu/libtpu.so
+TPU_ENV := TPU_LIBRARY_PATH=$(CURDIR)/$(LIBTPU)/libtpu/libtpu.so
 # Where the lock files find torch's CPU build (`make lock`); elsewhere e.g.
 # LOCK_FLAGS="--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match"
 LOCK_FLAGS ?= $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
@@ -55,14 +55,15 @@ test: $(VENV)/.test
 # Compiles the training step for TPU slices on this host (no TPU needed).
 test-tpu: $(VENV)/.test $(LIBTPU)/.installed
 	$(TPU_ENV) R3JAX_REQUIRE_TPU_COMPILER=1 $(PY) -m pytest -q -n auto \
-	  --maxprocesses=2 --dist loadfile -m tpu tests
+	  --maxprocesses=2 --dist loadgroup -m tpu tests
 
 # Per-device bytes of CONFIG's training step on any TPU topology:
 #   make tpu-check TOPOLOGY=v5p:2x2x2 [CONFIG=configs/joint.py] [MESH=fsdp=4,tensor=2]
-# (without MESH: the table over fsdp = 1, 2, 4, ... up to the chips).
+# (without MESH: the state's bytes as compiled, tile padding included, over
+# fsdp = 1, 2, 4, ... up to the chips; with MESH: the whole step's report).
 tpu-check: $(VENV)/.demo $(LIBTPU)/.installed
 	$(TPU_ENV) $(PY) scripts/aot_compile.py --config $(CONFIG) \
-	  --topology tpu:$(TOPOLOGY) $(if $(MESH),--mesh $(MESH),--fsdp-table)
+	  --topology tpu:$(TOPOLOGY) $(if $(MESH),--mesh $(MESH),--state-table)
 
 # Every benchmark (benchmarks/README.md).
 bench: $(VENV)/.test

@@ -1,7 +1,7 @@
 """r3jax against the same architecture in PyTorch (Hugging Face transformers),
 in one run on the same CPU: training-step and greedy-generation throughput.
 
-  pip install -e ".[dev,bench]"
+  make install   # or: pip install -e ".[bench]"
   python benchmarks/vs_pytorch.py [--size default] [--batch 0] [--steps 5]
       [--rounds 3] [--gen-batch 32] [--gen-tokens 32] [--threads N]
 

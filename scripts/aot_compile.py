@@ -7,6 +7,8 @@ mistakes show up before a pod is booked.
       --mesh data=2,fsdp=4
   python scripts/aot_compile.py --config configs/joint.py --topology cpu:8 \\
       --fsdp-table
+  python scripts/aot_compile.py --config configs/joint.py --topology tpu:v5e:2x2 \\
+      --state-table
   python scripts/aot_compile.py --config configs/joint.py --topology tpu:v5e:2x2
   python scripts/aot_compile.py --config configs/joint.py --topology tpu:v5p:2x2x2
 
@@ -31,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -52,6 +56,14 @@ from r3jax.world import generate_example
 
 # By default parameters of 1 MiB or more must be split over some mesh axis.
 LARGE_PARAM_BYTES = 1 << 20
+# High-bandwidth memory per chip, by jax's device_kind (Cloud TPU docs).
+HBM_BYTES = {"TPU v4": 32 << 30, "TPU v5 lite": 16 << 30, "TPU v5": 95 << 30,
+             "TPU v5p": 95 << 30, "TPU v6 lite": 32 << 30}
+# On a host with no TPU chips: skip libtpu's host discovery (it fails with a
+# page of warnings), and let several compiling processes load libtpu at once.
+NO_TPU_HOST = {"TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": "v5litepod-1",
+               "TPU_WORKER_HOSTNAMES": "localhost",
+               "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -83,6 +95,9 @@ def devices_for(topology: str) -> list[jax.Device]:
     return devices[:n]
   if kind == "tpu":
     from jax.experimental import topologies  # noqa: PLC0415
+    if not glob.glob("/dev/accel*") and not glob.glob("/dev/vfio/[0-9]*"):
+      for key, value in NO_TPU_HOST.items():  # a TPU VM keeps its own
+        os.environ.setdefault(key, value)
     try:
       return list(topologies.get_topology_desc(rest, "tpu").devices)
     except RuntimeError as e:
@@ -91,7 +106,8 @@ def devices_for(topology: str) -> list[jax.Device]:
       raise SystemExit(
           f"aot_compile: --topology {topology} needs the TPU compiler libtpu, "
           f"which is not installed; install it (no TPU needed) with: "
-          f"pip install 'jax[tpu]=={jax.__version__}'") from None
+          f"pip install 'jax[tpu]=={jax.__version__}', or use make "
+          f"tpu-check") from None
   raise SystemExit(f"aot_compile: --topology must be cpu:N or tpu:NAME, got "
                    f"{topology!r}")
 
@@ -169,6 +185,43 @@ def figures(c: Step, large_bytes: int = LARGE_PARAM_BYTES
   return out
 
 
+def _tiled_bytes(fmt, aval) -> int:
+  """Bytes of one device's shard of `aval` in the compiled layout `fmt`: the
+  minor dimensions rounded up to the layout's (first-level) tile."""
+  shape = fmt.sharding.shard_shape(aval.shape)
+  dims = [shape[d] for d in fmt.layout.major_to_minor] or [1]
+  tile = fmt.layout.tiling[0] if fmt.layout.tiling else ()
+  for i, t in enumerate(reversed(tile), start=1):
+    if i <= len(dims):
+      dims[-i] = -(-dims[-i] // t) * t
+  return math.prod(dims) * aval.dtype.itemsize
+
+
+def state_layout(config: ml_collections.ConfigDict,
+                 devices: Sequence[jax.Device]) -> dict[str, int]:
+  """One device's bytes of the training state (parameters, optimizer state,
+  counters) as the compiler lays it out, from a program that only takes the
+  state and gives it back (seconds to compile, where the step takes
+  minutes): "compiled" is XLA's argument size, "tiled" the same summed from
+  the shard shapes and the compiled layouts, "shards" the shard shapes alone
+  and "padding" = tiled - shards."""
+  step = abstract_step(config, devices)
+  state = step.setup.abstract
+  with jax.set_mesh(step.mesh):
+    compiled = jax.jit(lambda s: s, donate_argnums=0).lower(state).compile()
+  formats = jax.tree.leaves(compiled.input_formats)
+  avals = jax.tree.leaves(state)
+  tiled = sum(map(_tiled_bytes, formats, avals))
+  shards = sharding.bytes_per_device(state)
+  return {"compiled": compiled.memory_analysis().argument_size_in_bytes,
+          "tiled": tiled, "shards": shards, "padding": tiled - shards}
+
+
+def hbm_bytes(device: jax.Device) -> int | None:
+  """The chip's memory, for a TPU kind this script knows, else None."""
+  return HBM_BYTES.get(device.device_kind) if device.platform == "tpu" else None
+
+
 def fsdp_table(config: ml_collections.ConfigDict,
                devices: Sequence[jax.Device],
                large_bytes: int = LARGE_PARAM_BYTES) -> list[dict[str, Any]]:
@@ -181,6 +234,32 @@ def fsdp_table(config: ml_collections.ConfigDict,
                                    large_bytes)})
     n *= 2
   return rows
+
+
+def state_table(config: ml_collections.ConfigDict,
+                devices: Sequence[jax.Device]) -> list[dict[str, Any]]:
+  """state_layout with fsdp = 1, 2, 4, ... up to the devices (data = the
+  rest, which replicates the state)."""
+  rows, n = [], 1
+  while n <= len(devices):
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.mesh = {"data": len(devices) // n, "fsdp": n, "tensor": 1}
+    rows.append({"n": n, **state_layout(c, devices)})
+    n *= 2
+  return rows
+
+
+def _print_state_table(rows: list[dict]) -> None:
+  base = rows[0]["compiled"]
+  print("training state, bytes per device: shards from the shard shapes, "
+        "compiled = XLA's argument size (the shards in the compiled "
+        "layouts' tiles)")
+  print(f"{'fsdp':>4} {'shards':>15} {'compiled':>15} {'padding':>8} "
+        f"{'ratio to N=1':>12} {'1/N':>6}")
+  for r in rows:
+    print(f"{r['n']:>4} {r['shards']:>15,} {r['compiled']:>15,} "
+          f"{r['padding'] / r['shards']:>8.1%} "
+          f"{r['compiled'] / base:>12.4f} {1 / r['n']:>6.4f}")
 
 
 def _size(b: int) -> str:
@@ -200,6 +279,10 @@ def _print_report(c: Step, f: dict, large_bytes: int) -> None:
     print(f"  {key:<11}{_size(f[key])}")
   print(f"  {'peak':<11}" + (_size(f["peak"]) if f["peak"] else
                             "      no estimate for this backend"))
+  hbm = hbm_bytes(c.mesh.devices.flat[0])
+  if hbm:
+    print(f"  {'HBM':<11}{_size(hbm)}   total fits: "
+          f"{'yes' if f['total'] <= hbm else 'NO'}")
   print("per device, from the shard shapes:")
   print(f"  {'params+opt':<11}{_size(f['params+opt'])}   of "
         f"{f['params+opt (whole)'] / 2**20:.2f} MiB in all")
@@ -242,7 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="parameters this large must be sharded")
   parser.add_argument("--fsdp-table", action="store_true",
                       help="params+opt bytes per device for fsdp = 1, 2, "
-                      "4, ...")
+                      "4, ... (compiles the step for each)")
+  parser.add_argument("--state-table", action="store_true",
+                      help="the state's bytes per device as compiled, tile "
+                      "padding included, for fsdp = 1, 2, 4, ... (seconds)")
   args = parser.parse_args(argv)
   try:
     config = config_lib.from_file(args.config)
@@ -253,7 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   devices = devices_for(args.topology)
   _print_hardware(args.topology, devices)
   try:
-    if args.fsdp_table:
+    if args.state_table:
+      _print_state_table(state_table(config, devices))
+    elif args.fsdp_table:
       _print_table(fsdp_table(config, devices, args.large_bytes),
                    args.large_bytes)
     else:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+from r3jax import config as config_lib
 from r3jax import sharding
 from r3jax.data import pipeline
 from r3jax.train import loop
@@ -299,3 +300,22 @@ def test_aot_compile_errors_are_one_line(monkeypatch):
                      r"needs the TPU compiler libtpu, which is not installed; "
                      r".*pip install 'jax\[tpu\]==[^\n]*$"):
     aot.main(["--config", joint, "--topology", "tpu:v5e:2x2"])
+
+
+def test_aot_state_table_on_cpu(tmp_path, capsys):
+  """--state-table: the state's compiled bytes per device over fsdp = 1, 2,
+  4, 8. CPU layouts have no tiles, so compiled = tiled = the shard shapes."""
+  aot = _aot_script()
+  config_file = tmp_path / "light.py"
+  config_file.write_text(_LIGHT_CONFIG_FILE)
+  rows = aot.state_table(config_lib.from_file(str(config_file)),
+                         jax.devices())
+  assert [r["n"] for r in rows] == [1, 2, 4, 8]
+  for r in rows:
+    assert r["compiled"] == r["tiled"] == r["shards"] and r["padding"] == 0
+  assert [r["shards"] for r in rows] == sorted(
+      {r["shards"] for r in rows}, reverse=True)
+  assert aot.main(["--config", str(config_file), "--topology", "cpu:8",
+                   "--state-table"]) == 0
+  out = capsys.readouterr().out
+  assert f"   8 {rows[-1]['shards']:>15,} {rows[-1]['compiled']:>15,}" in out

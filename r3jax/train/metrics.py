@@ -20,7 +20,7 @@ def tb_tag(key: str) -> str:
 
 def _summary_writer(logdir: str):
   """tensorboardX's SummaryWriter, imported without torch: tensorboardX
-  imports torch when it is installed (the dev extra has it) only to accept
+  imports torch when it is installed (the test extra has it) only to accept
   torch tensors, which costs every run 1.5 s and its memory. When torch is
   not loaded yet it is hidden for that import and stays importable after."""
   hide = "torch" not in sys.modules

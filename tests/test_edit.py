@@ -128,3 +128,43 @@ def test_parse_instruction():
       "remove", "the circle is left of the square", "")
   for bad in ("", "replace with", "replace a circle", "add", "circle"):
     assert edit.parse_instruction(bad) is None
+
+
+ONE = _scene(("small", "red", "circle", 0.5))
+TWIN = _scene(("small", "red", "circle", 0.2), ("small", "red", "circle", 0.8))
+REPEATED = "there is a small red circle . there is a small red circle"
+
+
+def test_repeated_listings_are_read_as_the_verifier_reads_them():
+  """Each listing item claims "exactly n of this kind", for the verifier and
+  the editor alike: repeating a true item keeps it true, and two items of a
+  kind are not added up."""
+  assert verify(REPEATED, ONE, CFG).v_strict
+  assert edit.diagnose(REPEATED, ONE, CFG) is None
+  assert edit.correct(REPEATED, ONE, CFG) == (REPEATED, [])
+  assert not verify(REPEATED, TWIN, CFG).v_strict
+  assert edit.instruction(REPEATED, TWIN, CFG) == (
+      "replace a small red circle with two small red circles")
+  fixed, done = edit.correct(REPEATED, TWIN, CFG)
+  assert verify(fixed, TWIN, CFG).v_strict and len(done) == 2
+
+
+def test_edit_agrees_with_verify_on_repeated_and_reordered_captions():
+  """On every caption the verifier accepts (references, their sentences
+  repeated or shuffled) diagnose finds nothing to edit; on every one it
+  rejects it names an edit."""
+  rng = np.random.default_rng(3)
+  checked = 0
+  for _ in range(300):
+    scene = sample_scene(rng, CFG)
+    ref = captions(scene, rng, CFG, 1)[0]
+    parts = ref.split(" . ")
+    variants = [ref, f"{ref} . {ref}", " . ".join(parts + parts[:1]),
+                " . ".join(rng.permutation(parts)),
+                corrupt(scene, rng, CFG, rng.choice(
+                    available_corruptions(scene, CFG)))]
+    for text in variants:
+      accepted = verify(text, scene, CFG).v_strict
+      assert (edit.diagnose(text, scene, CFG) is None) == accepted, text
+      checked += accepted
+  assert checked >= 1000

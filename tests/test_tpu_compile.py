@@ -36,6 +36,17 @@ def _each_topology(test):
   return pytest.mark.parametrize("topology", params)(test)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_compilation_cache():
+  """TPU executables compiled without a TPU client cannot be read back from
+  the persistent cache: compile afresh, and write nothing there."""
+  import jax  # noqa: PLC0415
+  before = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  yield
+  jax.config.update("jax_enable_compilation_cache", before)
+
+
 @functools.cache
 def _aot():
   spec = importlib.util.spec_from_file_location(

@@ -212,15 +212,11 @@ def _kind(f: KindCount) -> tuple[str, str, str]:
   return (f.size, f.color, f.shape)
 
 
-def _stated_counts(sentences) -> dict:
-  counts: dict = {}
-  for s in sentences:
-    if isinstance(s, Listing):
-      for it in s.items:
-        if isinstance(it.fact, KindCount):
-          k = _kind(it.fact)
-          counts[k] = counts.get(k, 0) + it.fact.n
-  return counts
+def _stated_kinds(sentences) -> list:
+  """The kinds the listings name, in order of first mention."""
+  return list(dict.fromkeys(
+      _kind(it.fact) for s in sentences if isinstance(s, Listing)
+      for it in s.items if isinstance(it.fact, KindCount)))
 
 
 def _total_text(n: int) -> str:
@@ -244,8 +240,10 @@ def _diagnose(sentences, scene, cfg) -> Edit | None:
       if (isinstance(p, Item) and isinstance(p.fact, Invalid)) or (
           isinstance(p, Clause) and p.bad is not None):
         return Edit("remove", si, pi, p.text)
-  # 2. False kind counts.
-  stated = _stated_counts(sentences)
+  # 2. False kind counts. Each item is a claim of its own, as the verifier
+  # reads it ("exactly n objects of this kind"): a repeated true item is
+  # true, two items of one kind are not added up.
+  stated = _stated_kinds(sentences)
   truth = scene.kind_counts
   unstated = [k for k in sorted(truth) if k not in stated]
   for si, s in enumerate(sentences):
@@ -253,7 +251,7 @@ def _diagnose(sentences, scene, cfg) -> Edit | None:
       continue
     for pi, it in enumerate(s.items):
       k = _kind(it.fact)
-      if stated[k] == truth.get(k, 0):
+      if it.fact.n == truth.get(k, 0):
         continue
       if k in truth:
         new = KindCount(*k, truth[k])
@@ -400,7 +398,7 @@ def _follow(sentences, old, new, scene):
   that nothing else stated matches go, and a reference the edit made
   ambiguous becomes the shortest name of the object it meant (see `_name`).
   A clause that loses a reference is dropped."""
-  kinds = list(_stated_counts([s for s in sentences if s is not None]))
+  kinds = _stated_kinds([s for s in sentences if s is not None])
   out = []
   for s in sentences:
     if not isinstance(s, Relations):

@@ -106,10 +106,18 @@ def defaults() -> ml_collections.ConfigDict:
       groups=4,             # images (prompts) per step
       group_size=8,         # rollouts per group
       temperature=0.9, top_k=50,
+      top_p=1.0,            # nucleus sampling (1: off)
       reward="v_strict",    # verifier score V: "v_strict" or "v_frac"
       perfect_ratio=0.15,   # branch drafts drawn from the V = 1 pool
       train_reflection=True,  # False: only the refined caption is trained
       clip=0.2, kl=0.001,   # PPO clip; k3 KL weight to the starting policy
+      # Refined captions are a stream of their own (tree mode): advantage
+      # V_new - group mean, normalised over their tokens, this weight.
+      refine_weight=1.0,
+      # The supervised VQA / ITA loss (config.tasks' batches) added to every
+      # RL step with this weight (0: the reference's pure RL).
+      supervised_weight=0.0,
+      freeze=(),            # top-level parameter trees kept fixed, e.g. encoder
       interference=True,    # log cos(RL gradient, VQA / ITA gradients)
   )
 
@@ -355,6 +363,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.rl.mode must be 'tree' or 'chain' and "
                        f"config.rl.reward 'v_strict' or 'v_frac', got "
                        f"{rl.mode!r}, {rl.reward!r}")
+    if not 0 < rl.top_p <= 1 or rl.refine_weight < 0 or (
+        rl.supervised_weight < 0):
+      raise ValueError("config.rl needs 0 < top_p <= 1, refine_weight >= 0 "
+                       f"and supervised_weight >= 0, got {rl.to_dict()}")
+    if rl.supervised_weight > 0 and not {"vqa", "ita"} & set(config.tasks):
+      raise ValueError("config.rl.supervised_weight > 0 trains the VQA / ITA "
+                       "tasks beside RL: add one of them to config.tasks")
     if rl.groups < 1 or rl.group_size < 2 or not 0 <= rl.perfect_ratio <= 1:
       raise ValueError("config.rl needs groups >= 1, group_size >= 2 and "
                        f"0 <= perfect_ratio <= 1, got {rl.to_dict()}")

@@ -191,6 +191,24 @@ def test_top_k_samples_stay_in_top_k():
     assert set(np.asarray(samples[:, row]).tolist()) == set(top3[row].tolist())
 
 
+@pytest.mark.parametrize("top_p, nucleus", [(0.8, {0, 1}), (0.81, {0, 1, 2}),
+                                             (0.3, {0}), (1.0, {0, 1, 2, 3})])
+def test_top_p_samples_the_smallest_set_reaching_p(top_p, nucleus):
+  """Probabilities 0.5, 0.3, 0.15, 0.05 (shuffled): the nucleus is the most
+  probable tokens whose mass first reaches top_p."""
+  order = np.array([2, 0, 3, 1])  # token 2 is the most probable
+  probs = np.array([0.5, 0.3, 0.15, 0.05])[np.argsort(order)]
+  logits = jnp.log(jnp.asarray(probs, jnp.float32))[None]
+  keys = jax.random.split(jax.random.key(0), 2000)
+  samples = jax.vmap(lambda k: sample_token(
+      logits, k, temperature=1.0, top_k=0, top_p=top_p))(keys)
+  got = np.asarray(samples[:, 0])
+  assert set(got.tolist()) == {int(order[i]) for i in nucleus}
+  # Renormalised within the nucleus.
+  mass = sum(np.array([0.5, 0.3, 0.15, 0.05])[i] for i in nucleus)
+  assert np.mean(got == order[0]) == pytest.approx(0.5 / mass, abs=0.04)
+
+
 def test_generated_tokens_are_in_top_k_of_their_step():
   model, images = setup()
   graphdef, state = nnx.split(model)

@@ -102,6 +102,23 @@ def test_grpo_matches_a_numpy_reference_and_moves_towards_good_samples():
       float(grpo.loss([far], kl_weight=0.0)[0]))
 
 
+def test_streams_are_normalised_apart_and_weighted():
+  """Main stream: 2 tokens; refine stream: 3 tokens of another row, weight
+  2: loss = mean over the main tokens + 2 * mean over the refine tokens."""
+  logp = jnp.log(jnp.asarray([[0.5, 0.25, 0.5], [0.5, 0.5, 0.25]]))
+  main = {"loss_mask": np.array([[1, 1, 0], [0, 0, 0]], np.float32),
+          "advantage": np.array([1.0, 0.0], np.float32), "old_logp": logp}
+  refine = {"loss_mask": np.array([[0, 0, 0], [1, 1, 1]], np.float32),
+            "advantage": np.array([0.0, -0.5], np.float32), "old_logp": logp}
+  parts = [grpo.sums(logp, logp, main, clip=0.2)]
+  stream = [grpo.sums(logp, logp, refine, clip=0.2)]
+  loss, m = grpo.loss(parts, kl_weight=0.1, streams={"refine": (2.0, stream)})
+  # rho = 1, KL = 0: pg_t = -A on each trained token.
+  assert float(loss) == pytest.approx(-1.0 + 2.0 * 0.5)
+  assert float(m["tokens"]) == 2 and float(m["refine/tokens"]) == 3
+  assert float(m["refine/pg"]) == pytest.approx(0.5)
+
+
 def _rl_config(tasks=("caption", "reflect", "refine"), **rl):
   from conftest import tiny_config
   c = tiny_config(tasks)
@@ -193,3 +210,70 @@ def test_branch_masks_and_perfect_ratio(monkeypatch):
               if m] for i in range(2)]
   assert " ".join(trained[0]) == edit.STOP + " <eos>"
   assert " ".join(trained[1]) == RIGHT + " <eos>"
+
+
+def _branch_with(rl, tok, texts, monkeypatch):
+  """One branch group from draft HALF (V = 0) whose rollouts are `texts`
+  (reflection [<sep> refined]), scored by the real verifier on SCENE."""
+  outs = []
+  for t in texts:
+    reflection, _, refined = t.partition(" | ")
+    ids = tok.encode(reflection) + (
+        [tok.sep_id] + tok.encode(refined) if refined else [])
+    outs.append((ids, True))
+  monkeypatch.setattr(rl, "_sample", lambda *a: outs)
+  monkeypatch.setattr(rl, "_scene", lambda row: SCENE)
+  draft = tree_rl.Rollout(0, HALF, 0.0)
+  return rl.branch(None, 1, jax.random.key(0), [draft], per_draft=len(texts))
+
+
+def test_refined_captions_have_their_own_advantage(monkeypatch):
+  """As in the reference code: a refined caption's tokens are trained on
+  V_new - the group's mean V_new (stops counted with V_prev, their refine
+  advantage zero), without the format reward or the stop bonus; the
+  reflection's tokens (through <sep>) on f (1 + D) - the group mean."""
+  c = _rl_config()
+  mesh, world, setup, init = train_loop.build(c, jax.devices()[:1])
+  rl = tree_rl.TreeRL(c, world, setup, optim.schedule(c.optim, 2))
+  tok = world.tokenizer
+  add = "add the circle is left of the square"
+  batch, m, info = _branch_with(rl, tok, [
+      edit.STOP, f"{add} | {RIGHT}", f"{add} | {HALF}", "left the of"],
+      monkeypatch)
+  b = batch["branch"]
+  # Rewards f (1 + D): 1 (stop, D = 0), 2, 1, 0 (malformed); mean 1.
+  np.testing.assert_allclose(b["advantage"], [0, 1, 0, -1])
+  # V_new: 0 (stop), 1, 0, 0 (malformed = stop); mean 0.25; stops zeroed.
+  np.testing.assert_allclose(b["refine_advantage"], [0, 0.75, -0.25, 0])
+  assert m["rl/refine_reward"] == pytest.approx(0.25)
+  words = lambda mask, i: " ".join(  # noqa: E731
+      tok.tokens[t] for t, k in zip(b["targets"][i], mask[i]) if k)
+  assert words(b["loss_mask"], 0) == edit.STOP + " <eos>"
+  assert words(b["loss_mask"], 1) == add + " <sep>"
+  assert words(b["refine_mask"], 1) == RIGHT + " <eos>"
+  assert words(b["refine_mask"], 0) == "" == words(b["refine_mask"], 3)
+
+
+def test_frozen_encoder_and_the_supervised_term(monkeypatch):
+  """rl.freeze=("encoder",) leaves every encoder parameter as it was while
+  the decoder moves; rl.supervised_weight adds the VQA loss to the step."""
+  _fake_scores(monkeypatch)
+  tasks = ("caption", "vqa", "reflect", "refine")
+  before = _run(_rl_config(tasks, freeze=("encoder",)), jax.devices()[:1], 0)[0]
+  after, ms, _ = _run(_rl_config(tasks, freeze=("encoder",)),
+                      jax.devices()[:1], 2)
+  same = jax.tree.map(np.array_equal, before["encoder"], after["encoder"])
+  assert all(jax.tree.leaves(same))
+  assert not all(jax.tree.leaves(jax.tree.map(
+      np.array_equal, before["decoder"], after["decoder"])))
+  assert "loss/vqa" not in ms[0]
+  sup, ms_sup, _ = _run(_rl_config(tasks, supervised_weight=1.0),
+                        jax.devices()[:1], 2)  # step 0's learning rate is 0
+  plain, _, _ = _run(_rl_config(tasks), jax.devices()[:1], 2)
+  assert ms_sup[0]["loss/vqa"] > 0
+  assert ms_sup[0]["loss"] == pytest.approx(
+      ms_sup[0]["loss/vqa"] + ms_sup[0]["pg"] + 0.001 * ms_sup[0]["kl"],
+      rel=1e-4)
+  assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, sup, plain)))
+  with pytest.raises(ValueError, match=r"freeze=\('vision',\) names"):
+    _run(_rl_config(freeze=("vision",)), jax.devices()[:1], 0)

@@ -74,22 +74,34 @@ def _buffer(prompt_BxL: jax.Array, max_len: int, pad_id: int) -> jax.Array:
 
 
 def sample_token(logits_BxV: jax.Array, rng: jax.Array | None, *,
-                 temperature: float, top_k: int) -> jax.Array:
-  """Greedy at temperature 0; otherwise samples from softmax(logits / temperature)
-  restricted to the top_k largest logits (all when top_k is 0)."""
+                 temperature: float, top_k: int, top_p: float = 1.0
+                 ) -> jax.Array:
+  """Greedy at temperature 0; otherwise samples from softmax(logits /
+  temperature) restricted to the top_k largest logits (all when top_k is 0),
+  then to the nucleus: the most probable tokens whose probabilities, summed
+  in decreasing order, first reach top_p (the most probable one always; all
+  when top_p is 1). The order is Hugging Face's (temperature, top-k, top-p)."""
   if temperature == 0.0:
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
   logits_BxV = logits_BxV / temperature
   if top_k:
     kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
     logits_BxV = jnp.where(logits_BxV >= kth_Bx1, logits_BxV, -jnp.inf)
+  if top_p < 1.0:
+    sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+    keep_BxV = before_BxV < top_p  # the mass before it is short of top_p
+    least_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1,
+                        keepdims=True)
+    logits_BxV = jnp.where(logits_BxV >= least_Bx1, logits_BxV, -jnp.inf)
   return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
 
 
 def generate(model: Model, images_or_img: jax.Array, prompt_BxL: jax.Array,
              prompt_len_B: jax.Array, *, max_len: int, eos_id: int, pad_id: int,
              prefill_len: int, temperature: float = 0.0, top_k: int = 0,
-             rng: jax.Array | None = None) -> Generation:
+             top_p: float = 1.0, rng: jax.Array | None = None) -> Generation:
   """Generates up to position max_len (see the module docstring).
   `images_or_img` may be raw images, image tokens, or `model.cross_kv(...)`.
 
@@ -112,7 +124,7 @@ def generate(model: Model, images_or_img: jax.Array, prompt_BxL: jax.Array,
     forced_B = t < prompt_len_B
     step_rng = None if rng is None else jax.random.fold_in(rng, t)
     chosen_B = sample_token(logits_BxV, step_rng, temperature=temperature,
-                            top_k=top_k)
+                            top_k=top_k, top_p=top_p)
     prompt_B = jax.lax.dynamic_index_in_dim(tokens_BxT, t, axis=1, keepdims=False)
     tok_B = jnp.where(forced_B, prompt_B, jnp.where(done_B, pad_id, chosen_B))
     tokens_BxT = jax.lax.dynamic_update_slice(tokens_BxT, tok_B[:, None], (0, t))
@@ -146,7 +158,8 @@ def generate(model: Model, images_or_img: jax.Array, prompt_BxL: jax.Array,
 
 def make_generate_fn(graphdef: nnx.GraphDef, *, max_len: int, eos_id: int,
                      pad_id: int, prefill_len: int, temperature: float = 0.0,
-                     top_k: int = 0) -> Callable[..., Generation]:
+                     top_k: int = 0, top_p: float = 1.0
+                     ) -> Callable[..., Generation]:
   """Jitted `fn(state, images_or_img, prompt_BxL, prompt_len_B, rng=None)` for a
   model kept as `graphdef, state = nnx.split(model)`."""
 
@@ -158,7 +171,7 @@ def make_generate_fn(graphdef: nnx.GraphDef, *, max_len: int, eos_id: int,
     return generate(model, images_or_img, prompt_BxL, prompt_len_B,
                     max_len=max_len, eos_id=eos_id, pad_id=pad_id,
                     prefill_len=prefill_len, temperature=temperature, top_k=top_k,
-                    rng=rng)
+                    top_p=top_p, rng=rng)
 
   return generate_fn
 

@@ -7,8 +7,14 @@ For trained tokens t of a rollout with advantage A (r3jax.r3.rewards):
   loss    = sum_t (pg_t + beta kl_t) / (number of trained tokens in the batch)
 The KL term is dropped for a step whose mean kl_t exceeds `kl_cap` (10), as in
 the reference. pi_old is the policy that sampled the batch; with one update
-per rollout batch it equals pi, so rho = 1 and the clip only guards numerical
-differences, exactly as there.
+per rollout batch it equals pi. Here log pi_old is the training forward's own
+(gradient stopped), so rho = 1 exactly and the clip never acts; the
+reference takes it from the rollout's sampling pass, so its rho differs from
+1 by the numerical difference of its two paths only.
+
+A step may hold several streams with their own normalisation (Tree-RL's
+refined captions: `loss(parts, streams=...)`): each stream's token mean,
+weighted, is added to the main stream's.
 """
 
 from __future__ import annotations
@@ -41,9 +47,7 @@ def sums(logp_BxL: jax.Array, ref_logp_BxL: jax.Array,
           "tokens": mask.sum()}
 
 
-def loss(parts: list[Mapping[str, jax.Array]], *, kl_weight: float,
-         kl_cap: float = 10.0) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(loss, measurements) from the `sums` of every sub-batch of the step."""
+def _stream(parts, kl_weight: float, kl_cap: float):
   total = {k: sum(p[k] for p in parts) for k in parts[0]}
   n = jnp.maximum(total["tokens"], 1.0)
   pg, kl = total["pg"] / n, total["kl"] / n
@@ -51,3 +55,18 @@ def loss(parts: list[Mapping[str, jax.Array]], *, kl_weight: float,
   return pg + use_kl * kl_weight * kl, {
       "pg": pg, "kl": kl, "clip_frac": total["clipped"] / n,
       "tokens": total["tokens"]}
+
+
+def loss(parts: list[Mapping[str, jax.Array]], *, kl_weight: float,
+         kl_cap: float = 10.0,
+         streams: Mapping[str, tuple[float, list[Mapping[str, jax.Array]]]]
+         | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(loss, measurements) from the `sums` of every sub-batch of the step;
+  `streams`: name -> (weight, its sub-batches' sums), each normalised by its
+  own token count (measurements `<name>/pg` ...)."""
+  total, m = _stream(parts, kl_weight, kl_cap)
+  for name, (weight, stream_parts) in (streams or {}).items():
+    value, sm = _stream(stream_parts, kl_weight, kl_cap)
+    total = total + weight * value
+    m.update({f"{name}/{k}": v for k, v in sm.items()})
+  return total, m

@@ -9,14 +9,24 @@ mode "tree" alternates two kinds of step (config.rl):
                        other pool when one is empty) and samples `group_size`
                        reflect + refine rollouts from it
                        (<reflect> DRAFT <sep> REFLECTION [<sep> REFINED] <eos>);
-                       reward f (1 + D) (r3jax.r3.rewards); a stop trains no
-                       refine tokens; train_reflection=False trains only the
-                       refined caption
+                       reward f (1 + D) (r3jax.r3.rewards) for the
+                       reflection's tokens; the refined caption's tokens are
+                       a stream of their own, as in the reference code:
+                       advantage V_new - the group's mean V_new (a stop counts
+                       with V_prev and trains no refine tokens), no format
+                       reward or stop bonus, normalised over their own tokens
+                       and weighted rl.refine_weight; train_reflection=False
+                       trains only the refined caption
 mode "chain" (ablation): every step samples drafts and one reflect + refine
 rollout per draft, and both sequences of a trajectory share one outcome
 reward f f' (1 + V_final).
 Advantages are reward - group mean; the loss is r3jax.r3.grpo's (PPO clip,
 k3 KL to the frozen starting policy); one optimizer update per rollout batch.
+Sampling: temperature, top_k and top_p (the reference: 0.9, top-p 0.9).
+rl.freeze keeps top-level parameter trees fixed (the reference freezes the
+vision encoder: ("encoder",)). rl.supervised_weight > 0 adds the supervised
+VQA / ITA loss on fresh batches of those tasks to every step (not in the
+reference, which trains RL alone).
 With VQA / ITA in config.tasks and rl.interference on, every step also logs
 interf/cos/rl:<task>, the cosine between the RL gradient and that task's
 supervised gradient on a fresh batch (its data position is not checkpointed:
@@ -81,12 +91,17 @@ class TreeRL:
     self.cap_len = config.tasks.caption.max_len
     self.r3_len = config.tasks.refine.max_len
     self._samplers: dict = {}
+    top = set(setup.abstract["params"])
+    if not set(config.rl.freeze) <= top:
+      raise ValueError(f"config.rl.freeze={tuple(config.rl.freeze)} names "
+                       f"parameters the model does not have; its top-level "
+                       f"trees are {sorted(top)}")
     self._update = self._make_update(schedule)
     self.buffer: list[Rollout] = []
     # Understanding batches for the RL-vs-VQA/ITA gradient cosines.
     sup = {k: t for k, t in config.tasks.items() if k in ("vqa", "ita")}
     self.sup = None
-    if sup and config.rl.interference:
+    if sup and (config.rl.interference or config.rl.supervised_weight > 0):
       self.sup = pipeline.TrainData(
           self.source, self.tok, sup, config.seed, setup.mesh,
           config.data.read_threads, config.data.prefetch, "split",
@@ -100,7 +115,8 @@ class TreeRL:
       self._samplers[key] = decoding.make_generate_fn(
           self.setup.graphdef, max_len=max_len, eos_id=self.tok.eos_id,
           pad_id=self.tok.pad_id, prefill_len=prefill,
-          temperature=self.rl.temperature, top_k=self.rl.top_k)
+          temperature=self.rl.temperature, top_k=self.rl.top_k,
+          top_p=self.rl.top_p)
     return self._samplers[key]
 
   def _sample(self, params, images, prompts: list[list[int]], max_len: int,
@@ -183,9 +199,11 @@ class TreeRL:
     return pool[rng.integers(len(pool))]
 
   def branch(self, params, step: int, rng, drafts: Sequence[Rollout] | None = None,
-             per_draft: int | None = None):
+             per_draft: int | None = None, refine_stream: bool = True):
     """Reflect + refine rollouts: `per_draft` of each draft (default: one
-    buffered draft per group, group_size rollouts each)."""
+    buffered draft per group, group_size rollouts each). With
+    `refine_stream`, the refined captions' tokens get their own mask and
+    advantage (refine_mask, refine_advantage); else one mask covers both."""
     tok, cfg = self.tok, self.world.world
     if drafts is None:
       pick = np.random.default_rng([self.cfg.seed, step, 1])
@@ -197,7 +215,7 @@ class TreeRL:
     images = self._images([d.record for d in items])
     outs = self._sample(params, images, prompts, self.r3_len, rng)
     info = {k: [] for k in ("reward", "v", "stop", "format", "final",
-                            "from", "to")}
+                            "from", "to", "cut")}
     for d, (ids, _) in zip(items, outs):
       if tok.sep_id in ids:
         cut = ids.index(tok.sep_id)
@@ -215,14 +233,25 @@ class TreeRL:
       # A stop trains no refine tokens; the ablation trains no reflection.
       info["from"].append(0 if self.rl.train_reflection else cut + 1)
       info["to"].append(cut + 1 if stopped else None)
+      info["cut"].append(cut)
+    reflection_to = info["to"]
+    if refine_stream:  # the reflection stream ends at its <sep>
+      reflection_to = [c + 1 for c in info["cut"]]
     batch = self._sequences(prompts, outs, info["from"], self.r3_len,
-                            info["to"])
+                            reflection_to)
     batch["image"] = images
     batch["advantage"] = rewards_lib.advantages(info["reward"], k)
     m = {"rl/reward": np.mean(info["reward"]), "rl/v": np.mean(info["v"]),
          "rl/v_prev": np.mean([d.v for d in items]),
          "rl/stop_rate": np.mean(info["stop"]),
          "rl/format": np.mean(info["format"]), "rl/stage": 1.0}
+    if refine_stream:
+      refine = self._sequences(prompts, outs, [c + 1 for c in info["cut"]],
+                               self.r3_len)
+      batch["refine_mask"] = refine["loss_mask"]
+      edited = 1.0 - np.asarray(info["stop"], np.float32)
+      batch["refine_advantage"] = rewards_lib.advantages(info["v"], k) * edited
+      m["rl/refine_reward"] = np.mean(info["v"])
     return {"branch": batch}, m, info
 
   def chain(self, params, step: int, rng):
@@ -230,7 +259,8 @@ class TreeRL:
     root_batch, _ = self.root(params, step, jax.random.fold_in(rng, 0))
     drafts, self.buffer = self.buffer, []
     branch_batch, m_b, info = self.branch(
-        params, step, jax.random.fold_in(rng, 1), drafts, per_draft=1)
+        params, step, jax.random.fold_in(rng, 1), drafts, per_draft=1,
+        refine_stream=False)
     world, kind = self.world.world, self.rl.reward
     outcome = []
     for d, ok, final in zip(drafts, info["format"], info["final"]):
@@ -250,32 +280,51 @@ class TreeRL:
   def _make_update(self, schedule):
     setup, rl = self.setup, self.rl
 
+    frozen = set(rl.freeze)
+
+    def unfrozen(tree):
+      return {k: jax.tree.map(jnp.zeros_like, v) if k in frozen else v
+              for k, v in tree.items()}
+
     def update(state, ref_params, batch, sup):
       with sharding.use_rules(setup.mesh, setup.rules):
         def loss_fn(params):
-          parts = []
+          parts, refine = [], []
           for b in batch.values():
             logits = setup.model(params)(b["image"], b["tokens"])
             logp = grpo.token_logp(logits, b["targets"])
-            ref = grpo.token_logp(setup.model(ref_params)(
-                b["image"], b["tokens"]), b["targets"])
+            ref = jax.lax.stop_gradient(grpo.token_logp(setup.model(
+                ref_params)(b["image"], b["tokens"]), b["targets"]))
             b = dict(b, old_logp=jax.lax.stop_gradient(logp))
-            parts.append(grpo.sums(logp, jax.lax.stop_gradient(ref), b,
-                                   clip=rl.clip))
-          return grpo.loss(parts, kl_weight=rl.kl)
+            parts.append(grpo.sums(logp, ref, b, clip=rl.clip))
+            if "refine_mask" in b:
+              refine.append(grpo.sums(logp, ref, dict(
+                  b, loss_mask=b["refine_mask"],
+                  advantage=b["refine_advantage"]), clip=rl.clip))
+          streams = {"refine": (rl.refine_weight, refine)} if refine else None
+          return grpo.loss(parts, kl_weight=rl.kl, streams=streams)
 
         (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"])
         # Interference under R3: the RL gradient against the understanding
-        # tasks' supervised gradients (r3jax.interference's cosine).
+        # tasks' supervised gradients (r3jax.interference's cosine); with
+        # rl.supervised_weight, those gradients also join the update.
+        total = grads
         for name, b in sup.items():
-          g = jax.grad(lambda p, b=b: losses_lib.token_xent(
+          xent, g = jax.value_and_grad(lambda p, b=b: losses_lib.token_xent(
               setup.model(p)(b["image"], b["tokens"]), b)[0])(state["params"])
           dot = sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(grads),
                                                    jax.tree.leaves(g)))
           m[f"interf/cos/rl:{name}"] = dot / jnp.maximum(
               optax.tree.norm(grads) * optax.tree.norm(g), 1e-30)
+          if rl.supervised_weight > 0:
+            m[f"loss/{name}"] = xent
+            loss = loss + rl.supervised_weight * xent
+            total = jax.tree.map(lambda a, c: a + rl.supervised_weight * c,
+                                 total, g)
+        grads = unfrozen(total)
         updates, opt = setup.tx.update(grads, state["opt"], state["params"])
+        updates = unfrozen(updates)
         params = optax.apply_updates(state["params"], updates)
       m = dict(m, loss=loss, grad_norm=optax.tree.norm(grads),
                update_norm=optax.tree.norm(updates),

@@ -405,3 +405,15 @@ def test_real_data_configs_train_vit_b16(name):
   assert (cfg.enc_width, cfg.enc_depth, cfg.enc_heads, cfg.enc_mlp) == (
       768, 12, 12, 3072)
   assert (cfg.patch_size, c.world.image_size, c.model.dec_depth) == (16, 224, 6)
+
+
+@pytest.mark.parametrize("name", [os.path.basename(p)[:-3] for p in sorted(
+    glob.glob(os.path.join(ROOT, "configs", "*.py")))
+    if not os.path.basename(p).startswith(("_", "coco"))])
+def test_every_world_config_starts_from_a_base(name):
+  """Every world config file takes base=DIR (its docstring says so): the
+  base's model settings and parameters."""
+  base = os.path.join(ROOT, "experiments", "competence", "runs",
+                      "mix_sincos_rf")
+  c = importlib.import_module(f"configs.{name}").get_config(f"base={base}")
+  assert c.init_from == base and c.model.stem_convs == 2

@@ -168,3 +168,28 @@ def test_edit_agrees_with_verify_on_repeated_and_reordered_captions():
       assert (edit.diagnose(text, scene, CFG) is None) == accepted, text
       checked += accepted
   assert checked >= 1000
+
+
+def test_an_instruction_names_the_edit_the_editor_would_make():
+  """from_instruction(instruction(t), t) is diagnose(t)'s edit, on every
+  corruption and on word salad: the same caption after `apply`."""
+  rng = np.random.default_rng(4)
+  words = vocabulary(CFG)
+  named = 0
+  for _ in range(300):
+    scene = sample_scene(rng, CFG)
+    kinds = available_corruptions(scene, CFG)
+    text = (corrupt(scene, rng, CFG, rng.choice(kinds)) if rng.random() < 0.7
+            else " ".join(rng.choice(words, rng.integers(1, 20))))
+    e = edit.diagnose(text, scene, CFG)
+    if e is None:
+      continue
+    got = edit.from_instruction(e.instruction, text, CFG)
+    assert got is not None, (e.instruction, text)
+    assert edit.apply(got, text, scene, CFG) == edit.apply(e, text, scene, CFG)
+    named += 1
+  assert named >= 200
+  assert edit.from_instruction(edit.STOP, REPEATED, CFG) is None
+  assert edit.from_instruction("remove a large blue circle", REPEATED,
+                               CFG) is None  # not in the caption
+  assert edit.from_instruction("add a purple blob", REPEATED, CFG) is None

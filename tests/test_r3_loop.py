@@ -133,3 +133,30 @@ def test_loop_runs_the_model(built):
   assert len(trajs) == 6 and all(len(t.captions) == 3 for t in trajs)
   assert all(1 <= len(t.reflections) <= 2 for t in trajs)
   assert 0 <= s["r3/round2/v_frac"] <= 1 and s["r3/tokens_per_example"] > 0
+
+
+def test_a_reflection_helps_when_its_edit_raises_the_score():
+  """reflect_right wants the verifier's first-choice edit; reflect_helpful
+  any edit that raises V_frac (or a stop on a right draft)."""
+  from r3jax.world import WorldConfig
+  from r3jax.world.scene import Object, Scene
+  cfg = WorldConfig()
+  scene = Scene((Object("circle", "red", "large", 0.2, 0.5),
+                 Object("square", "blue", "small", 0.8, 0.5)))
+  half = "there is a large red circle and a small blue square"
+  right = half + " . the circle is left of the square"
+  green = "there is a large red circle and a small green square"
+  add = "add the circle is left of the square"
+  trajs = [
+      # The verifier's edit, then a stop on a right caption.
+      r3_loop.Trajectory([half, right], [add, edit.STOP], stopped=True),
+      # The verifier would first fix the colour; adding the relation helps
+      # too. Then a stop on a wrong caption, and an edit naming nothing.
+      r3_loop.Trajectory([green, green + " . the circle is left of the square"],
+                         [add], stopped=False),
+      r3_loop.Trajectory([green], [edit.STOP], stopped=True),
+      r3_loop.Trajectory([green, green], ["remove a purple circle"]),
+  ]
+  s = r3_loop.Scorer(cfg, 1)._stage_scores(trajs, [scene] * 4)
+  assert s["r3/reflect_right"] == pytest.approx(2 / 5)
+  assert s["r3/reflect_helpful"] == pytest.approx(3 / 5)

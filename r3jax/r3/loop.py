@@ -299,6 +299,11 @@ class Scorer:
     edit the refine target), over every reflect call of every round:
       r3/reflect_right  the reflection's instruction (or stop string) is the
                         verifier's, exactly
+      r3/reflect_helpful  the reflection helps: it stops on a V_strict draft,
+                        or names an edit that, applied as the verifier's
+                        editor would (edit.from_instruction), raises the
+                        draft's V_frac (any helpful edit, not only the
+                        verifier's first choice)
       r3/refine_right   of the refines whose target is known (the reflection
                         named the verifier's edit; without a reflect stage,
                         the draft needs an edit), the fraction that wrote the
@@ -306,7 +311,7 @@ class Scorer:
     A loop whose reflect is right but whose refine is not fails at
     generation; the other way round, at understanding."""
     cfg = self.world
-    right = calls = refine_right = refines = 0
+    right = calls = refine_right = refines = helpful = 0
     for t, scene in zip(trajs, scenes):
       for r in range(1, len(t.reflections) + 1):
         draft = t.captions[r - 1]
@@ -319,6 +324,12 @@ class Scorer:
           said = " ".join(t.reflections[r - 1].rsplit(" . ", 1)[-1].split())
           calls += 1
           right += said == target
+          if said == edit_lib.STOP:
+            helpful += edit is None
+          elif (named := edit_lib.from_instruction(said, draft, cfg)):
+            after = edit_lib.apply(named, draft, scene, cfg)
+            helpful += (verify(after, scene, cfg).v_frac >
+                        verify(draft, scene, cfg).v_frac)
           known = said == target and edit is not None
         if known:
           refines += 1
@@ -328,6 +339,7 @@ class Scorer:
     out = {"r3/refine_right": refine_right / max(refines, 1)}
     if not self.direct:
       out["r3/reflect_right"] = right / max(calls, 1)
+      out["r3/reflect_helpful"] = helpful / max(calls, 1)
     return out
 
   def examples(self, trajs: Sequence[Trajectory],

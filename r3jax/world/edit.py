@@ -363,6 +363,60 @@ def apply(edit: Edit, text: str, scene: Scene, cfg: WorldConfig) -> str:
   return render([s for s in sentences if s is not None])
 
 
+def from_instruction(instruction: str, text: str, cfg: WorldConfig
+                     ) -> Edit | None:
+  """The Edit an instruction names on `text` (for `apply`): its old phrase
+  found among the caption's items, totals, clauses or unparsable sentences,
+  its new phrase read as an item, a total or a clause. None for the stop
+  string, text that is not an instruction, an old phrase the caption does
+  not hold, or a new phrase outside the grammar."""
+  parsed = parse_instruction(instruction)
+  if parsed is None or parsed[0] == "stop":
+    return None
+  op, old, new_text = parsed
+  sentences = read(text, cfg)
+  new = None
+  if op != "remove":
+    words = new_text.split()
+    if len(words) == 2 and words[1] in ("object", "objects"):
+      new = _number(words[0], cfg)
+    elif words[:1] == ["the"]:
+      clauses = _relations(words, cfg).clauses
+      new = clauses[0] if len(clauses) == 1 and clauses[0].bad is None else None
+    else:
+      fact = _item(words, cfg)
+      new = Item(fact) if isinstance(fact, KindCount) else None
+    if new is None:
+      return None
+  if op == "add":
+    if isinstance(new, int):
+      return None
+    si = next((i for i, s in enumerate(sentences) if isinstance(s, Listing)),
+              -1)
+    return Edit("add", -1 if isinstance(new, Clause) else si, -1, "", new)
+  for si, s in enumerate(sentences):
+    if isinstance(s, Garbage):
+      if op == "remove" and s.words == old:
+        return Edit("remove", si, -2, old)
+      continue
+    if isinstance(s, Listing) and s.total is not None and (
+        _total_text(s.total) == old) and isinstance(new, int):
+      return Edit("replace", si, -1, old, new)
+    parts = s.items if isinstance(s, Listing) else s.clauses
+    for pi, part in enumerate(parts):
+      if part.text != old:
+        continue
+      if isinstance(new, Clause) and isinstance(part, Clause):
+        # A clause that continued its subject goes on doing so.
+        new = dataclasses.replace(new, shared=part.shared and (
+            new.subject == part.subject))
+      fits = new is None or isinstance(new, Item if isinstance(s, Listing)
+                                       else Clause)
+      if fits:
+        return Edit(op, si, pi, old, new)
+  return None
+
+
 def _regroup(clauses: list[Clause]) -> Relations | None:
   """A continuation keeps sharing a subject only if the clause before it
   still has that subject; no clauses, no sentence."""

@@ -14,6 +14,11 @@ Prints name=value lines:
   ratio             (caption + round) / caption
   ratio_plain       (caption + round_plain) / caption
   ratio_always_edit (caption + always) / caption
+  packed_rightP_*   a packed round (reflections decoded to <sep> / <eos>,
+                    refines only for the rows that edit) on drafts of which
+                    P% are right (reference captions) and the rest corrupted:
+                    its measured stop rate, time, and time / always_ms (the
+                    one-pass all-edit round)
 and the per-stage split: images encoded, drafts edited, generated tokens of
 the reflect and refine stages per example, and decode calls per round.
 Without --workdir a freshly initialised model is timed (it says so).
@@ -72,13 +77,13 @@ def main():
   mesh, world, setup, init = train_loop.build(c)
   state = init()
   trained = False
-  if args.workdir:
-    ck = ckpt_lib.Checkpointer(os.path.join(args.workdir, "checkpoints"), 1, 1)
-    if ck.latest_step() is not None:
-      state, _ = ck.restore(setup.abstract)
-      trained = True
-    ck.close()
   params = state["params"]
+  if args.workdir:  # its latest checkpoint, else its exported params.npz
+    try:
+      params = ckpt_lib.load_params(args.workdir, setup.abstract["params"])
+      trained = True
+    except FileNotFoundError:
+      pass
   records = world.records("test", args.examples)
   tok, cfg = world.tokenizer, world.world
   kw = dict(rounds=1, batch_size=args.batch, caption_len=c.tasks.caption.max_len,
@@ -109,6 +114,21 @@ def main():
     def round_with(lp, prompts):
       return lambda: lp._decode(params, kv, rows, prompts, kw["r3_len"], rng)
 
+    # Packed rounds (R3Loop._round: refines only the rows whose reflection
+    # names an edit) on drafts of which a share is right (a reference
+    # caption, which a trained model should stop on) and the rest have one
+    # corruption; against the one-pass decode of an all-edit round.
+    truth = [[lead] + tok.encode(r["captions"][0]) + [tok.sep_id]
+             for r in records]
+    mixes = {}
+    for share in (0.0, 0.5, 0.9):
+      k = int(round(share * n))
+      prompts = truth[:k] + wrong[k:]
+      out = fast._round(params, kv, rows, prompts, rng)
+      stopped = float(np.mean([tok.sep_id not in o or not (
+          o[o.index(tok.sep_id) + 1:]) for o in out]))
+      mixes[share] = (stopped, _time(lambda p=prompts: fast._round(
+          params, kv, rows, p, rng), args.repeats))
     t_cap = _time(caption, args.repeats)
     t_round = _time(round_with(fast, own), args.repeats)
     t_plain = _time(round_with(plain, own), args.repeats)
@@ -142,6 +162,11 @@ def main():
     print(f"{name}_drafts_edited={edited:.3f} {name}_reflect_tokens={reflect:.1f} "
           f"{name}_refine_tokens={refine:.1f}")
   print(f"caption_tokens={np.mean([len(d) for d in drafts]):.1f}")
+  for share, (stopped, t) in mixes.items():
+    print(f"packed_right{int(100 * share)}_stop_rate={stopped:.3f} "
+          f"packed_right{int(100 * share)}_ms={1e3 * t:.1f} "
+          f"packed_right{int(100 * share)}_vs_all_edit="
+          f"{t / t_always:.3f}")
 
 
 if __name__ == "__main__":

@@ -261,3 +261,34 @@ def test_lookup_decoding_saves_model_calls_on_repetitive_output():
   # copied proposals are confirmed several at a time.
   calls = _lookup_vs_greedy(99, 6, 2, REPEATS[2:3], REPEAT_LENS[2:3], slice(2, 3))
   assert calls <= (MAX_LEN - 3) // 2
+
+
+def test_stopping_at_a_separator_then_resuming_equals_one_decode():
+  """R3's packed round: greedy decoding stopped at a separator S (or eos),
+  then resumed from prompt + what it wrote, gives every row the tokens of
+  the one-pass decode that runs through S."""
+  model, images = setup()
+  eos = stopping_eos()
+  run = lambda prompts, lens, stops: jax.device_get(jax.jit(  # noqa: E731
+      functools.partial(generate, model, max_len=MAX_LEN, eos_id=stops,
+                        pad_id=PAD, prefill_len=1))(images, prompts, lens))
+  full = run(PROMPTS, PROMPT_LENS, eos)
+  gen = [row[n:].tolist() for row, n in zip(full.tokens, PROMPT_LENS)]
+  # S: a token some row writes before it stops.
+  sep = next(t for t in range(1, 11) if t != eos and any(
+      t in g[:g.index(eos) if eos in g else len(g)] for g in gen))
+  first = run(PROMPTS, PROMPT_LENS, (sep, eos))
+  resumed_rows, lens = [], []
+  for row, n in zip(first.tokens, PROMPT_LENS.tolist()):
+    out = row[n:].tolist()
+    k = next(i for i, t in enumerate(out + [PAD]) if t in (sep, eos, PAD))
+    resumed_rows.append(row[:n + k + 1].tolist())
+    lens.append(n + k + 1)
+  width = max(lens)
+  resumed = jnp.asarray([r + [PAD] * (width - len(r)) for r in resumed_rows])
+  second = run(resumed, jnp.asarray(lens, jnp.int32), eos)
+  at_sep = [r[-1] == sep for r in resumed_rows]
+  assert any(at_sep)  # some rows did stop at S
+  # Rows that stopped at S resume; the others ended in the first decode.
+  both = np.where(np.asarray(at_sep)[:, None], second.tokens, first.tokens)
+  np.testing.assert_array_equal(both, full.tokens)

@@ -24,9 +24,14 @@ def _oracle(world, records, fail_on=(), copy_on=()):
   tok, cfg = world.tokenizer, world.world
   calls = []
 
-  def decode(params, kv_all, rows, prompts, max_len, rng):
-    calls.append(list(rows))
+  def decode(params, kv_all, rows, prompts, max_len, rng, stops=None):
+    """The loop's calls: drafts; reflections (stops=(sep, eos): the stop
+    it ended at is its last token); refined captions after a reflection.
+    `calls` records the rows of every call but the refines."""
     out = []
+    refine = bool(prompts) and prompts[0].count(tok.sep_id) == 2
+    if not refine:
+      calls.append(list(rows))
     for row, prompt in zip(rows, prompts):
       scene = scene_from_arrays(records[row]["scene"], cfg)
       if prompt[0] == tok.task_id("caption"):
@@ -34,14 +39,22 @@ def _oracle(world, records, fail_on=(), copy_on=()):
         text = corrupt(scene, np.random.default_rng(row), cfg, kinds[0])
         out.append(tok.encode(text))
         continue
-      draft = tok.decode(prompt[1:-1])
+      assert stops == (tok.sep_id, tok.eos_id) or refine
+      draft = tok.decode(prompt[1:prompt.index(tok.sep_id)])
       e = edit.diagnose(draft, scene, cfg)
-      if e is None or row in fail_on:
-        out.append(tok.encode(edit.STOP))
-      else:
+      if refine:
+        assert e is not None and row not in fail_on
         fixed = draft if row in copy_on else edit.apply(e, draft, scene, cfg)
-        out.append(tok.encode(e.instruction) + [tok.sep_id] + tok.encode(fixed))
+        out.append(tok.encode(fixed))
+      elif e is None or row in fail_on:
+        out.append(tok.encode(edit.STOP) + [tok.eos_id])
+      else:
+        out.append(tok.encode(e.instruction) + [tok.sep_id])
+    if refine:
+      refines.append(list(rows))
     return out
+  refines = []
+  decode.refines = refines
   return decode, calls
 
 
@@ -65,6 +78,10 @@ def test_oracle_loop_exits_early_and_accounts_rounds(built, monkeypatch):
                  i != 0 and needs[i] >= r - 1] for r in (1, 2, 3)}
   ran = [r for r in (1, 2, 3) if entered[r]]
   assert calls[1:] == [entered[r] for r in ran]
+  # Within a round only the rows whose reflection names an edit refine.
+  assert decode.refines == [[i for i in entered[r] if i != 0 and
+                             needs[i] >= r] for r in ran if any(
+                                 i != 0 and needs[i] >= r for i in entered[r])]
   # Row 0 stops wrongly at once; the others end right unless out of rounds.
   assert trajs[0].stopped and len(trajs[0].reflections) == 1
   for i in range(1, n):

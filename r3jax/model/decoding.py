@@ -8,8 +8,9 @@ Prompts are right-padded with pad_id to L; prompt_len_B gives each one's true le
 The image is encoded once and its cross-attention k/v reused at every step. Positions
 [0, prefill_len) go through one decode_step; a lax.while_loop then feeds one position
 per iteration: the prompt token while t < prompt_len[i], otherwise the token chosen at
-the previous step. An example stops at its first generated eos_id (later positions are
-pad_id); the loop ends when all examples stopped or T positions are filled.
+the previous step. An example stops at its first generated eos_id, or at any of
+them when eos_id is a tuple (later positions are pad_id); the loop ends when
+all examples stopped or T positions are filled.
 
 From evaluation code, with the trainer's `graphdef, state = nnx.split(model)`:
 
@@ -25,6 +26,8 @@ For sampling pass temperature > 0 (and optionally top_k) to make_generate_fn and
 """
 
 from __future__ import annotations
+
+import functools
 
 from collections.abc import Callable
 from typing import NamedTuple
@@ -68,6 +71,16 @@ def _check(model: Model, prompt_BxL: jax.Array, max_len: int, prefill_len: int):
                      f"length {prompt_BxL.shape[1]}].")
 
 
+Stops = int | tuple[int, ...]  # one stop id or several
+
+
+def _is_stop(tokens: jax.Array, eos_id: Stops) -> jax.Array:
+  """Whether each token ends its row: eos_id is one id or a tuple of them
+  (e.g. R3's reflect stage stops at <sep> or <eos>)."""
+  ids = eos_id if isinstance(eos_id, tuple) else (eos_id,)
+  return functools.reduce(jnp.logical_or, [tokens == i for i in ids])
+
+
 def _buffer(prompt_BxL: jax.Array, max_len: int, pad_id: int) -> jax.Array:
   tokens_BxT = jnp.full((prompt_BxL.shape[0], max_len), pad_id, jnp.int32)
   return tokens_BxT.at[:, :prompt_BxL.shape[1]].set(prompt_BxL.astype(jnp.int32))
@@ -99,7 +112,7 @@ def sample_token(logits_BxV: jax.Array, rng: jax.Array | None, *,
 
 
 def generate(model: Model, images_or_img: jax.Array, prompt_BxL: jax.Array,
-             prompt_len_B: jax.Array, *, max_len: int, eos_id: int, pad_id: int,
+             prompt_len_B: jax.Array, *, max_len: int, eos_id: Stops, pad_id: int,
              prefill_len: int, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, rng: jax.Array | None = None) -> Generation:
   """Generates up to position max_len (see the module docstring).
@@ -129,7 +142,7 @@ def generate(model: Model, images_or_img: jax.Array, prompt_BxL: jax.Array,
     tok_B = jnp.where(forced_B, prompt_B, jnp.where(done_B, pad_id, chosen_B))
     tokens_BxT = jax.lax.dynamic_update_slice(tokens_BxT, tok_B[:, None], (0, t))
     generated_B = ~forced_B & ~done_B
-    return (tokens_BxT, done_B | (generated_B & (tok_B == eos_id)),
+    return (tokens_BxT, done_B | (generated_B & _is_stop(tok_B, eos_id)),
             gen_len_B + generated_B)
 
   if prefill_len == max_len:  # The buffer holds only prompt.
@@ -156,7 +169,7 @@ def generate(model: Model, images_or_img: jax.Array, prompt_BxL: jax.Array,
   return Generation(tokens_BxT, gen_len_B, done_B)
 
 
-def make_generate_fn(graphdef: nnx.GraphDef, *, max_len: int, eos_id: int,
+def make_generate_fn(graphdef: nnx.GraphDef, *, max_len: int, eos_id: Stops,
                      pad_id: int, prefill_len: int, temperature: float = 0.0,
                      top_k: int = 0, top_p: float = 1.0
                      ) -> Callable[..., Generation]:
@@ -177,7 +190,7 @@ def make_generate_fn(graphdef: nnx.GraphDef, *, max_len: int, eos_id: int,
 
 
 def generate_recompute(model: Model, images_or_img: jax.Array, prompt_BxL: jax.Array,
-                       prompt_len_B: jax.Array, *, max_len: int, eos_id: int,
+                       prompt_len_B: jax.Array, *, max_len: int, eos_id: Stops,
                        pad_id: int) -> Generation:
   """Greedy reference without a cache: every step re-runs the full teacher-forced
   `decode` over the whole buffer (causal, so only the prefix matters) and reads the
@@ -198,7 +211,7 @@ def generate_recompute(model: Model, images_or_img: jax.Array, prompt_BxL: jax.A
     tok_B = jnp.where(forced_B, prompt_B, jnp.where(done_B, pad_id, greedy_B))
     tokens_BxT = jax.lax.dynamic_update_slice(tokens_BxT, tok_B[:, None], (0, t))
     generated_B = ~forced_B & ~done_B
-    return (tokens_BxT, done_B | (generated_B & (tok_B == eos_id)),
+    return (tokens_BxT, done_B | (generated_B & _is_stop(tok_B, eos_id)),
             gen_len_B + generated_B)
 
   carry = (_buffer(prompt_BxL, max_len, pad_id), jnp.zeros((batch,), bool),
@@ -208,7 +221,7 @@ def generate_recompute(model: Model, images_or_img: jax.Array, prompt_BxL: jax.A
 
 
 def generate_lookup(model: Model, images_or_img, prompt_BxL: jax.Array,
-                    prompt_len_B: jax.Array, *, max_len: int, eos_id: int,
+                    prompt_len_B: jax.Array, *, max_len: int, eos_id: Stops,
                     pad_id: int, prefill_len: int, k: int = 8) -> Generation:
   """Greedy generation equal to `generate(..., temperature=0)` that verifies
   up to k proposed tokens per model call (prompt-lookup decoding).
@@ -282,14 +295,14 @@ def generate_lookup(model: Model, images_or_img, prompt_BxL: jax.Array,
     n_B = jnp.where(done_B, 0, jnp.minimum(a_B + 1, max_len - 1 - t_B))
     take_BxS = jnp.arange(width)[None] < n_B[:, None]
     gen_BxS = ~forced_BxS & take_BxS
-    eos_BxS = gen_BxS & (chosen_BxS == eos_id)
+    eos_BxS = gen_BxS & _is_stop(chosen_BxS, eos_id)
     after_eos_BxS = (jnp.cumsum(eos_BxS, axis=1) - eos_BxS) > 0
     new_BxS = jnp.where(after_eos_BxS, pad_id, chosen_BxS)
     live_BxS = gen_BxS & ~after_eos_BxS
     rel_BxT = positions_T[None] - t_B[:, None] - 1
     window_BxT = (rel_BxT >= 0) & (rel_BxT < n_B[:, None])
     tokens_BxT = jnp.where(window_BxT, gather(new_BxS, rel_BxT), tokens_BxT)
-    done_B = done_B | jnp.any(live_BxS & (chosen_BxS == eos_id), axis=1)
+    done_B = done_B | jnp.any(live_BxS & _is_stop(chosen_BxS, eos_id), axis=1)
     return t_B + n_B, tokens_BxT, done_B, gen_len_B + live_BxS.sum(1), a_B
 
   done_B = jnp.zeros((batch,), bool)

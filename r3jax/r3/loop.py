@@ -14,7 +14,9 @@ draft is read once); with `lookup` = k > 0 the reflect + refine decode
 verifies up to k tokens per call copied from the draft (prompt-lookup
 decoding, exactly greedy), since a refined caption mostly repeats its draft.
 Each round decodes only the examples still in the loop,
-packed into full batches, so finished examples cost nothing. A reflection
+packed into full batches, so finished examples cost nothing; within a round
+the reflection is decoded to its <sep> or <eos> and only the examples whose
+reflection names an edit decode a refined caption, again packed (`_round`). A reflection
 that is not an instruction counts as a stop, as in the reference code.
 
 Scores by round r (the caption every example holds after round r; examples
@@ -99,8 +101,8 @@ class R3Loop:
     self._gen_fns = {}
     self._graphdef = graphdef
 
-  def _gen_fn(self, max_len: int, prefill_len: int):
-    key = (max_len, prefill_len)
+  def _gen_fn(self, max_len: int, prefill_len: int, stops: tuple[int, ...]):
+    key = (max_len, prefill_len, stops)
     if key not in self._gen_fns:
       graphdef, tok, temp = self._graphdef, self._tok, self._temperature
       lookup = self._lookup if max_len == self._r3_len else 0
@@ -109,7 +111,7 @@ class R3Loop:
       def fn(params, kv_all, idx_B, prompt_BxL, len_B, rng):
         model = nnx.merge(graphdef, params)
         kv = jax.tree.map(lambda x: x[idx_B], kv_all)
-        kw = dict(max_len=max_len, eos_id=tok.eos_id, pad_id=tok.pad_id,
+        kw = dict(max_len=max_len, eos_id=stops, pad_id=tok.pad_id,
                   prefill_len=prefill_len)
         if lookup:  # the refined caption is confirmed from the draft
           return decoding.generate_lookup(model, kv, prompt_BxL, len_B,
@@ -130,12 +132,15 @@ class R3Loop:
     return jax.tree.map(lambda *xs: jax.numpy.concatenate(xs)[:n], *kvs)
 
   def _decode(self, params, kv_all, rows: Sequence[int], prompts: list[list[int]],
-              max_len: int, rng) -> list[list[int]]:
+              max_len: int, rng, stops: tuple[int, ...] | None = None
+              ) -> list[list[int]]:
     """Generated tokens (eos excluded) for each prompt, in batches of
     similar prompt length: one decode_step reads each batch's common prefix,
-    and the rest of a prompt is fed a token per step."""
+    and the rest of a prompt is fed a token per step. With `stops`, a row
+    ends at the first of those ids, which is kept as its last token."""
     out: dict[int, list[int]] = {}
     bs = self._bs
+    ends = stops or (self._tok.eos_id,)
     order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
     for s in range(0, len(rows), bs):
       sel = order[s:s + bs]
@@ -145,7 +150,7 @@ class R3Loop:
       for j, i in enumerate(sel):
         buf[j, :lens[j]] = prompts[i]
       prefill = max(1, int(lens.min()) // 4 * 4)  # few distinct compilations
-      fn = self._gen_fn(max_len, prefill)
+      fn = self._gen_fn(max_len, prefill, ends)
       idx = np.array([rows[i] for i in sel], np.int32)
       key = jax.random.fold_in(rng, s)
       gen = fn(params, kv_all, _put(idx, self._shard), _put(buf, self._shard),
@@ -153,7 +158,9 @@ class R3Loop:
       tokens = multihost_utils.process_allgather(gen.tokens, tiled=True)
       for j in range(min(bs, len(rows) - s)):
         ids = tokens[j, lens[j]:].tolist()
-        cut = ids.index(self._tok.eos_id) if self._tok.eos_id in ids else len(ids)
+        cut = next((k for k, t in enumerate(ids) if t in ends), len(ids))
+        if stops and cut < len(ids):
+          cut += 1  # the stop it ended at
         out[sel[j]] = [t for t in ids[:cut] if t != self._tok.pad_id]
     return [out[i] for i in range(len(rows))]
 
@@ -184,8 +191,8 @@ class R3Loop:
         break
       prompts = [[lead] + tok.encode(trajs[i].captions[-1]) + [tok.sep_id]
                  for i in active]
-      outs = self._decode(params, kv_all, active, prompts, self._r3_len,
-                          jax.random.fold_in(rng, r))
+      outs = self._round(params, kv_all, active, prompts,
+                         jax.random.fold_in(rng, r))
       still = []
       for i, ids in zip(active, outs):
         t = trajs[i]
@@ -210,6 +217,37 @@ class R3Loop:
       t.captions += [t.captions[-1]] * (self._rounds + 1 - len(t.captions))
     seconds = time.perf_counter() - t0
     return trajs, self.scorer.scores(trajs, records, seconds)
+
+  def _round(self, params, kv_all, rows: Sequence[int],
+             prompts: list[list[int]], rng) -> list[list[int]]:
+    """One round's output per row: REFLECTION [<sep> REFINED] (or REFINED
+    without a reflect stage). The reflection is decoded to its <sep> or
+    <eos>; only the rows whose reflection names an edit go on, packed into
+    full batches, to decode their refined caption: the rows that stopped
+    cost nothing more. Greedy, this is token for token the one decode that
+    runs through the <sep> (tests/test_decoding.py)."""
+    tok = self._tok
+    if self._direct:
+      return self._decode(params, kv_all, rows, prompts, self._r3_len, rng)
+    first = self._decode(params, kv_all, rows, prompts, self._r3_len,
+                         jax.random.fold_in(rng, 0),
+                         stops=(tok.sep_id, tok.eos_id))
+    outs, edit_at = [], []
+    for k, ids in enumerate(first):
+      if ids and ids[-1] == tok.eos_id:
+        ids = ids[:-1]
+      elif ids and ids[-1] == tok.sep_id and not rewards_lib.read_branch(
+          tok.decode(ids[:-1]), "")[1]:
+        edit_at.append(k)  # an instruction: its refined caption follows
+      outs.append(ids)
+    if edit_at:
+      refined = self._decode(
+          params, kv_all, [rows[k] for k in edit_at],
+          [prompts[k] + outs[k] for k in edit_at], self._r3_len,
+          jax.random.fold_in(rng, 1))
+      for k, ids in zip(edit_at, refined):
+        outs[k] = outs[k] + ids
+    return outs
 
   def scores(self, trajs: Sequence[Trajectory],
              records: Sequence[Mapping[str, Any]], seconds: float = 0.0

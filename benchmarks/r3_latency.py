@@ -14,11 +14,12 @@ Prints name=value lines:
   ratio             (caption + round) / caption
   ratio_plain       (caption + round_plain) / caption
   ratio_always_edit (caption + always) / caption
-  packed_rightP_*   a packed round (reflections decoded to <sep> / <eos>,
-                    refines only for the rows that edit) on drafts of which
-                    P% are right (reference captions) and the rest corrupted:
-                    its measured stop rate, time, and time / always_ms (the
-                    one-pass all-edit round)
+  {plain,lookup}_rightP_*  a packed round (R3Loop._round: reflections
+                    decoded to <sep> / <eos>, refines only for the rows that
+                    edit) on drafts of which P% are right (reference
+                    captions) and the rest corrupted: its measured stop rate,
+                    time, the one-pass decode of the same prompts, and
+                    packed / the one-pass all-edit round (all corrupted)
 and the per-stage split: images encoded, drafts edited, generated tokens of
 the reflect and refine stages per example, and decode calls per round.
 Without --workdir a freshly initialised model is timed (it says so).
@@ -121,14 +122,18 @@ def main():
     truth = [[lead] + tok.encode(r["captions"][0]) + [tok.sep_id]
              for r in records]
     mixes = {}
-    for share in (0.0, 0.5, 0.9):
-      k = int(round(share * n))
-      prompts = truth[:k] + wrong[k:]
-      out = fast._round(params, kv, rows, prompts, rng)
-      stopped = float(np.mean([tok.sep_id not in o or not (
-          o[o.index(tok.sep_id) + 1:]) for o in out]))
-      mixes[share] = (stopped, _time(lambda p=prompts: fast._round(
-          params, kv, rows, p, rng), args.repeats))
+    t_all_edit = {}
+    for name, lp in (("plain", plain), ("lookup", fast)):
+      t_all_edit[name] = _time(round_with(lp, wrong), args.repeats)
+      for share in (0.0, 0.5, 0.9):
+        k = int(round(share * n))
+        prompts = truth[:k] + wrong[k:]
+        out = lp._round(params, kv, rows, prompts, rng)
+        stopped = float(np.mean([tok.sep_id not in o or not (
+            o[o.index(tok.sep_id) + 1:]) for o in out]))
+        mixes[name, share] = (stopped, _time(
+            lambda lp=lp, p=prompts: lp._round(params, kv, rows, p, rng),
+            args.repeats), _time(round_with(lp, prompts), args.repeats))
     t_cap = _time(caption, args.repeats)
     t_round = _time(round_with(fast, own), args.repeats)
     t_plain = _time(round_with(plain, own), args.repeats)
@@ -162,11 +167,13 @@ def main():
     print(f"{name}_drafts_edited={edited:.3f} {name}_reflect_tokens={reflect:.1f} "
           f"{name}_refine_tokens={refine:.1f}")
   print(f"caption_tokens={np.mean([len(d) for d in drafts]):.1f}")
-  for share, (stopped, t) in mixes.items():
-    print(f"packed_right{int(100 * share)}_stop_rate={stopped:.3f} "
-          f"packed_right{int(100 * share)}_ms={1e3 * t:.1f} "
-          f"packed_right{int(100 * share)}_vs_all_edit="
-          f"{t / t_always:.3f}")
+  for (name, share), (stopped, t, t_one) in mixes.items():
+    tag = f"{name}_right{int(100 * share)}"
+    print(f"{tag}_stop_rate={stopped:.3f} {tag}_packed_ms={1e3 * t:.1f} "
+          f"{tag}_one_pass_ms={1e3 * t_one:.1f} "
+          f"{tag}_packed_vs_all_edit={t / t_all_edit[name]:.3f}")
+  for name, t in t_all_edit.items():
+    print(f"{name}_all_edit_one_pass_ms={1e3 * t:.1f}")
 
 
 if __name__ == "__main__":

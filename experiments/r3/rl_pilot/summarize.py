@@ -1,7 +1,8 @@
 """The R3-RL pilot: the faithful R3-RL (configs/r3_rl.py) from the r3
-study's R3-SFT seed 0 at two learning rates, 200 steps each.
+study's R3-SFT seed 0 at two learning rates, 200 steps each, and at rate 0
+(the start policy sampled on the same images with the same keys).
 
-  for lr in 5e-5 5e-6; do
+  for lr in 5e-5 5e-6 0; do
     python -m r3jax.main --config configs/r3_rl.py:seed=0,base=experiments/r3/runs/r3_sft/seed0 \\
       --workdir experiments/r3/rl_pilot/runs/lr$lr --config.optim.lr=$lr
   done
@@ -106,9 +107,16 @@ def collect() -> str:
                for n in names for k in keys]
       lines.append(f"| {s + 1}-{s + BIN} | " + " | ".join(cells) + " |")
     lines.append("")
+  if "lr0" in data:
+    lines += _paired(data, [n for n in names if n != "lr0"])
   lines += ["## Test split at the end, against the start", "",
             "start: R3-SFT seed 0; before: the r3 study's R3-RL from it "
-            "(the implementation before these changes, lr 5e-5).", "",
+            "(the implementation before these changes, lr 5e-5). Both come "
+            "from the r3 study's result.json, scored before the editor read "
+            "repeated listing items as the verifier does; lr0 is the start "
+            "scored by the current code, so where lr0 and start differ "
+            "(reflect_right), the editor's targets changed. lr5e-5 ran before "
+            "reflect_helpful existed.", "",
             "| metric | start | before | " + " | ".join(names) + " |",
             "|" + " --- |" * (3 + len(names))]
   finals = {n: json.load(open(os.path.join(HERE, f"final_{n}.json")))
@@ -124,6 +132,31 @@ def collect() -> str:
   with open(path, "w") as f:
     f.write("\n".join(lines))
   return path
+
+
+def _paired(data, names) -> list[str]:
+  """Each step's reward minus the rate-0 run's at the same step: both draw
+  the same images and sampling keys, so the difference is what the updates
+  changed. Mean over a stretch of steps with a t-based 95% interval over
+  its steps (steps are not independent draws of the policy's reward: a
+  description, not a test)."""
+  from scipy import stats  # noqa: PLC0415
+  zero = {int(r["step"]): r for r in data["lr0"]}
+  lines = ["## Against rate 0, step by step", "",
+           " ".join(_paired.__doc__.split()), "",
+           "| run | stage | metric | steps | mean difference | 95% interval |",
+           "| --- | --- | --- | --- | --- | --- |"]
+  for n in names:
+    for stage, key in ((0.0, "rl/v"), (1.0, "rl/reward"), (1.0, "rl/v")):
+      for lo, hi in ((1, 100), (101, 200)):
+        d = [r[key] - zero[int(r["step"])][key] for r in data[n]
+             if r["rl/stage"] == stage and lo <= r["step"] <= hi and
+             r[key] is not None and int(r["step"]) in zero]
+        m, se = float(np.mean(d)), float(np.std(d, ddof=1) / np.sqrt(len(d)))
+        h = se * stats.t.ppf(0.975, len(d) - 1)
+        lines.append(f"| {n} | {'root' if stage == 0 else 'branch'} | {key} "
+                     f"| {lo}-{hi} | {m:+.3f} | [{m - h:+.3f}, {m + h:+.3f}] |")
+  return lines + [""]
 
 
 def _plot(data, path):

@@ -76,7 +76,7 @@ class R3Loop:
   def __init__(self, setup, tokenizer, world: WorldConfig, *, rounds: int,
                batch_size: int, caption_len: int, r3_len: int,
                direct: bool = False, temperature: float = 0.0,
-               lookup: int = 0):
+               lookup: int = 0, packed: bool = True):
     dp = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
     if batch_size % dp:
       raise ValueError(f"R3 batch_size={batch_size} is not divisible by the "
@@ -89,6 +89,7 @@ class R3Loop:
     self._caption_len, self._r3_len = caption_len, r3_len
     self._shard = sharding.batch_sharding(setup.mesh)
     self._temperature = temperature
+    self._packed = packed
     self._lookup = lookup if temperature == 0 else 0
     graphdef = setup.graphdef
 
@@ -225,9 +226,14 @@ class R3Loop:
     <eos>; only the rows whose reflection names an edit go on, packed into
     full batches, to decode their refined caption: the rows that stopped
     cost nothing more. Greedy, this is token for token the one decode that
-    runs through the <sep> (tests/test_decoding.py)."""
+    runs through the <sep> (tests/test_decoding.py).
+
+    The refine decode prefills its prompt again, so packing pays only when
+    enough rows stop: on a 2-core CPU, with 3-8% stops, a packed round took
+    1.6-1.9x the one-pass round (benchmarks/r3_latency.py). `packed=False`
+    decodes REFLECTION <sep> REFINED in one pass for every row."""
     tok = self._tok
-    if self._direct:
+    if self._direct or not self._packed:
       return self._decode(params, kv_all, rows, prompts, self._r3_len, rng)
     first = self._decode(params, kv_all, rows, prompts, self._r3_len,
                          jax.random.fold_in(rng, 0),

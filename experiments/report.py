@@ -8,10 +8,13 @@ results, <root>/<study>/reading.md, goes under the title when it exists.
   report.collect("experiments", "mitigation")   # -> path of RESULTS.md
 
 The statistics live in r3jax.analysis (study, interference, rounds), which
-the notebooks share. An arm "differs" from the reference on a metric when
-the difference of the means exceeds two standard errors of that difference
-(Welch): |m_a - m_r| > 2 * sqrt(s_a^2 / n_a + s_r^2 / n_r), s the sample std
-(ddof 1). That needs two seeds on both sides; with fewer the column says n/a.
+the notebooks share. Arms of one seed share that seed's start, so arms are
+compared seed by seed: the mean paired difference with its t-based 95%
+interval and the paired t-test's p-value (study.paired, n >= 2 shared
+seeds), against the reference arm and, as changes, against the start arm.
+All of a study's comparisons form one family, corrected by Holm
+(study.holm); an arm "differs" where the adjusted p < 0.05, and the report
+says how many comparisons were made.
 """
 
 from __future__ import annotations
@@ -30,29 +33,58 @@ from r3jax.analysis import competence  # noqa: E402
 from r3jax.analysis import interference  # noqa: E402
 from r3jax.analysis import rounds as rounds_lib  # noqa: E402
 from r3jax.analysis.study import (  # noqa: E402
-    arms as arm_order, beyond_noise, cell, changes, differs, load,
+    arms as arm_order, cell, changes, differs, holm, load, paired,
     pareto_front, plot_pareto, summarize, wall_seconds, workdirs)
 
 __all__ = ["collect", "differs", "load", "pareto_front", "plot", "summarize"]
 
-def _comparison(stats, ref_stats, metrics, is_ref: bool) -> str:
-  if is_ref:
+ALPHA = 0.05
+
+
+def _family(results, arms, reference, start, metrics) -> dict:
+  """(arm, other, metric) -> (mean, lo, hi, p, n, holm p) for every paired
+  comparison of the study: each arm against the reference and against the
+  start arm, on every metric but times (study.paired; missing with < 2
+  shared seeds); Holm over all of them."""
+  keys = [k for k, _ in metrics if not k.endswith("seconds")]
+  found = {}
+  for other in dict.fromkeys(x for x in (reference, start) if x):
+    for a in arms:
+      for k in keys:
+        if a != other and (got := paired(results, a, other, k)) is not None:
+          found[a, other, k] = got
+  adjusted = holm([v[3] for v in found.values()])
+  return {key: (*v, q) for (key, v), q in zip(found.items(), adjusted)}
+
+
+def _comparison(family, arm, reference, metrics) -> str:
+  if arm == reference:
     return "reference"
-  if ref_stats is None:
-    return "n/a (no reference runs)"
-  found, unknown = [], False
-  for k, label in metrics:
-    if k == "train_seconds" or k not in stats or k not in ref_stats:
-      continue
-    d = differs(stats[k], ref_stats[k])
-    if d is None:
-      unknown = True
-    elif d:
-      sign = "+" if stats[k][0] > ref_stats[k][0] else "−"
-      found.append(f"{label} {sign}")
-  if found:
-    return ", ".join(found)
-  return "n/a (1 seed)" if unknown else "no"
+  mine = {k: v for (a, o, k), v in family.items()
+          if a == arm and o == reference}
+  if not mine:
+    return "n/a (< 2 shared seeds)"
+  found = [f"{label} {'+' if mine[k][0] > 0 else '−'}"
+           for k, label in metrics if k in mine and mine[k][5] < ALPHA]
+  return ", ".join(found) if found else "no"
+
+
+def _paired_section(family, reference, metrics) -> list[str]:
+  labels = dict(metrics)
+  rows = [[f"`{a}`", f"`{o}`", labels.get(k, k),
+           f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]", str(n), f"{p:.3g}",
+           f"{q:.3g}" + (" *" if q < ALPHA else "")]
+          for (a, o, k), (m, lo, hi, p, n, q) in family.items()]
+  if not rows:
+    return []
+  return ["## Paired comparisons", "",
+          f"Each arm minus `{reference}` (and minus the start arm, under "
+          "Change), seed by seed over the seeds both ran: the mean "
+          "difference with its t-based 95% interval, the paired t-test's p "
+          f"and Holm's adjusted p over all {len(family)} comparisons of this "
+          f"study; * marks adjusted p < {ALPHA}.", "",
+          *_table(["arm", "minus", "metric", "mean difference [95% CI]",
+                   "seeds", "p", "Holm p"], rows), ""]
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -80,19 +112,20 @@ DETAIL = (*((f"vqa/qtype/{q}/accuracy", q) for q in (
           ("caption/hallucination", "hallucination"))
 
 
-def _change_section(results, start, arms, metrics) -> list[str]:
+def _change_section(results, start, arms, metrics, family) -> list[str]:
   metrics = [(k, label) for k, label in metrics if not k.endswith("seconds")]
   delta = changes(results, start, [k for k, _ in metrics])
 
-  def marked(stat):
-    text = cell(stat, signed=True)
-    return text + " *" if stat and beyond_noise(stat) else text
-  rows = [[f"`{a}`"] + [marked(delta[a].get(k)) for k, _ in metrics]
+  def marked(a, k):
+    text = cell(delta[a].get(k), signed=True)
+    got = family.get((a, start, k))
+    return text + " *" if got and got[5] < ALPHA else text
+  rows = [[f"`{a}`"] + [marked(a, k) for k, _ in metrics]
           for a in arms if a in delta]
   return [f"## Change from `{start}`", "",
           f"Per seed, the arm's metric minus `{start}`'s (same seed); mean ± "
-          "std over seeds; * marks a change larger than two standard errors "
-          "of its mean (|mean| > 2·std/√n, n ≥ 2 seeds).", "",
+          "std over seeds; * marks a change whose paired t-test has Holm-"
+          f"adjusted p < {ALPHA} (Paired comparisons, below).", "",
           *_table(["arm"] + [label for _, label in metrics], rows), ""]
 
 
@@ -252,7 +285,8 @@ def collect(root: str, study: str) -> str:
   arms = arm_order(results, known)
   reference = known.reference if known else arms[0]
   summary = summarize(results, [k for k, _ in metrics])
-  ref_stats = summary.get(reference)
+  start = known.start if known and known.start in found else None
+  family = _family(results, arms, reference, start, metrics)
 
   lines = [f"# Study `{study}`", ""]
   if known:
@@ -263,22 +297,24 @@ def collect(root: str, study: str) -> str:
       lines += [f.read().strip(), ""]
   lines += [
       f"Mean ± std (sample, ddof 1) over seeds; reference arm `{reference}`. "
-      "\"vs reference\" lists the metrics whose mean differs from the "
-      "reference's by more than 2 standard errors of the difference "
-      "(|Δ| > 2·sqrt(s_a²/n_a + s_r²/n_r)); it needs ≥ 2 seeds per arm.", ""]
+      "\"vs reference\" lists the metrics on which the arm differs from the "
+      "reference seed by seed: paired t-test, Holm-adjusted p < "
+      f"{ALPHA} over the study's {len(family)} comparisons (Paired "
+      "comparisons, below); it needs ≥ 2 shared seeds.", ""]
   seeds = {a: sorted(r["seed"] for r in results if r["arm"] == a) for a in arms}
   rows = []
   for a in arms:
     cells = [f"`{a}`", str(len(seeds[a]))]
     cells += [cell(summary[a].get(k), 1 if k.endswith("seconds") else 4)
               for k, _ in metrics]
-    cells.append(_comparison(summary[a], ref_stats, metrics, a == reference))
+    cells.append(_comparison(family, a, reference, metrics))
     rows.append(cells)
   lines += _table(["arm", "seeds"] + [label for _, label in metrics] +
                   ["vs reference"], rows) + [""]
-  if known and known.start and known.start in found:
-    lines += _competence_section(results, known.start)
-    lines += _change_section(results, known.start, arms, metrics)
+  if start:
+    lines += _competence_section(results, start)
+    lines += _change_section(results, start, arms, metrics, family)
+  lines += _paired_section(family, reference, metrics)
   detail = summarize(results, [k for k, _ in DETAIL])
   rows = [[f"`{a}`"] + [cell(detail[a].get(k), 3) for k, _ in DETAIL]
           for a in arms if detail.get(a)]

@@ -177,6 +177,18 @@ def test_collect_mean_std_and_seed_noise_column(tmp_path):
   assert rows["`first`"][-1] == "reference"
   assert rows["`frozen`"][3] == "-"  # V_strict was not measured
   assert "- cpu × 1 devices, 2 CPUs" in text
+  # Paired over seeds, Holm over the study's 2 comparisons (F1, VQA).
+  from scipy import stats
+  pair = {l.split("|")[3].strip(): [c.strip() for c in l.strip("|").split("|")]
+          for l in text.split("## Paired comparisons")[1].splitlines()
+          if l.startswith("| `frozen`")}
+  p_f1 = stats.ttest_rel(arm_f1, ref_f1).pvalue
+  p_vqa = stats.ttest_rel(arm_vqa, ref_vqa).pvalue
+  assert pair["caption F1"][5] == f"{p_f1:.3g}"
+  assert pair["caption F1"][6] == f"{min(1, 2 * p_f1):.3g} *"
+  assert pair["VQA accuracy"][6] == f"{max(p_vqa, min(1, 2 * p_f1)):.3g}"
+  assert pair["caption F1"][3].startswith(f"{np.mean(arm_f1) - 0.52:+.4f} [")
+  assert "over all 2 comparisons of this study" in text
   # The threshold: two standard errors of the difference.
   se = math.sqrt(np.var(arm_vqa, ddof=1) / 3 + np.var(ref_vqa, ddof=1) / 3)
   gap = abs(np.mean(arm_vqa) - np.mean(ref_vqa))

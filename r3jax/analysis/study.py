@@ -106,6 +106,46 @@ def changes(results: Sequence[Mapping], start: str, keys: Sequence[str]
   return {a: {k: _stat(xs) for k, xs in d.items()} for a, d in by_arm.items()}
 
 
+Paired = tuple[float, float, float, float, int]  # mean, lo, hi, p, n
+
+
+def paired(results: Sequence[Mapping], arm: str, ref: str, key: str
+           ) -> Paired | None:
+  """`arm` - `ref` on `key` over the seeds both ran (arms of one seed share
+  its start): the mean paired difference, its t-based 95% interval and the
+  two-sided p-value of the paired t-test (df = n - 1); None with fewer than
+  2 shared seeds. A zero-variance difference has p 0 (nonzero mean) or 1."""
+  from scipy import stats  # noqa: PLC0415
+  a = {r["seed"]: r["metrics"][key] for r in results
+       if r["arm"] == arm and key in r["metrics"]}
+  b = {r["seed"]: r["metrics"][key] for r in results
+       if r["arm"] == ref and key in r["metrics"]}
+  d = np.array([a[s] - b[s] for s in sorted(set(a) & set(b))], float)
+  n = len(d)
+  if n < 2:
+    return None
+  mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(n))
+  if se == 0.0:
+    return mean, mean, mean, float(mean == 0.0), n
+  half = float(stats.t.ppf(0.975, n - 1)) * se
+  p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
+  return mean, mean - half, mean + half, p, n
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+  """Holm-Bonferroni adjusted p-values, in the input's order: the k-th
+  smallest of m is multiplied by (m - k + 1), made monotone, capped at 1.
+  Rejecting where the adjusted p < alpha controls the family-wise error
+  at alpha over the m comparisons."""
+  m = len(pvalues)
+  order = sorted(range(m), key=lambda i: pvalues[i])
+  out, running = [0.0] * m, 0.0
+  for k, i in enumerate(order):
+    running = max(running, min(1.0, (m - k) * pvalues[i]))
+    out[i] = running
+  return out
+
+
 def _frame(stats: Mapping[str, Mapping[str, Stat]], order: Sequence[str],
            keys: Sequence[str]) -> pd.DataFrame:
   cols = pd.MultiIndex.from_product([keys, ["mean", "std", "n"]],

@@ -1,0 +1,45 @@
+"""Paired comparisons across seeds and the Holm correction
+(r3jax.analysis.study), against scipy and hand-computed values."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from r3jax.analysis import study
+
+
+def _results(values):
+  return [{"arm": arm, "seed": s, "metrics": {"f1": v}}
+          for arm, vs in values.items() for s, v in enumerate(vs)]
+
+
+def test_paired_matches_scipy_and_the_t_interval():
+  a, b = [0.61, 0.58, 0.66, 0.60, 0.63], [0.55, 0.57, 0.60, 0.52, 0.61]
+  mean, lo, hi, p, n = study.paired(_results({"x": a, "ref": b}), "x", "ref",
+                                    "f1")
+  d = np.subtract(a, b)
+  assert n == 5 and mean == pytest.approx(d.mean())
+  assert p == pytest.approx(stats.ttest_rel(a, b).pvalue)
+  half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / np.sqrt(5)
+  assert (lo, hi) == pytest.approx((d.mean() - half, d.mean() + half))
+  # Pairing matters: the same numbers unpaired give a larger p here.
+  assert p < stats.ttest_ind(a, b).pvalue
+
+
+def test_paired_needs_two_shared_seeds_and_handles_constant_differences():
+  r = _results({"x": [0.5, 0.6], "ref": [0.4]})
+  assert study.paired(r, "x", "ref", "f1") is None
+  r = _results({"x": [0.5, 0.6, 0.7], "ref": [0.4, 0.5, 0.6]})
+  mean, lo, hi, p, n = study.paired(r, "x", "ref", "f1")
+  assert mean == pytest.approx(0.1) and p == 0.0 and n == 3
+  r = _results({"x": [0.5, 0.6], "ref": [0.5, 0.6]})
+  assert study.paired(r, "x", "ref", "f1")[3] == 1.0
+
+
+def test_holm_by_hand():
+  # Sorted 0.01, 0.02, 0.03, 0.5 of m = 4: x4, x3, x2, x1, kept monotone.
+  assert study.holm([0.03, 0.01, 0.5, 0.02]) == pytest.approx(
+      [0.06, 0.04, 0.5, 0.06])
+  assert study.holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])
+  assert study.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+  assert study.holm([]) == []

@@ -51,7 +51,9 @@ def _family(results, arms, reference, start, metrics) -> dict:
   for other in dict.fromkeys(x for x in (reference, start) if x):
     for a in arms:
       for k in keys:
-        if a != other and (got := paired(results, a, other, k)) is not None:
+        if a == other or (other, a, k) in found:  # the same pair once
+          continue
+        if (got := paired(results, a, other, k)) is not None:
           found[a, other, k] = got
   adjusted = holm([v[3] for v in found.values()])
   return {key: (*v, q) for (key, v), q in zip(found.items(), adjusted)}
@@ -62,6 +64,9 @@ def _comparison(family, arm, reference, metrics) -> str:
     return "reference"
   mine = {k: v for (a, o, k), v in family.items()
           if a == arm and o == reference}
+  mine.update({k: (-v[0], -v[2], -v[1], *v[3:])
+               for (a, o, k), v in family.items()
+               if a == reference and o == arm})
   if not mine:
     return "n/a (< 2 shared seeds)"
   found = [f"{label} {'+' if mine[k][0] > 0 else '−'}"
@@ -118,7 +123,7 @@ def _change_section(results, start, arms, metrics, family) -> list[str]:
 
   def marked(a, k):
     text = cell(delta[a].get(k), signed=True)
-    got = family.get((a, start, k))
+    got = family.get((a, start, k)) or family.get((start, a, k))
     return text + " *" if got and got[5] < ALPHA else text
   rows = [[f"`{a}`"] + [marked(a, k) for k, _ in metrics]
           for a in arms if a in delta]
@@ -272,14 +277,22 @@ def insert_competence(root: str, study: str, start: str | None = None) -> str:
   return path
 
 
-def collect(root: str, study: str) -> str:
-  """Writes <root>/<study>/RESULTS.md (and its PNGs) from the study's
-  result.json files; returns the markdown's path."""
-  results = load(root, study)
-  if not results:
-    raise ValueError(f"no result.json under {os.path.join(root, study)}")
-  out_dir = os.path.join(root, study)
-  known = studies_lib.STUDIES.get(study)
+def _head(root: str, study: str, known) -> list[str]:
+  """The title, the study's doc and its reading (reading.md)."""
+  lines = [f"# Study `{study}`", ""]
+  if known:
+    lines += [known.doc, ""]
+  reading = os.path.join(root, study, "reading.md")
+  if os.path.exists(reading):  # the written reading of these results
+    with open(reading) as f:
+      lines += [f.read().strip(), ""]
+  return lines
+
+
+def _statistics(results, known) -> tuple[list[str], dict, list[str], list]:
+  """The sections computed from result.json alone: the main table, the
+  start arm's competence, the change from it, the paired comparisons and
+  the detail by question type; also (summary, arms, metrics) for the rest."""
   metrics = list(known.metrics if known else studies_lib.METRICS)
   found = {r["arm"] for r in results}
   arms = arm_order(results, known)
@@ -287,15 +300,7 @@ def collect(root: str, study: str) -> str:
   summary = summarize(results, [k for k, _ in metrics])
   start = known.start if known and known.start in found else None
   family = _family(results, arms, reference, start, metrics)
-
-  lines = [f"# Study `{study}`", ""]
-  if known:
-    lines += [known.doc, ""]
-  reading = os.path.join(out_dir, "reading.md")
-  if os.path.exists(reading):  # the written reading of these results
-    with open(reading) as f:
-      lines += [f.read().strip(), ""]
-  lines += [
+  lines = [
       f"Mean ± std (sample, ddof 1) over seeds; reference arm `{reference}`. "
       "\"vs reference\" lists the metrics on which the arm differs from the "
       "reference seed by seed: paired t-test, Holm-adjusted p < "
@@ -324,10 +329,43 @@ def collect(root: str, study: str) -> str:
               "and that are neither yes nor no; captions that parse into "
               "facts, and facts not in the scene (mean ± std over seeds).", "",
               *_table(["arm"] + [label for _, label in DETAIL], rows), ""]
+  return lines, summary, arms, metrics
+
+
+PLOT_SECTION = "## Caption F1 vs VQA accuracy"
+
+
+def recollect_statistics(root: str, study: str) -> str:
+  """Rewrites, in an existing RESULTS.md, the reading and every section
+  computed from the committed result.json files (`_statistics`), keeping
+  the sections that need the runs' logs (cosines, rounds, cost, ...): for
+  reports whose logs are no longer here to `collect` them again."""
+  path = os.path.join(root, study, "RESULTS.md")
+  with open(path) as f:
+    text = f.read()
+  known = studies_lib.STUDIES.get(study)
+  stats_lines = _statistics(load(root, study), known)[0]
+  tail = text[text.index(PLOT_SECTION):]
+  text = "\n".join(_head(root, study, known) + stats_lines) + tail
+  with open(path, "w") as f:
+    f.write(text)
+  return path
+
+
+def collect(root: str, study: str) -> str:
+  """Writes <root>/<study>/RESULTS.md (and its PNGs) from the study's
+  result.json files; returns the markdown's path."""
+  results = load(root, study)
+  if not results:
+    raise ValueError(f"no result.json under {os.path.join(root, study)}")
+  out_dir = os.path.join(root, study)
+  known = studies_lib.STUDIES.get(study)
+  stats_lines, summary, arms, metrics = _statistics(results, known)
+  lines = _head(root, study, known) + stats_lines
 
   shown = plot(os.path.join(out_dir, "pareto.png"), summary, arms,
                f"{study}: caption F1 vs VQA accuracy")
-  lines += ["## Caption F1 vs VQA accuracy", "",
+  lines += [PLOT_SECTION, "",
             "One point per arm, error bars ± 1 std over seeds; the dashed "
             "line joins the arms no other arm beats on both.", "",
             "![caption F1 vs VQA accuracy](pareto.png)", ""]

@@ -17,5 +17,7 @@ def get_config(arg: str | None = None):
   c = config_lib.world_experiment(arg, TASKS)
   # Half the reflect / refine drafts are the model's own captions, refreshed
   # every 300 steps (r3jax/r3/drafts.py); the rest are corrupted references.
-  c.r3.update(onpolicy_every=300, onpolicy_frac=0.5)
+  # refine's own drafts come with the model's own reflection on them.
+  c.r3.update(onpolicy_every=300, onpolicy_frac=0.5,
+              onpolicy_reflections=True)
   return c

@@ -10,4 +10,7 @@ TASKS = ("caption", "vqa", "ita", "refine_direct")
 
 
 def get_config(arg: str | None = None):
-  return config_lib.world_experiment(arg, TASKS)
+  c = config_lib.world_experiment(arg, TASKS)
+  # The same drafts as R3-SFT (configs/r3_sft.py): half the model's own.
+  c.r3.update(onpolicy_every=300, onpolicy_frac=0.5)
+  return c

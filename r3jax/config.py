@@ -96,6 +96,9 @@ def defaults() -> ml_collections.ConfigDict:
       lookup=0,             # prompt-lookup tokens verified per call (0: off)
       onpolicy_every=0,     # refresh the model's own drafts every N steps
       onpolicy_frac=0.5,    # share of R3 examples then using them
+      # refine's on-policy examples also carry the model's own reflection on
+      # its draft; refine learns to carry out the edit it names
+      onpolicy_reflections=False,
   )
 
   # R3-RL (r3jax/r3/tree_rl.py): Tree-RL with GRPO instead of supervised

@@ -194,3 +194,48 @@ def test_on_policy_drafts_keep_the_batch_structure(world, tmp_path):
       assert trained == edit.STOP + " <eos>"
     else:
       assert not full.startswith(f"<reflect> {right} <sep>")
+
+
+def test_refine_learns_to_carry_out_the_models_own_reflection(world, tmp_path):
+  """With the model's reflection stored beside its draft, refine is trained
+  on that reflection (context) and the draft after the edit it names; a
+  reflection naming no edit of the draft falls back to the verifier's."""
+  from r3jax.r3.drafts import DraftStore
+  from r3jax.world import available_corruptions, corrupt
+  tok, cfg = world.tokenizer, world.world
+  source = world.train_source
+  for i in range(len(source)):  # a draft listing two items or more
+    record = source[i]
+    scene = scene_from_arrays(record["scene"], cfg)
+    if "color" not in available_corruptions(scene, cfg):
+      continue
+    bad = corrupt(scene, np.random.default_rng(0), cfg, "color")
+    if len(edit.read(bad, cfg)[0].items) >= 2:
+      break
+  else:
+    raise AssertionError("no training scene with two kinds")
+  verifier = edit.diagnose(bad, scene, cfg)
+  assert verifier is not None
+  # The model's reflection: self-questions, then an instruction that differs
+  # from the verifier's: remove the first item it names.
+  first = edit.read(bad, cfg)[0].items[0].text
+  questions = r3_data.self_questions(bad, scene, cfg,
+                                     np.random.default_rng(1), 1)
+  own = r3_data.reflection(questions, f"remove {first}")
+  named = edit.from_instruction(f"remove {first}", bad, cfg)
+  want = edit.apply(named, bad, scene, cfg)
+  store = DraftStore(str(tmp_path), every=1, frac=1.0, margin=0,
+                     batch_sizes={"refine": 1}, seed=0)
+  nothing = r3_data.reflection(questions, "remove a large purple blob")
+  store.put(1, {"refine": {1: [bad, own]}})  # window of stream index 1
+  store.put(2, {"refine": {2: [bad, nothing]}})
+  ctx = {"world": cfg, "r3": world.config.r3, "drafts": store}
+  fmt = tasks_lib.formatter("refine", tok, world.config.tasks["refine"].max_len,
+                            ctx)
+  full, trained = _parts(tok, fmt(record, np.random.default_rng(0), 1))
+  assert full == f"<reflect> {bad} <sep> {own} <sep> {want} <eos>"
+  assert trained == f"{want} <eos>"
+  # Not an edit of this draft: the verifier's instruction and target.
+  full, trained = _parts(tok, fmt(record, np.random.default_rng(0), 2))
+  assert "purple" not in full and verifier.instruction in full
+  assert trained == edit.apply(verifier, bad, scene, cfg) + " <eos>"

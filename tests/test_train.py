@@ -22,10 +22,11 @@ class _Crash(Exception):
 
 
 def test_resume_after_crash_equals_uninterrupted(tiny, tmp_path, monkeypatch):
-  """R3 tasks whose drafts at step 6 are the model's own (window 1), through
-  the instrumented step. (A real kill -9 of the joint run: test_faults.py.)"""
+  """R3 tasks whose drafts at step 6 are the model's own (window 1), refine's
+  with the model's own reflection on them, through the instrumented step. (A
+  real kill -9 of the joint run: test_faults.py.)"""
   c = tiny(("caption", "reflect", "refine"))
-  c.r3.update(onpolicy_every=2, onpolicy_frac=0.5)
+  c.r3.update(onpolicy_every=2, onpolicy_frac=0.5, onpolicy_reflections=True)
   c.data.update(prefetch=1, read_threads=1)
   c.evals.max_examples = c.final_eval.max_examples = 4
   c.total_steps, c.ckpt_every_steps, c.eval_every_steps = 6, 2, 100
@@ -83,6 +84,10 @@ def test_resume_after_crash_equals_uninterrupted(tiny, tmp_path, monkeypatch):
              for s in ("full", "crash")]
   assert windows[0] == windows[1] and windows[0]["reflect"]
   assert windows[0]["refine"]
+  assert {type(d) for d in windows[0]["reflect"].values()} == {str}
+  pairs = list(windows[0]["refine"].values())
+  assert {(type(d), len(d), type(d[0]), type(d[1])) for d in pairs} == {
+      (list, 2, str, str)}, pairs
 
 
 def test_writer_keeps_keys_and_gives_tensorboard_legal_tags(tmp_path, caplog):

@@ -23,6 +23,10 @@ drawn from `corruptions`; `refine` only sees such drafts that need an edit.
 With on-policy drafts (r3jax.r3.drafts) a fraction of the examples use the
 model's own recent caption instead, whatever its errors; a right one teaches
 `reflect` to stop, and `refine` replaces it by a corrupted reference caption.
+With config.r3.onpolicy_reflections, refine's on-policy examples also carry
+the model's own reflection on its draft; when its instruction names an edit
+the draft holds, refine learns to carry out that edit (as it must at test
+time, where it reads the model's reflection), else the verifier's.
 
 Consistency pairs (refine only; r3jax.r3.consistency): a word the reflection
 commits to, and the word of REFINED that states the same thing. They come
@@ -135,9 +139,17 @@ def reflection(questions, instruction: str) -> str:
 
 
 def sequence(tokenizer, task: str, text: str, scene: Scene, cfg: WorldConfig,
-             options, rng: np.random.Generator, max_len: int
-             ) -> dict[str, np.ndarray]:
-  """The training arrays of one R3 task for the draft `text`."""
+             options, rng: np.random.Generator, max_len: int,
+             own_reflection: str | None = None) -> dict[str, np.ndarray]:
+  """The training arrays of one R3 task for the draft `text`. For refine,
+  `own_reflection` (the model's own reflection on the draft) replaces the
+  verifier's when its instruction names an edit the caption holds
+  (edit.from_instruction): REFINED is then the draft after that edit."""
+  if task == "refine" and own_reflection is not None:
+    out = _own_refine(tokenizer, text, scene, cfg, options, max_len,
+                      own_reflection)
+    if out is not None:
+      return out
   edit = edit_lib.diagnose(text, scene, cfg)
   if task == "refine_direct":
     refined = edit_lib.apply(edit, text, scene, cfg) if edit else text
@@ -161,6 +173,32 @@ def sequence(tokenizer, task: str, text: str, scene: Scene, cfg: WorldConfig,
   out = _arrays(tokenizer, task, parts, max_len, text)
   out.update(_consistency(tokenizer, questions, instr, refined, cfg, options,
                           len(prompt), len(prompt) + len(reflect_ids) + 1))
+  return out
+
+
+def _own_refine(tokenizer, text, scene, cfg, options, max_len, reflection
+                ) -> dict[str, np.ndarray] | None:
+  """refine on the model's own reflection, or None when its instruction
+  names no edit of the draft."""
+  instruction = " ".join(reflection.rsplit(" . ", 1)[-1].split())
+  named = edit_lib.from_instruction(instruction, text, cfg)
+  if named is None:
+    return None
+  refined = edit_lib.apply(named, text, scene, cfg)
+  reflect_ids = tokenizer.encode(reflection)
+  prompt = ([tokenizer.task_id("reflect")] +
+            tokenizer.encode(text) + [tokenizer.sep_id])
+  parts = [("prompt", prompt), ("reflect", reflect_ids + [tokenizer.sep_id]),
+           ("refine", tokenizer.encode(refined) + [tokenizer.eos_id])]
+  if sum(len(ids) for _, ids in parts) - 1 > max_len:
+    return None  # a rambling reflection: the verifier's instead
+  out = _arrays(tokenizer, "refine", parts, max_len, text)
+  # Consistency: the instruction's new phrase against REFINED (the model's
+  # self-questions, if any, are context).
+  questions_words = len(reflection.split()) - len(instruction.split())
+  out.update(_consistency(tokenizer, [], instruction, refined, cfg, options,
+                          len(prompt) + questions_words,
+                          len(prompt) + len(reflect_ids) + 1))
   return out
 
 
@@ -243,15 +281,18 @@ def formatter(task: str, tokenizer, max_len: int, cfg: WorldConfig, options,
   doc); with a DraftStore (r3jax.r3.drafts) its selected examples use the
   model's own draft."""
   def fmt(record, rng, index=None):
-    text = None
+    text = own = None
     if drafts is not None and index is not None and task in drafts.batch and (
         drafts.selected(task, index)):
       scene = scene_from_arrays(record["scene"], cfg)
       text = drafts.get(task, index)
+      if isinstance(text, list):  # [draft, the model's reflection on it]
+        text, own = text
       if task != "reflect" and edit_lib.diagnose(text, scene, cfg) is None:
-        text = None  # nothing to refine in a right draft: use a corrupted one
+        text = own = None  # nothing to refine in a right draft: corrupt one
     if text is None:
       scene, text = draft(record, rng, cfg, options,
                           stop_allowed=task == "reflect")
-    return sequence(tokenizer, task, text, scene, cfg, options, rng, max_len)
+    return sequence(tokenizer, task, text, scene, cfg, options, rng, max_len,
+                    own)
   return fmt

@@ -177,6 +177,19 @@ class R3Loop:
                        jax.random.key(seed))
     return [self._tok.decode(d) for d in ids]
 
+  def reflections(self, params, records: Sequence[Mapping[str, Any]],
+                  drafts: Sequence[str], seed: int = 0) -> list[str]:
+    """The model's reflection (greedy, up to its <sep> or <eos>) on each
+    record's draft."""
+    tok = self._tok
+    prompts = [[tok.task_id("reflect")] + tok.encode(d) + [tok.sep_id]
+               for d in drafts]
+    out = self._decode(params, self._encode(params, records),
+                       list(range(len(records))), prompts, self._r3_len,
+                       jax.random.key(seed), stops=(tok.sep_id, tok.eos_id))
+    return [tok.decode(ids[:-1] if ids and ids[-1] in (
+        tok.sep_id, tok.eos_id) else ids) for ids in out]
+
   def run(self, params, records: Sequence[Mapping[str, Any]], seed: int = 0
           ) -> tuple[list[Trajectory], dict[str, float]]:
     t0 = time.perf_counter()

@@ -115,7 +115,8 @@ def _compiled_together(fn, *args):
 
 
 def _draft_store(config, workdir: str) -> r3_drafts.DraftStore | None:
-  tasks = [t for t in ("reflect", "refine") if t in config.tasks]
+  tasks = [t for t in ("reflect", "refine", "refine_direct")
+           if t in config.tasks]
   if not tasks or not config.r3.onpolicy_every:
     return None
   return r3_drafts.DraftStore(
@@ -127,13 +128,18 @@ def _draft_store(config, workdir: str) -> r3_drafts.DraftStore | None:
 
 
 def _refresh_drafts(drafts, w, config, world, loop, params) -> None:
-  """The model's greedy captions for the selected examples of window w."""
+  """The model's greedy captions for the selected examples of window w; with
+  config.r3.onpolicy_reflections, refine's also carry the model's greedy
+  reflection on that caption: [draft, reflection]."""
   out = {}
   for task, idx in drafts.wanted(w).items():
     stream = pipeline.stream(pipeline.task_source(world.train_source, task),
                              task, config.seed)
     records = [stream[j] for j in idx]
     texts = loop.captions(params, records) if records else []
+    if task == "refine" and config.r3.onpolicy_reflections and records:
+      texts = [list(x) for x in zip(texts, loop.reflections(params, records,
+                                                           texts))]
     out[task] = dict(zip(idx, texts))
   drafts.put(w, out)
 

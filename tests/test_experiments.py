@@ -76,7 +76,7 @@ def test_tiny_study_runs_in_order_skips_done_arms_and_reports(
   assert cells[1] == "1"  # seeds
   assert cells[2] == f"{frozen['metrics']['caption/f1']:.4f}"  # no std: 1 seed
   assert cells[5] == f"{frozen['metrics']['vqa/accuracy']:.4f}"
-  assert cells[-1] == "n/a (1 seed)"
+  assert cells[-1] == "n/a (< 2 shared seeds)"
   assert "| `first` | 1 |" in text and "reference" in text
   assert "![caption F1 vs VQA accuracy](pareto.png)" in text
   assert os.path.getsize(os.path.join(root, "tiny", "pareto.png")) > 1000

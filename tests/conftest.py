@@ -1,5 +1,7 @@
 """Tests run on 8 fake CPU devices with a persistent compilation cache."""
 
+import functools
+import importlib.util
 import os
 import sys
 
@@ -61,3 +63,15 @@ def committed_steps(workdir: str) -> list[int]:
   d = os.path.join(workdir, "checkpoints")
   return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if (
       os.path.isdir(d)) else []
+
+
+@functools.cache
+def aot_script():
+  """scripts/aot_compile.py as a module (it is a script, not in the
+  package)."""
+  spec = importlib.util.spec_from_file_location(
+      "aot_compile", os.path.join(ROOT, "scripts", "aot_compile.py"))
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # its dataclass looks itself up there
+  spec.loader.exec_module(module)
+  return module

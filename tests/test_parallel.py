@@ -2,16 +2,13 @@
 repeat bit for bit, large parameters are split, per-device state shrinks as
 1/fsdp, and scripts/aot_compile.py reports what the compiler does."""
 
-import functools
-import importlib.util
 import os
 import re
-import sys
 
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import aot_script, tiny_config
 
 from r3jax import config as config_lib
 from r3jax import sharding
@@ -213,16 +210,6 @@ def test_abstract_batch_matches_the_pipeline():
     assert describe(real) == describe(abstract), layout
 
 
-@functools.cache
-def _aot_script():
-  spec = importlib.util.spec_from_file_location(
-      "aot_compile", os.path.join(_ROOT, "scripts", "aot_compile.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # its dataclass looks itself up there
-  spec.loader.exec_module(module)
-  return module
-
-
 _LIGHT_CONFIG_FILE = '''
 from r3jax import config as config_lib
 
@@ -237,7 +224,7 @@ def get_config(arg=None):
 def test_aot_compile_without_data_gives_the_run_setup():
   """The script builds no dataset, yet its abstract state and batch are the
   run's (vocabulary from the world config = the one the build writes)."""
-  aot = _aot_script()
+  aot = aot_script()
   c = tiny_config(fsdp=2, tensor=2, data=2)
   mesh, world, setup, _ = loop.build(c, jax.devices())
   step = aot.abstract_step(c, jax.devices())
@@ -251,7 +238,7 @@ def test_aot_compile_without_data_gives_the_run_setup():
 
 def test_aot_compile_reports_the_compiled_figures(fsdp_memory, runs,
                                                   tmp_path, capsys):
-  aot = _aot_script()
+  aot = aot_script()
   config_file = tmp_path / "light.py"
   config_file.write_text(_LIGHT_CONFIG_FILE)
   common = ["--config", str(config_file), "--topology", "cpu:8",
@@ -284,7 +271,7 @@ def test_aot_compile_reports_the_compiled_figures(fsdp_memory, runs,
 
 
 def test_aot_compile_errors_are_one_line(monkeypatch):
-  aot = _aot_script()
+  aot = aot_script()
   joint = os.path.join(_ROOT, "configs", "joint.py")
   with pytest.raises(SystemExit, match=r"^aot_compile: mesh \{'data': 3, "
                      r"'fsdp': 1, 'tensor': 1\} needs 3 devices but 8 are "
@@ -305,7 +292,7 @@ def test_aot_compile_errors_are_one_line(monkeypatch):
 def test_aot_state_table_on_cpu(tmp_path, capsys):
   """--state-table: the state's compiled bytes per device over fsdp = 1, 2,
   4, 8. CPU layouts have no tiles, so compiled = tiled = the shard shapes."""
-  aot = _aot_script()
+  aot = aot_script()
   config_file = tmp_path / "light.py"
   config_file.write_text(_LIGHT_CONFIG_FILE)
   rows = aot.state_table(config_lib.from_file(str(config_file)),

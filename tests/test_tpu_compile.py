@@ -11,15 +11,13 @@ R3JAX_REQUIRE_TPU_COMPILER=1 (set by make test-tpu) makes that a failure.
 """
 
 import functools
-import importlib.util
 import os
-import sys
 
 import pytest
 
 from configs import joint
+from conftest import aot_script
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # topology -> (chips, study mesh data x fsdp, ViT-B mesh fsdp x tensor)
 TOPOLOGIES = {
     "v5e:2x2": (4, dict(data=2, fsdp=2), dict(fsdp=2, tensor=2)),
@@ -48,19 +46,9 @@ def _no_compilation_cache():
 
 
 @functools.cache
-def _aot():
-  spec = importlib.util.spec_from_file_location(
-      "aot_compile", os.path.join(_ROOT, "scripts", "aot_compile.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # its dataclass looks itself up there
-  spec.loader.exec_module(module)
-  return module
-
-
-@functools.cache
 def _devices(topology):
   try:
-    return _aot().devices_for("tpu:" + topology)
+    return aot_script().devices_for("tpu:" + topology)
   except SystemExit as e:
     if os.environ.get("R3JAX_REQUIRE_TPU_COMPILER") == "1":
       raise AssertionError(str(e)) from None
@@ -96,7 +84,7 @@ def _mesh(**axes):
 
 
 def _check_step(config, devices):
-  aot = _aot()
+  aot = aot_script()
   step = aot.compile_step(config, devices)
   f = aot.figures(step)
   assert f["unsharded"] == []
@@ -141,7 +129,7 @@ def test_state_bytes_fall_as_one_over_n_up_to_tile_padding(topology, model):
   shard shapes rounded up to the compiled layouts' tiles; the shards are
   1/N of the state but for the few small leaves no rule splits (<= 1% of
   it); and the compiled bytes fall with every doubling."""
-  aot = _aot()
+  aot = aot_script()
   devices = _devices(topology)
   rows = {r["n"]: r for r in aot.state_table(MODELS[model](), devices)}
   assert sorted(rows) == [2**i for i in range(len(devices).bit_length())]

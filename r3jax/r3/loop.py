@@ -184,11 +184,17 @@ class R3Loop:
     tok = self._tok
     prompts = [[tok.task_id("reflect")] + tok.encode(d) + [tok.sep_id]
                for d in drafts]
-    out = self._decode(params, self._encode(params, records),
-                       list(range(len(records))), prompts, self._r3_len,
-                       jax.random.key(seed), stops=(tok.sep_id, tok.eos_id))
+    out = self._reflect(params, self._encode(params, records),
+                        list(range(len(records))), prompts,
+                        jax.random.key(seed))
     return [tok.decode(ids[:-1] if ids and ids[-1] in (
         tok.sep_id, tok.eos_id) else ids) for ids in out]
+
+  def _reflect(self, params, kv_all, rows, prompts, rng) -> list[list[int]]:
+    """Reflections decoded to their <sep> or <eos>, which ends each."""
+    tok = self._tok
+    return self._decode(params, kv_all, rows, prompts, self._r3_len, rng,
+                        stops=(tok.sep_id, tok.eos_id))
 
   def run(self, params, records: Sequence[Mapping[str, Any]], seed: int = 0
           ) -> tuple[list[Trajectory], dict[str, float]]:
@@ -248,9 +254,8 @@ class R3Loop:
     tok = self._tok
     if self._direct or not self._packed:
       return self._decode(params, kv_all, rows, prompts, self._r3_len, rng)
-    first = self._decode(params, kv_all, rows, prompts, self._r3_len,
-                         jax.random.fold_in(rng, 0),
-                         stops=(tok.sep_id, tok.eos_id))
+    first = self._reflect(params, kv_all, rows, prompts,
+                          jax.random.fold_in(rng, 0))
     outs, edit_at = [], []
     for k, ids in enumerate(first):
       if ids and ids[-1] == tok.eos_id:

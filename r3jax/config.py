@@ -32,7 +32,17 @@ def task_defaults(batch_size: int, max_len: int, weight: float = 1.0):
       # images are encoded once each, so more questions per step cost
       # decoder tokens only.
       per_image=1,
+      # Draw weights of a record's items by type, e.g. {"relation": 4.0}
+      # (VQA on the world: its question types; a type not named weighs 1);
+      # {}: every item alike.
+      type_weights={},
   ))
+
+
+def _ground_defaults() -> ml_collections.ConfigDict:
+  t = task_defaults(28, 40)
+  t.per_image = 7
+  return t
 
 
 def all_tasks() -> dict[str, ml_collections.ConfigDict]:
@@ -45,6 +55,9 @@ def all_tasks() -> dict[str, ml_collections.ConfigDict]:
       reflect=task_defaults(16, 96),
       refine=task_defaults(16, 144),
       refine_direct=task_defaults(16, 80),
+      # The grounded consistency loss (r3jax.r3.grounded): per image, its
+      # caption and per_image - 1 VQA questions about the caption's facts.
+      ground=_ground_defaults(),
   )
 
 
@@ -68,6 +81,12 @@ def defaults() -> ml_collections.ConfigDict:
       # "split": each task draws its own images; "shared": every task's
       # sub-batch holds the same images (all task batch sizes equal).
       layout="split",
+      # World VQA relation questions as drawn ("as_drawn": "left of", "to
+      # the left of", "right of", "to the right of"), or each rewritten at
+      # training time to the one phrasing with the same answer ("canonical":
+      # "is B left of A ?" for "is A right of B ?"); evaluation asks them as
+      # drawn.
+      relation_questions="as_drawn",
       # "world": the embedded synthetic world. "coco_vqa": COCO Captions
       # (caption and ITA tasks) and VQAv2 (vqa task) built from the official
       # files in manual_dir (r3jax/train/real_setup.py), at
@@ -99,6 +118,13 @@ def defaults() -> ml_collections.ConfigDict:
       # refine's on-policy examples also carry the model's own reflection on
       # its draft; refine learns to carry out the edit it names
       onpolicy_reflections=False,
+      # The grounded consistency loss (task "ground", r3jax.r3.grounded):
+      # slots whose VQA teacher is less sure than this are left out; the
+      # share of its on-policy examples that use the model's refined caption
+      # (refine format, which needs config.tasks.ground.max_len >= the
+      # refine task's) instead of its draft.
+      ground_min_conf=0.0,
+      ground_refined=0.0,
   )
 
   # R3-RL (r3jax/r3/tree_rl.py): Tree-RL with GRPO instead of supervised
@@ -120,6 +146,11 @@ def defaults() -> ml_collections.ConfigDict:
       # The supervised VQA / ITA loss (config.tasks' batches) added to every
       # RL step with this weight (0: the reference's pure RL).
       supervised_weight=0.0,
+      # Weight of the VQA agreement (r3jax.r3.grounded.agreement: the share
+      # of a caption's checkable facts its own VQA answers confirm) added to
+      # the root reward and to the branch reward (of the caption a rollout
+      # leaves); 0: the verifier alone.
+      agreement=0.0,
       freeze=(),            # top-level parameter trees kept fixed, e.g. encoder
       interference=True,    # log cos(RL gradient, VQA / ITA gradients)
   )
@@ -252,7 +283,8 @@ def _flat_keys(d: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 # Sub-dicts whose keys are data, not schema.
-_OPEN_DICTS = ("enc_overrides", "tasks", "split_sizes", "method_args")
+_OPEN_DICTS = ("enc_overrides", "tasks", "split_sizes", "method_args",
+               "type_weights")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -280,7 +312,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if t.per_image < 1 or t.batch_size % t.per_image:
       raise ValueError(f"config.tasks.{name}.per_image={t.per_image} must be "
                        f">= 1 and divide batch_size={t.batch_size}")
-    if t.per_image > 1 and (tasks_lib.TASKS[name].sample is None or
+    checks.check_type_weights(name, dict(t.type_weights),
+                              tasks_lib.TASKS[name].item_types)
+    grouped = tasks_lib.TASKS[name].grouped
+    if grouped and t.per_image < 2:
+      raise ValueError(f"config.tasks.{name}.per_image={t.per_image}: the "
+                       f"{name} task's rows per image (its caption and "
+                       "per_image - 1 questions) must be >= 2")
+    if t.per_image > 1 and (not (tasks_lib.TASKS[name].sample or grouped) or
                             config.data.layout != "split"):
       raise ValueError(
           f"config.tasks.{name}.per_image={t.per_image}: several examples "
@@ -349,6 +388,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.r3 needs 0 <= p_stop <= 1, consistency >= 0, "
                      "self_questions >= 0, rounds >= 1 and lookup >= 0, got "
                      f"{r3.to_dict()}")
+  if config.data.relation_questions not in ("as_drawn", "canonical"):
+    raise ValueError("config.data.relation_questions must be 'as_drawn' or "
+                     f"'canonical', got {config.data.relation_questions!r}")
+  if not 0 <= r3.ground_min_conf <= 1 or not 0 <= r3.ground_refined <= 1:
+    raise ValueError("config.r3 needs 0 <= ground_min_conf <= 1 and 0 <= "
+                     f"ground_refined <= 1, got {r3.ground_min_conf}, "
+                     f"{r3.ground_refined}")
   if r3.onpolicy_every < 0 or not 0 <= r3.onpolicy_frac <= 1:
     raise ValueError("config.r3 needs onpolicy_every >= 0 and 0 <= "
                      f"onpolicy_frac <= 1, got {r3.to_dict()}")
@@ -367,9 +413,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        f"config.rl.reward 'v_strict' or 'v_frac', got "
                        f"{rl.mode!r}, {rl.reward!r}")
     if not 0 < rl.top_p <= 1 or rl.refine_weight < 0 or (
-        rl.supervised_weight < 0):
-      raise ValueError("config.rl needs 0 < top_p <= 1, refine_weight >= 0 "
-                       f"and supervised_weight >= 0, got {rl.to_dict()}")
+        rl.supervised_weight < 0) or rl.agreement < 0:
+      raise ValueError("config.rl needs 0 < top_p <= 1, refine_weight >= 0, "
+                       "supervised_weight >= 0 and agreement >= 0, got "
+                       f"{rl.to_dict()}")
     if rl.supervised_weight > 0 and not {"vqa", "ita"} & set(config.tasks):
       raise ValueError("config.rl.supervised_weight > 0 trains the VQA / ITA "
                        "tasks beside RL: add one of them to config.tasks")
@@ -549,6 +596,8 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
   c.data.split_sizes = dict(train=64, validation=16, test=16)
   for t in c.tasks.values():
     t.batch_size = 8
+  if "ground" in c.tasks:  # 2 images of 1 caption + 3 questions
+    c.tasks.ground.update(batch_size=8, per_image=4)
   c.total_steps = 4
   c.log_every_steps = 1
   c.ckpt_every_steps = 2

@@ -82,6 +82,27 @@ def check_types(got: Mapping[str, Any], ref: Mapping[str, Any],
       raise ValueError(problem)
 
 
+def check_type_weights(task: str, weights: Mapping[str, Any],
+                       types: tuple[str, ...]) -> None:
+  """config.tasks.<task>.type_weights names the task's item types, with
+  finite weights >= 0 that are not all 0."""
+  if not weights:
+    return
+  if not types:
+    raise ValueError(f"config.tasks.{task}.type_weights={weights}: the {task} "
+                     "task's items have no types to weigh")
+  for k, v in weights.items():
+    if k not in types:
+      raise ValueError(f"unknown type {k!r} in config.tasks.{task}."
+                       f"type_weights; known: {list(types)}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+        0 <= v < float("inf")):
+      raise ValueError(f"config.tasks.{task}.type_weights.{k}={v!r} must be "
+                       "a finite number >= 0")
+  if not any(weights.values()) and set(weights) == set(types):
+    raise ValueError(f"config.tasks.{task}.type_weights weighs every type 0")
+
+
 def check_keys(got: Mapping[str, Any], ref: Mapping[str, Any]) -> None:
   """`got` has exactly the keys of `ref` (both flat: "model.encoder")."""
   nodes = {key.rsplit(".", i)[0] for key in ref

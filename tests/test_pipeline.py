@@ -81,6 +81,87 @@ def test_per_image_rows_share_their_image_and_split_over_processes(world):
                           process_count=2, per_image=2)
 
 
+def test_type_weights_draw_questions_in_proportion(world):
+  """config.tasks.vqa.type_weights: a record's relation question is drawn 4
+  times as often as each other type's; a weight of 0 never draws it."""
+  tok = world.tokenizer
+  record = next(r for r in (world.train_source[i] for i in range(
+      len(world.train_source))) if "relation" in list(r["vqa_types"]))
+  types = list(record["vqa_types"])
+
+  def drawn(weights, n=3000):
+    fmt = tasks.formatter("vqa", tok, 20, type_weights=weights)
+    rng = np.random.default_rng(0)
+    counts = dict.fromkeys(types, 0)
+    for _ in range(n):
+      ids = fmt(record, rng)["tokens"].tolist()
+      question = tok.decode(ids[1:ids.index(tok.sep_id)])
+      counts[types[list(record["vqa_questions"]).index(question)]] += 1
+    return counts, n
+
+  counts, n = drawn({"relation": 4.0})
+  want = 4 * types.count("relation") / (len(types) + 3 * types.count("relation"))
+  assert abs(counts["relation"] / n - want) < 0.03, (counts, want)
+  counts, n = drawn({"relation": 0.0})
+  assert counts["relation"] == 0 and sum(counts.values()) == n
+  with pytest.raises(ValueError, match="ita task's items have no types"):
+    tasks.formatter("ita", tok, 44, type_weights={"relation": 2.0})
+
+
+def test_canonical_relation_questions_keep_their_answers(world):
+  """config.data.relation_questions="canonical": every relation question is
+  asked as "is A left of B ?" and its answer, checked on the scene, stays."""
+  from r3jax.world import scene_from_arrays
+  from r3jax.world.facts import holds, resolve
+  from r3jax.world.verify import _ref
+  cfg, tok = world.world, world.tokenizer
+  seen = set()
+  for i in range(len(world.train_source)):
+    r = world.train_source[i]
+    scene = scene_from_arrays(r["scene"], cfg)
+    for t, q, a in zip(r["vqa_types"], r["vqa_questions"], r["vqa_answers"]):
+      if t != "relation":
+        continue
+      c = tasks.canonical_relation(q)
+      words = c.split()
+      assert not {"right", "below", "to"} & set(words)
+      rel = "left" if "left" in words else "above"
+      k = words.index(rel)
+      ia = resolve(_ref(words[1:k], cfg), scene)
+      ib = resolve(_ref(words[k + (2 if rel == "left" else 1):-1], cfg), scene)
+      assert ("yes" if holds(scene, ia, rel, ib) else "no") == a, (q, c)
+      seen.add(" ".join(w for w in q.split()
+                        if w in ("to", "left", "right", "above", "below")))
+  assert len(seen) == 6  # every phrasing met
+  fmt = tasks.formatter("vqa", tok, 20, {"relation_questions": "canonical"})
+  r = next(world.train_source[i] for i in range(len(world.train_source))
+           if "relation" in list(world.train_source[i]["vqa_types"]))
+  rng = np.random.default_rng(0)
+  for _ in range(40):
+    ids = fmt(r, rng)["tokens"].tolist()
+    question = tok.decode(ids[1:ids.index(tok.sep_id)]).split()
+    assert not {"right", "below"} & set(question)
+
+
+def test_type_weights_are_checked_by_the_config(tiny):
+  from r3jax import config as config_lib
+  c = tiny()
+  c.tasks.vqa.type_weights = {"relations": 2.0}
+  with pytest.raises(ValueError, match="unknown type 'relations' in "
+                     r"config.tasks.vqa.type_weights; known: \['existence'"):
+    config_lib.validate(c)
+  c.tasks.vqa.type_weights = {"relation": -1.0}
+  with pytest.raises(ValueError, match="type_weights.relation=-1.0 must be"):
+    config_lib.validate(c)
+  c = tiny()
+  c.tasks.caption.type_weights = {"relation": 2.0}
+  with pytest.raises(ValueError, match="caption task's items have no types"):
+    config_lib.validate(c)
+  c = tiny()
+  c.tasks.vqa.type_weights = {"relation": 3}
+  config_lib.validate(c)
+
+
 def test_train_data_state_round_trip(world, tiny):
   c = tiny()
   mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r3jax.r3 import grpo
+from r3jax.r3 import grounded, grpo
 from r3jax.r3 import rewards as rw
 from r3jax.r3 import tree_rl
 from r3jax.train import loop as train_loop
@@ -277,3 +277,32 @@ def test_frozen_encoder_and_the_supervised_term(monkeypatch):
   assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, sup, plain)))
   with pytest.raises(ValueError, match=r"freeze=\('vision',\) names"):
     _run(_rl_config(freeze=("vision",)), jax.devices()[:1], 0)
+
+
+def test_agreement_reward_term(monkeypatch):
+  """rl.agreement adds its weight times the caption's VQA agreement
+  (grounded.agreement, from the model's own answers) to the root reward and
+  to the branch reward of the caption a rollout leaves."""
+  _fake_scores(monkeypatch)
+  c = _rl_config(("caption", "vqa", "reflect", "refine"), agreement=0.5)
+  mesh, world, setup, init = train_loop.build(c, jax.devices()[:1])
+  params = init()["params"]
+  rl = tree_rl.TreeRL(c, world, setup, optim.schedule(c.optim, 2))
+  captions = ["there is a large red circle and a small blue square",
+              "there is a large green circle", "a red circle"]
+  agree = rl.agreement(params, [0, 1, 0], captions)
+  n_slots = [len(grounded.slots(t, world.world)) for t in captions]
+  assert n_slots[2] == 0 and agree[2] == 1.0  # nothing to disagree with
+  for a, n in zip(agree[:2], n_slots[:2]):
+    assert 0 <= a <= 1 and round(a * n, 6) == round(a * n)
+  # The root reward: the verifier's plus 0.5 x agreement.
+  batch, m = rl.root(params, 0, jax.random.key(0))
+  drafts = [r.draft for r in rl.buffer]
+  rows = [r.record for r in rl.buffer]
+  base = [rw.root_reward(d, None, None, None)[0] for d in drafts]
+  want = np.asarray(base) + 0.5 * rl.agreement(params, rows, drafts)
+  np.testing.assert_allclose(m["rl/reward"], want.mean(), rtol=1e-6)
+  assert 0 <= m["rl/agreement"] <= 1
+  _, mb, info = rl.branch(params, 1, jax.random.key(1))
+  assert len(info["agreement"]) == len(info["final"]) and 0 <= mb[
+      "rl/agreement"] <= 1

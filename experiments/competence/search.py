@@ -32,7 +32,13 @@ ROOT = os.path.join("experiments", "competence", "runs")
 # seen a high rate.
 STEPS = 12_000
 # Variants on a schedule of their own: name -> steps.
-LONG = {"mix_sincos_rf_40k": 40_000}
+LONG = {"mix_sincos_rf_40k": 40_000, "rf_40k_rel4": 40_000,
+        "rf_40k_rel4_canon": 40_000}
+# Variants that continue another's run from one of its shipped checkpoints
+# (parameters, optimizer state, data position and schedule): name ->
+# (parent, step). Their learning curves start at that step.
+BRANCHES = {"rf_40k_rel4": ("mix_sincos_rf_40k", 19_270),
+            "rf_40k_rel4_canon": ("mix_sincos_rf_40k", 19_270)}
 COMMON = ("--config.interference.enabled=False",
           "--config.eval_every_steps=500", "--config.ckpt_every_steps=500",
           "--config.progress_bar=False")
@@ -56,6 +62,12 @@ def mix(vqa: int = 64, ita: int = 32, per_image: int = 4,
 
 
 MIX = mix()
+# Relation questions drawn 4 times as often as each other type: 4 in 9 of a
+# 6-question record's draws instead of 1 in 6.
+REL4 = ('--config.tasks.vqa.type_weights={"relation":4}',)
+# Relation questions trained in the one phrasing "is A left of B ?" (the
+# same answer; r3jax.data.tasks.canonical_relation).
+CANON = ("--config.data.relation_questions=canonical",)
 DEEP = ("--config.model.enc_overrides={\"width\":128,\"depth\":4,"
         "\"heads\":4,\"mlp\":512}", "--config.model.dec_depth=4")
 # Decoder positions for the R3 tasks (max_len 144), so that every R3 arm can
@@ -81,6 +93,14 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mix_sincos_rf_40k": ("mix_sincos_rf on a 40,000-step schedule, with "
                           "decoder positions for the R3 tasks",
                           CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS),
+    "rf_40k_rel4": ("mix_sincos_rf_40k continued from its step 19,270 with "
+                    "relation questions drawn 4 times as often as each "
+                    "other type",
+                    CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS + REL4),
+    "rf_40k_rel4_canon": ("rf_40k_rel4 with relation questions trained in "
+                          "one phrasing, \"is A left of B ?\"",
+                          CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS +
+                          REL4 + CANON),
     "deep_sincos": ("mix_sincos with 4 encoder and 4 decoder layers (and "
                     "decoder positions for the R3 tasks)",
                     CONV + MIX + SINCOS + DEEP + R3_POSITIONS),
@@ -136,13 +156,23 @@ def ship(name: str) -> str | None:
   return os.path.join(out, str(steps[-1]))
 
 
-def restore_shipped(wd: str) -> None:
-  """A run with no checkpoints of its own starts from its shipped one."""
+def restore_shipped(wd: str, name: str | None = None) -> None:
+  """A run with no checkpoints of its own starts from its shipped one, or,
+  a branch that has none yet, from its parent's shipped checkpoint."""
   ckpts, shipped = os.path.join(wd, "checkpoints"), os.path.join(wd, "resume")
-  if os.path.isdir(shipped) and not (os.path.isdir(ckpts) and any(
-      s.isdigit() for s in os.listdir(ckpts))):
+  if os.path.isdir(ckpts) and any(s.isdigit() for s in os.listdir(ckpts)):
+    return
+  if os.path.isdir(shipped):
     for step in os.listdir(shipped):
       shutil.copytree(os.path.join(shipped, step), os.path.join(ckpts, step))
+  elif name in BRANCHES:
+    parent, step = BRANCHES[name]
+    src = os.path.join(workdir(parent), "resume", str(step))
+    if not os.path.isdir(src):
+      raise SystemExit(f"{name} continues {parent} from step {step}, but "
+                       f"{src} is not there (git holds it at the commit that "
+                       "shipped it)")
+    shutil.copytree(src, os.path.join(ckpts, str(step)))
 
 
 def run(name: str, until: int = 0) -> int:
@@ -152,8 +182,8 @@ def run(name: str, until: int = 0) -> int:
   exit status (75: stopped before the schedule's end, resumable)."""
   wd = workdir(name)
   os.makedirs(wd, exist_ok=True)
-  restore_shipped(wd)
-  start, t0 = last_step(wd), time.time()
+  restore_shipped(wd, name)
+  start, t0 = last_step(wd) or BRANCHES.get(name, (None, 0))[1], time.time()
   if until and start >= until:
     return 0
   with open(os.path.join(wd, "train.log"), "a") as log:

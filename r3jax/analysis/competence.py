@@ -154,18 +154,11 @@ def curve(workdir: str, split: str = "validation") -> list[dict[str, Any]]:
   return out
 
 
-def evaluate(workdir: str, split: str = "test", max_examples: int = -1,
-             batch_size: int | None = None, devices=None,
-             data_dir: str | None = None) -> dict[str, float]:
-  """Scores `workdir`'s parameters (its latest checkpoint, or its exported
-  params.npz) on the first `max_examples` images of `split` (-1: all), with
-  the run's saved config."""
-  import jax  # noqa: PLC0415 (jax-heavy imports only when evaluating)
-  import ml_collections  # noqa: PLC0415
-
+def eval_config(workdir: str, split: str = "test", max_examples: int = -1,
+                data_dir: str | None = None):
+  """The run's saved config, set up to score its parameters on the first
+  `max_examples` images of `split` (-1: all) on this machine's devices."""
   from r3jax import config as config_lib  # noqa: PLC0415
-  from r3jax.train import checkpoint as ckpt_lib  # noqa: PLC0415
-  from r3jax.train import loop  # noqa: PLC0415
 
   config = config_lib.load_saved(os.path.join(workdir, "config.json"))
   with config.unlocked():
@@ -178,6 +171,22 @@ def evaluate(workdir: str, split: str = "test", max_examples: int = -1,
       # index: a small dataset holds the same first images, built in seconds.
       config.data.split_sizes = {s: 8 for s in ("train", "validation", "test")}
       config.data.split_sizes[split] = max_examples
+  return config
+
+
+def evaluate(workdir: str, split: str = "test", max_examples: int = -1,
+             batch_size: int | None = None, devices=None,
+             data_dir: str | None = None) -> dict[str, float]:
+  """Scores `workdir`'s parameters (its latest checkpoint, or its exported
+  params.npz) on the first `max_examples` images of `split` (-1: all), with
+  the run's saved config."""
+  import jax  # noqa: PLC0415 (jax-heavy imports only when evaluating)
+  import ml_collections  # noqa: PLC0415
+
+  from r3jax.train import checkpoint as ckpt_lib  # noqa: PLC0415
+  from r3jax.train import loop  # noqa: PLC0415
+
+  config = eval_config(workdir, split, max_examples, data_dir)
   mesh, world, setup, _ = loop.build(config, devices)
   params = ckpt_lib.load_params(workdir, setup.abstract["params"])
   eval_cfg = ml_collections.ConfigDict(config.final_eval.to_dict())

@@ -90,7 +90,9 @@ def stream(source, task: str, seed: int) -> grain.MapDataset:
 def task_dataset(source, tokenizer, task: str, max_len: int, global_batch: int,
                  seed: int, process_index: int = 0, process_count: int = 1,
                  context: Mapping[str, Any] | None = None,
-                 per_image: int = 1) -> grain.MapDataset:
+                 per_image: int = 1,
+                 type_weights: Mapping[str, float] | None = None
+                 ) -> grain.MapDataset:
   """This process's batches (numpy dicts) of one task, random-access.
 
   With `per_image` = k > 1 each image of the stream gives k examples, drawn
@@ -105,14 +107,18 @@ def task_dataset(source, tokenizer, task: str, max_len: int, global_batch: int,
     raise ValueError(f"config.tasks.{task}: {images} images per batch "
                      f"(batch_size={global_batch} / per_image={per_image}) "
                      f"are not divisible by the {process_count} processes")
-  task_fmt = tasks_lib.formatter(task, tokenizer, max_len, context)
+  grouped = tasks_lib.TASKS[task].grouped
+  if grouped:  # one formatter call gives the image's per_image rows
+    context = {**(context or {}), "rows": per_image}
+  task_fmt = tasks_lib.formatter(task, tokenizer, max_len, context,
+                                 type_weights)
   tseed = _task_seed(seed, task)
   image_size = _image_size(context)
 
   def fmt(indexed, rng):
     index, record = indexed
     image = check_image(record, image_size)
-    if per_image == 1:
+    if per_image == 1 or grouped:
       out = task_fmt(record, rng, index)
     else:
       rows = [task_fmt(record, rng, index) for _ in range(per_image)]
@@ -151,7 +157,8 @@ def shared_dataset(source, tokenizer, tasks_cfg: Mapping[str, Any],
   sseed = _task_seed(seed, "+".join(names))
 
   fmts = {name: tasks_lib.formatter(name, tokenizer, tasks_cfg[name].max_len,
-                                    context) for name in names}
+                                    context, _type_weights(tasks_cfg[name]))
+          for name in names}
   image_size = _image_size(context)
 
   def fmt(record, rng):
@@ -171,6 +178,10 @@ def shared_dataset(source, tokenizer, tasks_cfg: Mapping[str, Any],
 
 def _per_image(t) -> int:
   return getattr(t, "per_image", 1)
+
+
+def _type_weights(t) -> dict[str, float]:
+  return dict(getattr(t, "type_weights", None) or {})
 
 
 def _check_batch_sizes(tasks_cfg: Mapping[str, Any],
@@ -199,7 +210,11 @@ def abstract_batch(tasks_cfg: Mapping[str, Any], tokenizer,
   rng = np.random.default_rng(0)
   out = {}
   for name, t in sorted(tasks_cfg.items()):
-    row = tasks_lib.formatter(name, tokenizer, t.max_len, context)(record, rng)
+    grouped = tasks_lib.TASKS[name].grouped
+    ctx = {**(context or {}), "rows": _per_image(t)} if grouped else context
+    row = tasks_lib.formatter(name, tokenizer, t.max_len, ctx)(record, rng)
+    if grouped:  # the image's rows: one row's shapes
+      row = {k: np.asarray(v)[0] for k, v in row.items()}
     row["image"] = check_image(record)
     rows = {k: t.batch_size // (_per_image(t) if k == "image" else 1)
             for k in row}
@@ -239,7 +254,7 @@ class TrainData:
       for name, t in sorted(tasks_cfg.items()):
         ds = task_dataset(source, tokenizer, name, t.max_len, t.batch_size,
                           seed, jax.process_index(), jax.process_count(),
-                          context, _per_image(t))
+                          context, _per_image(t), _type_weights(t))
         self._iters[name] = ds.to_iter_dataset(opts).__iter__()
     else:
       raise ValueError(f"config.data.layout must be 'split' or 'shared', got "

@@ -26,7 +26,12 @@ from typing import Any
 import numpy as np
 
 from r3jax.r3 import data as r3_data
+from r3jax.r3 import grounded
 from r3jax.r3 import real as r3_real
+from r3jax.world.language import REL_WORDS
+from r3jax.world.vqa import QTYPES
+
+_REL_HEADS = ("left", "right", "above", "below")
 
 Record = Mapping[str, Any]
 
@@ -45,6 +50,15 @@ class Task:
   formatter: Callable | None = None
   # the record's text fields the task reads (checked before formatting)
   fields: tuple[str, ...] = ()
+  # the item types config.tasks.<task>.type_weights may name (sample then
+  # takes the weights as a third argument)
+  item_types: tuple[str, ...] = ()
+  # context entries (r3jax.data.tasks.formatter's) `sample` takes as
+  # keyword arguments
+  sample_options: tuple[str, ...] = ()
+  # the formatter returns all config.tasks.<task>.per_image rows of an image
+  # at once (leading axis), coupled (r3jax.r3.grounded)
+  grouped: bool = False
 
 
 TASKS: dict[str, Task] = {}
@@ -66,9 +80,40 @@ register(Task(
 ))
 
 
-def _vqa_sample(r, rng):
-  i = rng.integers(len(r["vqa_questions"]))
-  return r["vqa_questions"][i], r["vqa_answers"][i]
+def _vqa_sample(r, rng, type_weights=None, relation_questions="as_drawn"):
+  """One of the record's questions: uniformly, or with probability in
+  proportion to its type's weight (config.tasks.vqa.type_weights; types not
+  named weigh 1). A record whose questions all weigh 0 is drawn uniformly.
+  relation_questions="canonical" (config.data) rewrites a relation question
+  to its canonical phrasing (canonical_relation)."""
+  n = len(r["vqa_questions"])
+  if not type_weights:
+    i = rng.integers(n)
+  else:
+    w = np.array([float(type_weights.get(t, 1.0)) for t in r["vqa_types"]])
+    i = rng.choice(n, p=w / w.sum()) if w.sum() > 0 else rng.integers(n)
+  question = r["vqa_questions"][i]
+  if relation_questions == "canonical" and r["vqa_types"][i] == "relation":
+    question = canonical_relation(question)
+  return question, r["vqa_answers"][i]
+
+
+def canonical_relation(question: str) -> str:
+  """"is A REL B ?" with the same answer and REL "left of" (or "above"):
+  "is the circle to the right of the square ?" -> "is the square left of
+  the circle ?"."""
+  words = question.split()
+  i = next((k for k, w in enumerate(words) if w in _REL_HEADS), None)
+  if words[:1] != ["is"] or words[-1:] != ["?"] or i is None:
+    raise ValueError(f"not a relation question: {question!r}")
+  start = i - 2 if words[i - 2:i] == ["to", "the"] else i
+  end = i + 2 if words[i + 1:i + 2] == ["of"] else i + 1
+  rel, swap = REL_WORDS[tuple(words[start:end])]
+  a, b = words[1:start], words[end:-1]
+  if swap:
+    a, b = b, a
+  return " ".join(["is", *a, *(["left", "of"] if rel == "left" else
+                               ["above"]), *b, "?"])
 
 
 register(Task(
@@ -77,6 +122,8 @@ register(Task(
     eval_items=lambda r: [(q, a, {"qtype": t}) for q, a, t in zip(
         r["vqa_questions"], r["vqa_answers"], r["vqa_types"])],
     fields=("vqa_questions", "vqa_answers"),
+    item_types=QTYPES,
+    sample_options=("relation_questions",),
 ))
 
 
@@ -110,12 +157,29 @@ for _name in ("reflect", "refine", "refine_direct"):
                 fields=("captions",)))
 
 
+register(Task("ground", sample=None, eval_items=None,
+              formatter=grounded.formatter, fields=("captions",),
+              grouped=True))
+
+
 def formatter(name: str, tokenizer, max_len: int,
-              context: Mapping[str, Any] | None = None):
+              context: Mapping[str, Any] | None = None,
+              type_weights: Mapping[str, float] | None = None):
   """(record, rng) -> {tokens, targets, loss_mask, ...} for task `name`;
-  context holds what the task needs beyond the record (R3: "world", "r3").
-  A bad record is a ValueError naming it (see the module doc)."""
+  context holds what the task needs beyond the record (R3: "world", "r3");
+  type_weights, the draw weights of a record's items by type
+  (config.tasks.<task>.type_weights). A bad record is a ValueError naming it
+  (see the module doc)."""
   task = TASKS[name]
+  if type_weights and not task.item_types:
+    raise ValueError(f"config.tasks.{name}.type_weights: the {name} task's "
+                     "items have no types to weigh")
+  options = {k: context[k] for k in task.sample_options
+             if context and k in context}
+  if type_weights:
+    options["type_weights"] = dict(type_weights)
+  sample = (functools.partial(task.sample, **options) if options
+            else task.sample)
   if task.formatter is not None:
     if context is None:
       raise ValueError(f"task {name!r} needs the world and r3 settings")
@@ -125,7 +189,7 @@ def formatter(name: str, tokenizer, max_len: int,
   else:
     def inner(record, rng, index=None):
       del index
-      question, target = task.sample(record, rng)
+      question, target = sample(record, rng)
       return format_sequence(tokenizer, name, question, target, max_len)
     check_words = ()
 

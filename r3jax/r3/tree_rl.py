@@ -26,7 +26,11 @@ Sampling: temperature, top_k and top_p (the reference: 0.9, top-p 0.9).
 rl.freeze keeps top-level parameter trees fixed (the reference freezes the
 vision encoder: ("encoder",)). rl.supervised_weight > 0 adds the supervised
 VQA / ITA loss on fresh batches of those tasks to every step (not in the
-reference, which trains RL alone).
+reference, which trains RL alone). rl.agreement > 0 adds that weight times
+the caption's VQA agreement (r3jax.r3.grounded.agreement, the model's own
+answers to questions about the facts the caption states; not in the
+reference) to the root reward and to the branch reward (the caption the
+rollout leaves); both are logged (rl/agreement).
 With VQA / ITA in config.tasks and rl.interference on, every step also logs
 interf/cos/rl:<task>, the cosine between the RL gradient and that task's
 supervised gradient on a fresh batch (its data position is not checkpointed:
@@ -56,7 +60,7 @@ from r3jax import sharding
 from r3jax.data import pipeline
 from r3jax.data import tasks as tasks_lib
 from r3jax.model import decoding
-from r3jax.r3 import grpo
+from r3jax.r3 import grounded, grpo
 from r3jax.r3 import rewards as rewards_lib
 from r3jax.train import checkpoint as ckpt_lib
 from r3jax.train import losses as losses_lib
@@ -97,6 +101,8 @@ class TreeRL:
                        f"parameters the model does not have; its top-level "
                        f"trees are {sorted(top)}")
     self._update = self._make_update(schedule)
+    self._answer = jax.jit(lambda p, images, tokens, at: jnp.take_along_axis(
+        setup.model(p)(images, tokens), at[:, None, None], axis=1)[:, 0])
     self.buffer: list[Rollout] = []
     # Understanding batches for the RL-vs-VQA/ITA gradient cosines.
     sup = {k: t for k, t in config.tasks.items() if k in ("vqa", "ita")}
@@ -162,6 +168,28 @@ class TreeRL:
   def _scene(self, row: int):
     return scene_from_arrays(self.source[row]["scene"], self.world.world)
 
+  def agreement(self, params, rows: Sequence[int], captions: Sequence[str]
+                 ) -> np.ndarray:
+    """grounded.agreement of each caption about image `rows[i]`; the VQA
+    answers are greedy logits of the current parameters, computed in
+    batches padded to a multiple of 64 rows (few compiled shapes)."""
+    vqa_len = self.cfg.tasks.vqa.max_len if "vqa" in self.cfg.tasks else 20
+
+    def answer_fn(which: Sequence[int], questions: Sequence[str]):
+      n = len(questions)
+      pad = -n % 64
+      tokens = np.full((n + pad, vqa_len), self.tok.pad_id, np.int32)
+      at = np.zeros(n + pad, np.int32)
+      for i, q in enumerate(questions):
+        ids = tasks_lib.prompt_ids(self.tok, "vqa", q)[:vqa_len]
+        tokens[i, :len(ids)], at[i] = ids, len(ids) - 1
+      images = self._images([rows[w] for w in which] + [rows[0]] * pad)
+      out = self._answer(params, _put(images, self.shard),
+                         _put(tokens, self.shard), _put(at, self.shard))
+      return multihost_utils.process_allgather(out, tiled=True)[:n]
+
+    return grounded.agreement(answer_fn, self.tok, captions, self.world.world)
+
   # --- the two stages ------------------------------------------------------
 
   def _groups(self, step: int) -> list[int]:
@@ -183,12 +211,21 @@ class TreeRL:
       rewards.append(r)
       vs.append(v)
       self.buffer.append(Rollout(row, draft, v))
+    agree = None
+    if self.rl.agreement:
+      agree = self.agreement(params, rows, [r.draft for r in
+                                            self.buffer[-len(rows):]])
+      rewards = list(np.asarray(rewards) + self.rl.agreement * agree)
     batch = self._sequences([prompt] * len(rows), outs, [0] * len(rows),
                             self.cap_len)
     batch["image"] = images
     batch["advantage"] = rewards_lib.advantages(rewards, g)
     m = {"rl/reward": np.mean(rewards), "rl/v": np.mean(vs),
-         "rl/format": np.mean([r > 0 for r in rewards]), "rl/stage": 0.0}
+         "rl/format": np.mean([v_ > 0 for v_ in np.asarray(rewards) - (
+             0 if agree is None else self.rl.agreement * agree)]),
+         "rl/stage": 0.0}
+    if agree is not None:
+      m["rl/agreement"] = np.mean(agree)
     return {"root": batch}, m
 
   def _draw(self, rng: np.random.Generator) -> Rollout:
@@ -234,6 +271,11 @@ class TreeRL:
       info["from"].append(0 if self.rl.train_reflection else cut + 1)
       info["to"].append(cut + 1 if stopped else None)
       info["cut"].append(cut)
+    if self.rl.agreement:
+      agree = self.agreement(params, [d.record for d in items], info["final"])
+      info["reward"] = list(np.asarray(info["reward"]) +
+                            self.rl.agreement * agree)
+      info["agreement"] = list(agree)
     reflection_to = info["to"]
     if refine_stream:  # the reflection stream ends at its <sep>
       reflection_to = [c + 1 for c in info["cut"]]
@@ -245,6 +287,8 @@ class TreeRL:
          "rl/v_prev": np.mean([d.v for d in items]),
          "rl/stop_rate": np.mean(info["stop"]),
          "rl/format": np.mean(info["format"]), "rl/stage": 1.0}
+    if "agreement" in info:
+      m["rl/agreement"] = np.mean(info["agreement"])
     if refine_stream:
       refine = self._sequences(prompts, outs, [c + 1 for c in info["cut"]],
                                self.r3_len)
@@ -268,11 +312,16 @@ class TreeRL:
       f_root = rewards_lib.root_reward(d.draft, scene, world, kind)[0] > 0
       v_final = rewards_lib.score(final, scene, world, kind)
       outcome.append(float(f_root and ok) * (1.0 + v_final))
+    if "agreement" in info:  # the final caption's (branch computed it)
+      outcome = list(np.asarray(outcome) +
+                     self.rl.agreement * np.asarray(info["agreement"]))
     adv = rewards_lib.advantages(outcome, self.rl.group_size)
     root_batch["root"]["advantage"] = adv
     branch_batch["branch"]["advantage"] = adv
     m = {"rl/reward": np.mean(outcome), "rl/v": m_b["rl/v"],
          "rl/stop_rate": m_b["rl/stop_rate"], "rl/stage": 2.0}
+    if "agreement" in info:
+      m["rl/agreement"] = m_b["rl/agreement"]
     return {**root_batch, **branch_batch}, m
 
   # --- the update ----------------------------------------------------------

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 import ml_collections
 from jax.experimental import multihost_utils
 
@@ -115,7 +116,7 @@ def _compiled_together(fn, *args):
 
 
 def _draft_store(config, workdir: str) -> r3_drafts.DraftStore | None:
-  tasks = [t for t in ("reflect", "refine", "refine_direct")
+  tasks = [t for t in ("reflect", "refine", "refine_direct", "ground")
            if t in config.tasks]
   if not tasks or not config.r3.onpolicy_every:
     return None
@@ -130,7 +131,9 @@ def _draft_store(config, workdir: str) -> r3_drafts.DraftStore | None:
 def _refresh_drafts(drafts, w, config, world, loop, params) -> None:
   """The model's greedy captions for the selected examples of window w; with
   config.r3.onpolicy_reflections, refine's also carry the model's greedy
-  reflection on that caption: [draft, reflection]."""
+  reflection on that caption: [draft, reflection]; with
+  config.r3.ground_refined, that share of ground's carry the model's whole
+  round when it edits: [draft, reflection, refined caption]."""
   out = {}
   for task, idx in drafts.wanted(w).items():
     stream = pipeline.stream(pipeline.task_source(world.train_source, task),
@@ -140,6 +143,14 @@ def _refresh_drafts(drafts, w, config, world, loop, params) -> None:
     if task == "refine" and config.r3.onpolicy_reflections and records:
       texts = [list(x) for x in zip(texts, loop.reflections(params, records,
                                                            texts))]
+    if task == "ground" and config.r3.ground_refined and records:
+      pick = [k for k, j in enumerate(idx) if np.random.default_rng(
+          [config.seed, 7, j]).random() < config.r3.ground_refined]
+      trajs, _ = loop.run(params, [records[k] for k in pick]) if pick else (
+          [], None)
+      for k, t in zip(pick, trajs):
+        if not t.stopped:  # round 1 edited the draft
+          texts[k] = [t.captions[0], t.reflections[0], t.captions[1]]
     out[task] = dict(zip(idx, texts))
   drafts.put(w, out)
 
@@ -174,7 +185,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       setup, world.tokenizer, world.world, rounds=1,
       batch_size=config.evals.batch_size,
       caption_len=config.tasks.caption.max_len,
-      r3_len=config.tasks.caption.max_len)
+      # a whole round (reflection and refined caption) for ground_refined
+      r3_len=max(config.tasks.caption.max_len, config.tasks.ground.max_len
+                 if "ground" in config.tasks and config.r3.ground_refined
+                 else 0))
   data = pipeline.TrainData(world.train_source, world.tokenizer, config.tasks,
                             config.seed, mesh, config.data.read_threads,
                             config.data.prefetch, config.data.layout, context)

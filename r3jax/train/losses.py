@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from r3jax.r3 import consistency
+from r3jax.r3 import consistency, grounded
 
 
 def token_sums(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
@@ -28,10 +28,15 @@ def token_sums(logits_BxLxV: jax.Array, targets_BxL: jax.Array,
 def sub_batch_sums(logits_BxLxV: jax.Array, b: Mapping[str, jax.Array]
                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """token_sums of a task sub-batch, plus the R3 consistency term when the
-  sub-batch carries one (r3jax.r3.consistency; normalised like the tokens)."""
+  sub-batch carries one (r3jax.r3.consistency; normalised like the tokens),
+  or the grounded consistency term (r3jax.r3.grounded; its slots count as
+  the tokens, a slot agreeing with the VQA answer as a correct one)."""
   loss, correct, n = token_sums(logits_BxLxV, b["targets"], b["loss_mask"])
   if "cons_src" in b:
     loss = loss + consistency.loss_sum(logits_BxLxV, b)
+  if "gnd_at" in b:
+    kl, agree, slots = grounded.sums(logits_BxLxV, b)
+    loss, correct, n = loss + kl, correct + agree, n + slots
   return loss, correct, n
 
 

@@ -88,7 +88,8 @@ class World:
 
   def task_context(self) -> dict[str, Any]:
     """What task formatters need beyond a record (r3jax.data.tasks)."""
-    return {"world": self.world, "r3": self.config.r3}
+    return {"world": self.world, "r3": self.config.r3,
+            "relation_questions": self.config.data.relation_questions}
 
   def evaluator(self, setup, eval_cfg) -> Evaluation:
     """Every configured task's evaluation; with an R3 task also the R3 loop

@@ -19,7 +19,13 @@ Prints name=value lines:
                     edit) on drafts of which P% are right (reference
                     captions) and the rest corrupted: its measured stop rate,
                     time, the one-pass decode of the same prompts, and
-                    packed / the one-pass all-edit round (all corrupted)
+                    packed / the one-pass all-edit round (all corrupted).
+                    plain's round is compacted (the rows that edit go on
+                    from the reflect decode's cache in a smaller batch);
+                    lookup's prefills the refine prompt again
+  forced_stopP_*    the compacted round on all-corrupted drafts with the
+                    first P% of reflections read as stops (0, 50, 90): its
+                    stop rate, time, and time / the one-pass all-edit round
 and the per-stage split: images encoded, drafts edited, generated tokens of
 the reflect and refine stages per example, and decode calls per round.
 Without --workdir a freshly initialised model is timed (it says so).
@@ -134,6 +140,28 @@ def main():
         mixes[name, share] = (stopped, _time(
             lambda lp=lp, p=prompts: lp._round(params, kv, rows, p, rng),
             args.repeats), _time(round_with(lp, prompts), args.repeats))
+    # The compacted round (the plain loop's _round) at forced stop rates:
+    # on all-edit drafts, the reflections of the first P% of rows are read
+    # as stops (whatever they say), so the round pays for those rows' refine
+    # only up to the round's pause; against the one-pass all-edit round.
+    one = plain._decode(params, kv, rows, wrong, kw["r3_len"], rng)
+    reflections = [tok.decode(o[:o.index(tok.sep_id)]) if tok.sep_id in o
+                   else None for o in one]
+    real_read = r3_loop.rewards_lib.read_branch
+    forced = {}
+    for share in (0.0, 0.5, 0.9):
+      chosen = {x for x in reflections[:int(round(share * n))] if x}
+      r3_loop.rewards_lib.read_branch = (
+          lambda reflection, refined, chosen=chosen: (
+              True, reflection in chosen))
+      try:
+        out = plain._round(params, kv, rows, wrong, rng)
+        stopped = float(np.mean([o[-1:] == [tok.sep_id] or tok.sep_id not in o
+                                 for o in out]))
+        forced[share] = (stopped, _time(
+            lambda: plain._round(params, kv, rows, wrong, rng), args.repeats))
+      finally:
+        r3_loop.rewards_lib.read_branch = real_read
     t_cap = _time(caption, args.repeats)
     t_round = _time(round_with(fast, own), args.repeats)
     t_plain = _time(round_with(plain, own), args.repeats)
@@ -174,6 +202,10 @@ def main():
           f"{tag}_packed_vs_all_edit={t / t_all_edit[name]:.3f}")
   for name, t in t_all_edit.items():
     print(f"{name}_all_edit_one_pass_ms={1e3 * t:.1f}")
+  for share, (stopped, t) in forced.items():
+    tag = f"forced_stop{int(100 * share)}"
+    print(f"{tag}_stop_rate={stopped:.3f} {tag}_compacted_ms={1e3 * t:.1f} "
+          f"{tag}_vs_all_edit={t / t_all_edit['plain']:.3f}")
 
 
 if __name__ == "__main__":

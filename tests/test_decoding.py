@@ -292,3 +292,38 @@ def test_stopping_at_a_separator_then_resuming_equals_one_decode():
   # Rows that stopped at S resume; the others ended in the first decode.
   both = np.where(np.asarray(at_sep)[:, None], second.tokens, first.tokens)
   np.testing.assert_array_equal(both, full.tokens)
+
+
+def test_pausing_at_a_separator_and_going_on_with_some_rows_equals_one_decode():
+  """R3's compacted round: a decode paused once every row is done or has
+  written S, continued on a subset of its rows (their cache rows gathered, in
+  another order), writes each of those rows' tokens of the one-pass decode;
+  rows done in the first segment already hold theirs."""
+  from r3jax.model.decoding import DecodeState, generate_until
+  model, images = setup()
+  eos = stopping_eos()
+  kw = dict(max_len=MAX_LEN, eos_id=eos, pad_id=PAD, prefill_len=1)
+  full = jax.device_get(jax.jit(functools.partial(generate, model, **kw))(
+      images, PROMPTS, PROMPT_LENS))
+  gen = [row[n:].tolist() for row, n in zip(full.tokens, PROMPT_LENS)]
+  sep = next(t for t in range(1, 11) if t != eos and sum(
+      t in g[:g.index(eos) if eos in g else len(g)] for g in gen) >= 2)
+  first = jax.jit(functools.partial(generate_until, model, pause_id=sep, **kw))(
+      images, PROMPTS, PROMPT_LENS)
+  paused = np.asarray(first.paused) & ~np.asarray(first.done)
+  assert paused.sum() >= 2 and int(first.t) < MAX_LEN - 1  # it did pause
+  rows = np.flatnonzero(paused)[::-1]  # the subset, reversed
+
+  @jax.jit
+  def rest(state, rows):
+    sub = DecodeState(state.t, *jax.tree.map(lambda x: x[rows],
+                                             tuple(state)[1:]))
+    return generate_until(model, images[rows], sub.tokens, PROMPT_LENS[rows],
+                          state=sub, **kw)
+
+  more = jax.device_get(rest(first, jnp.asarray(rows)))
+  np.testing.assert_array_equal(more.tokens, full.tokens[rows])
+  np.testing.assert_array_equal(more.gen_len, full.gen_len[rows])
+  done = np.asarray(first.done)
+  np.testing.assert_array_equal(np.asarray(first.tokens)[done],
+                                full.tokens[done])

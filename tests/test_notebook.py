@@ -53,6 +53,7 @@ def r3_dir(tmp_path_factory):
   def oracle_run(self, params, records, seed=0):
     world = types.SimpleNamespace(tokenizer=self._tok, world=self._world)
     self._decode = _oracle(world, records, fail_on={0})[0]
+    self._packed = "repack"  # rounds through _decode: the oracle's
     return run(self, params, records, seed)
 
   workdir = str(tmp_path_factory.mktemp("r3"))

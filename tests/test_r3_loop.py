@@ -62,7 +62,8 @@ def test_oracle_loop_exits_early_and_accounts_rounds(built, monkeypatch):
   c, world, setup, init = built
   records = world.records("validation", 12)
   lp = r3_loop.R3Loop(setup, world.tokenizer, world.world, rounds=3,
-                      batch_size=4, caption_len=40, r3_len=144)
+                      batch_size=4, caption_len=40, r3_len=144,
+                      packed="repack")
   decode, calls = _oracle(world, records, fail_on={0})
   monkeypatch.setattr(lp, "_decode", decode)
   monkeypatch.setattr(lp, "_encode", lambda params, recs: None)
@@ -110,7 +111,8 @@ def test_stage_scores_say_which_stage_fails(built, monkeypatch):
   c, world, setup, init = built
   records = world.records("validation", 8)
   lp = r3_loop.R3Loop(setup, world.tokenizer, world.world, rounds=2,
-                      batch_size=4, caption_len=40, r3_len=144)
+                      batch_size=4, caption_len=40, r3_len=144,
+                      packed="repack")
   # Row 0 stops on a wrong draft; rows 1 and 2 are told the right edit but
   # copy the draft, so they are told it again next round.
   decode, _ = _oracle(world, records, fail_on={0}, copy_on={1, 2})
@@ -177,3 +179,60 @@ def test_a_reflection_helps_when_its_edit_raises_the_score():
   s = r3_loop.Scorer(cfg, 1)._stage_scores(trajs, [scene] * 4)
   assert s["r3/reflect_right"] == pytest.approx(2 / 5)
   assert s["r3/reflect_helpful"] == pytest.approx(3 / 5)
+
+
+class _Sep:
+  """The tokenizer with another token as <sep>: one this untrained model
+  writes, so that its rows pause mid-round."""
+
+  def __init__(self, tok, sep_id):
+    self._tok, self.sep_id = tok, sep_id
+
+  def __getattr__(self, name):
+    return getattr(self._tok, name)
+
+
+def test_compacted_round_equals_the_one_pass_round(built, monkeypatch):
+  """The packed round decoded in two segments (to every row's <sep> or
+  <eos>, then only the rows whose reflection names an edit, their cache rows
+  gathered into a smaller batch) gives every row the one-pass decode's
+  tokens; a stop keeps its reflection and <sep> only."""
+  c, world, setup, init = built
+  params = init()["params"]
+  head = params["decoder"]["head"]["kernel"]  # random outputs, not just eos
+  params["decoder"]["head"]["kernel"] = 3 * jax.random.normal(
+      jax.random.key(1), head.shape)
+  records = world.records("validation", 12)
+  tok = world.tokenizer
+  kw = dict(rounds=1, batch_size=8, caption_len=c.tasks.caption.max_len,
+            r3_len=c.tasks.refine.max_len)
+  probe = r3_loop.R3Loop(setup, tok, world.world, packed=False, **kw)
+  kv = probe._encode(params, records)
+  rows = list(range(len(records)))
+  prompts = [[tok.task_id("reflect")] + tok.encode(
+      str(r["captions"][0])) + [tok.sep_id] for r in records]
+  key = jax.random.key(0)
+  one_pass = probe._round(params, kv, rows, prompts, key)
+  # A token most rows write, not first: the stand-in <sep>.
+  counts = {}
+  for ids in one_pass:
+    for t in set(ids[1:]) - {tok.eos_id, tok.pad_id}:
+      counts[t] = counts.get(t, 0) + 1
+  sep = max(counts, key=counts.get)
+  fake = _Sep(tok, sep)
+  # Reflections of odd length are stops, the others name an edit.
+  stop = lambda text: len(text.split()) % 2 == 1  # noqa: E731
+  monkeypatch.setattr(r3_loop.rewards_lib, "read_branch",
+                      lambda reflection, refined: (True, stop(reflection)))
+  lp = r3_loop.R3Loop(setup, fake, world.world, **kw)
+  prompts = [p[:-1] + [sep] for p in prompts]
+  want = []
+  for ids in r3_loop.R3Loop(setup, fake, world.world, packed=False,
+                            **kw)._round(params, kv, rows, prompts, key):
+    if sep in ids and stop(tok.decode(ids[:ids.index(sep)])):
+      ids = ids[:ids.index(sep) + 1]
+    want.append(ids)
+  got = lp._round(params, kv, rows, prompts, key)
+  assert got == want
+  kinds = [(sep in w, sep in w and w[-1] == sep) for w in want]
+  assert (True, True) in kinds and (True, False) in kinds  # stops and edits

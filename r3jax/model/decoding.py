@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -111,6 +111,92 @@ def sample_token(logits_BxV: jax.Array, rng: jax.Array | None, *,
   return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
 
 
+class DecodeState(NamedTuple):
+  """A decode between segments: `t` the last filled position (every row),
+  the self-attention cache and the outputs so far; `paused` marks rows that
+  generated the pause id (generate_until)."""
+  t: jax.Array
+  cache: Any
+  tokens: jax.Array
+  done: jax.Array
+  gen_len: jax.Array
+  paused: jax.Array
+
+
+def _place_fn(prompt_len_B, eos_id, pad_id, temperature, top_k, top_p, rng,
+              pause_id):
+  def place(t, logits_BxV, s: DecodeState) -> DecodeState:
+    """Fills position t from logits_BxV (predicting t), unless t is in the prompt."""
+    forced_B = t < prompt_len_B
+    step_rng = None if rng is None else jax.random.fold_in(rng, t)
+    chosen_B = sample_token(logits_BxV, step_rng, temperature=temperature,
+                            top_k=top_k, top_p=top_p)
+    prompt_B = jax.lax.dynamic_index_in_dim(s.tokens, t, axis=1, keepdims=False)
+    tok_B = jnp.where(forced_B, prompt_B, jnp.where(s.done, pad_id, chosen_B))
+    tokens_BxT = jax.lax.dynamic_update_slice(s.tokens, tok_B[:, None], (0, t))
+    generated_B = ~forced_B & ~s.done
+    paused_B = s.paused
+    if pause_id is not None:
+      paused_B = paused_B | (generated_B & (tok_B == pause_id))
+    return DecodeState(t, s.cache, tokens_BxT,
+                       s.done | (generated_B & _is_stop(tok_B, eos_id)),
+                       s.gen_len + generated_B, paused_B)
+  return place
+
+
+def _run(model, cross_kv, state: DecodeState, place, max_len: int,
+         pause_id) -> DecodeState:
+  """Feeds one position per iteration until every row is done or T positions
+  are filled, or, with pause_id, every row is done or paused."""
+  def cond(s: DecodeState) -> jax.Array:
+    finished_B = s.done | s.paused if pause_id is not None else s.done
+    return (s.t + 1 < max_len) & ~jnp.all(finished_B)
+
+  def body(s: DecodeState) -> DecodeState:
+    tok_Bx1 = jax.lax.dynamic_slice_in_dim(s.tokens, s.t, 1, axis=1)
+    logits_Bx1xV, cache = model.decode_step(cross_kv, s.cache, tok_Bx1, s.t)
+    return place(s.t + 1, logits_Bx1xV[:, 0], s._replace(cache=cache))
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+def generate_until(model: Model, images_or_img, prompt_BxL: jax.Array,
+                   prompt_len_B: jax.Array, *, max_len: int, eos_id: Stops,
+                   pad_id: int, prefill_len: int, pause_id: int | None = None,
+                   state: DecodeState | None = None, temperature: float = 0.0,
+                   top_k: int = 0, top_p: float = 1.0,
+                   rng: jax.Array | None = None) -> DecodeState:
+  """generate, in segments. Without `state` it starts from the prompts; with
+  one (from an earlier call, possibly on a subset of its rows:
+  `jax.tree.map(lambda x: x[rows], state)` with t kept) it goes on from
+  there. With `pause_id` the segment ends as soon as every row is done or has
+  generated that id (the paused rows go on when the state is passed back,
+  without pause_id: the continuation writes token for token what one
+  uninterrupted decode writes)."""
+  _check(model, prompt_BxL, max_len, prefill_len)
+  if temperature > 0.0 and rng is None:
+    raise ValueError("Sampling with temperature > 0 needs an rng key.")
+  prompt_len_B = prompt_len_B.astype(jnp.int32)
+  cross_kv = _cross_kv(model, images_or_img)
+  place = _place_fn(prompt_len_B, eos_id, pad_id, temperature, top_k, top_p,
+                    rng, pause_id)
+  if state is None:
+    batch = prompt_BxL.shape[0]
+    state = DecodeState(jnp.int32(0), model.init_cache(batch, max_len),
+                        _buffer(prompt_BxL, max_len, pad_id),
+                        jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.int32),
+                        jnp.zeros((batch,), bool))
+    if prefill_len == max_len:  # The buffer holds only prompt.
+      return state._replace(t=jnp.int32(max_len - 1))
+    logits_BxSxV, cache = model.decode_step(
+        cross_kv, state.cache, state.tokens[:, :prefill_len], 0)
+    state = place(jnp.int32(prefill_len), logits_BxSxV[:, -1],
+                  state._replace(cache=cache))
+  else:
+    state = state._replace(paused=jnp.zeros_like(state.paused))
+  return _run(model, cross_kv, state, place, max_len, pause_id)
+
+
 def generate(model: Model, images_or_img: jax.Array, prompt_BxL: jax.Array,
              prompt_len_B: jax.Array, *, max_len: int, eos_id: Stops, pad_id: int,
              prefill_len: int, temperature: float = 0.0, top_k: int = 0,
@@ -121,52 +207,11 @@ def generate(model: Model, images_or_img: jax.Array, prompt_BxL: jax.Array,
   Every prompt must be at least prefill_len tokens long (prefill_len >= 1, static).
   Call inside jit (make_generate_fn does); eager calls work but trace each time.
   """
-  _check(model, prompt_BxL, max_len, prefill_len)
-  if temperature > 0.0 and rng is None:
-    raise ValueError("Sampling with temperature > 0 needs an rng key.")
-  batch = prompt_BxL.shape[0]
-  prompt_len_B = prompt_len_B.astype(jnp.int32)
-  cross_kv = _cross_kv(model, images_or_img)
-  cache = model.init_cache(batch, max_len)
-  tokens_BxT = _buffer(prompt_BxL, max_len, pad_id)
-  done_B = jnp.zeros((batch,), bool)
-  gen_len_B = jnp.zeros((batch,), jnp.int32)
-
-  def place(t, logits_BxV, tokens_BxT, done_B, gen_len_B):
-    """Fills position t from logits_BxV (predicting t), unless t is in the prompt."""
-    forced_B = t < prompt_len_B
-    step_rng = None if rng is None else jax.random.fold_in(rng, t)
-    chosen_B = sample_token(logits_BxV, step_rng, temperature=temperature,
-                            top_k=top_k, top_p=top_p)
-    prompt_B = jax.lax.dynamic_index_in_dim(tokens_BxT, t, axis=1, keepdims=False)
-    tok_B = jnp.where(forced_B, prompt_B, jnp.where(done_B, pad_id, chosen_B))
-    tokens_BxT = jax.lax.dynamic_update_slice(tokens_BxT, tok_B[:, None], (0, t))
-    generated_B = ~forced_B & ~done_B
-    return (tokens_BxT, done_B | (generated_B & _is_stop(tok_B, eos_id)),
-            gen_len_B + generated_B)
-
-  if prefill_len == max_len:  # The buffer holds only prompt.
-    return Generation(tokens_BxT, gen_len_B, done_B)
-  logits_BxSxV, cache = model.decode_step(
-      cross_kv, cache, tokens_BxT[:, :prefill_len], 0)
-  tokens_BxT, done_B, gen_len_B = place(prefill_len, logits_BxSxV[:, -1],
-                                        tokens_BxT, done_B, gen_len_B)
-
-  # t: the last filled position, fed to the model to fill t + 1.
-  def cond(carry) -> jax.Array:
-    t, _, _, done_B, _ = carry
-    return (t + 1 < max_len) & ~jnp.all(done_B)
-
-  def body(carry):
-    t, cache, tokens_BxT, done_B, gen_len_B = carry
-    tok_Bx1 = jax.lax.dynamic_slice_in_dim(tokens_BxT, t, 1, axis=1)
-    logits_Bx1xV, cache = model.decode_step(cross_kv, cache, tok_Bx1, t)
-    return (t + 1, cache,
-            *place(t + 1, logits_Bx1xV[:, 0], tokens_BxT, done_B, gen_len_B))
-
-  carry = (jnp.int32(prefill_len), cache, tokens_BxT, done_B, gen_len_B)
-  _, _, tokens_BxT, done_B, gen_len_B = jax.lax.while_loop(cond, body, carry)
-  return Generation(tokens_BxT, gen_len_B, done_B)
+  s = generate_until(model, images_or_img, prompt_BxL, prompt_len_B,
+                     max_len=max_len, eos_id=eos_id, pad_id=pad_id,
+                     prefill_len=prefill_len, temperature=temperature,
+                     top_k=top_k, top_p=top_p, rng=rng)
+  return Generation(s.tokens, s.gen_len, s.done)
 
 
 def make_generate_fn(graphdef: nnx.GraphDef, *, max_len: int, eos_id: Stops,

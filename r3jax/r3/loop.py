@@ -33,6 +33,7 @@ refine_right (which stage fails, `Scorer._stage_scores`), tokens_per_example
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -76,7 +77,7 @@ class R3Loop:
   def __init__(self, setup, tokenizer, world: WorldConfig, *, rounds: int,
                batch_size: int, caption_len: int, r3_len: int,
                direct: bool = False, temperature: float = 0.0,
-               lookup: int = 0, packed: bool = True):
+               lookup: int = 0, packed: bool | str = True):
     dp = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
     if batch_size % dp:
       raise ValueError(f"R3 batch_size={batch_size} is not divisible by the "
@@ -101,6 +102,7 @@ class R3Loop:
     self._kv_fn = kv_fn
     self._gen_fns = {}
     self._graphdef = graphdef
+    self._dp = dp
 
   def _gen_fn(self, max_len: int, prefill_len: int, stops: tuple[int, ...]):
     key = (max_len, prefill_len, stops)
@@ -122,6 +124,90 @@ class R3Loop:
                                  rng=rng if temp > 0 else None, **kw)
       self._gen_fns[key] = fn
     return self._gen_fns[key]
+
+  def _segment_fns(self):
+    """(first, rest): the one-pass round's decode to every row's <sep> or
+    <eos>, and its continuation on some of its rows (decoding.generate_until),
+    jitted; greedy or sampled as the loop is."""
+    if "segments" not in self._gen_fns:
+      graphdef, tok, temp = self._graphdef, self._tok, self._temperature
+      kw = dict(max_len=self._r3_len, eos_id=tok.eos_id, pad_id=tok.pad_id)
+
+      @functools.partial(jax.jit, static_argnames="prefill_len")
+      def first(params, kv_all, idx_B, prompt_BxL, len_B, rng, prefill_len):
+        model = nnx.merge(graphdef, params)
+        kv = jax.tree.map(lambda x: x[idx_B], kv_all)
+        return decoding.generate_until(
+            model, kv, prompt_BxL, len_B, prefill_len=prefill_len,
+            pause_id=tok.sep_id, temperature=temp,
+            rng=rng if temp > 0 else None, **kw)
+
+      @jax.jit
+      def rest(params, kv_all, idx_M, state, rows_M, len_M, rng):
+        model = nnx.merge(graphdef, params)
+        kv = jax.tree.map(lambda x: x[idx_M], kv_all)
+        sub = decoding.DecodeState(state.t, *jax.tree.map(
+            lambda x: x[rows_M], tuple(state)[1:]))
+        return decoding.generate_until(
+            model, kv, sub.tokens, len_M, prefill_len=1,
+            state=sub, temperature=temp,
+            rng=rng if temp > 0 else None, **kw)
+      self._gen_fns["segments"] = (first, rest)
+    return self._gen_fns["segments"]
+
+  def _round_compacted(self, params, kv_all, rows: Sequence[int],
+                       prompts: list[list[int]], rng) -> list[list[int]]:
+    """The one-pass round decoded in two segments per batch: to every row's
+    <sep> or <eos>, then, on a smaller batch of only the rows whose
+    reflection names an edit (their cache rows gathered), on to <eos>. Greedy,
+    each row's tokens are the one-pass decode's."""
+    tok, bs = self._tok, self._bs
+    first, rest = self._segment_fns()
+    out: dict[int, list[int]] = {}
+    order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
+    for s in range(0, len(rows), bs):
+      sel = order[s:s + bs]
+      n = len(sel)
+      sel += [sel[-1]] * (bs - n)  # pad the last batch
+      lens = np.array([len(prompts[i]) for i in sel], np.int32)
+      buf = np.full((bs, int(lens.max())), tok.pad_id, np.int32)
+      for j, i in enumerate(sel):
+        buf[j, :lens[j]] = prompts[i]
+      idx = np.array([rows[i] for i in sel], np.int32)
+      key = jax.random.fold_in(rng, s)
+      state = first(params, kv_all, _put(idx, self._shard),
+                    _put(buf, self._shard), _put(lens, self._shard), key,
+                    prefill_len=max(1, int(lens.min()) // 4 * 4))
+      tokens, paused, done = (multihost_utils.process_allgather(x, tiled=True)
+                              for x in (state.tokens, state.paused, state.done))
+      gen = [tokens[j, lens[j]:].tolist() for j in range(bs)]
+      stop = [bool(paused[j]) and rewards_lib.read_branch(tok.decode(
+          gen[j][:gen[j].index(tok.sep_id)]), "")[1] for j in range(n)]
+      go = [j for j in range(n) if paused[j] and not done[j] and not stop[j]]
+      if go:
+        m = self._bucket(len(go))
+        pick = np.array(go + [go[-1]] * (m - len(go)), np.int32)
+        more = rest(params, kv_all, _put(idx[pick], self._shard), state,
+                    _put(pick, self._shard), _put(lens[pick], self._shard),
+                    jax.random.fold_in(key, 1))
+        more = multihost_utils.process_allgather(more.tokens, tiled=True)
+        for k, j in enumerate(go):
+          gen[j] = more[k, lens[j]:].tolist()
+      for j in range(n):
+        ids = [t for t in gen[j] if t != tok.pad_id]
+        if stop[j]:  # a stop at <sep>: what it wrote after waiting is dropped
+          ids = ids[:ids.index(tok.sep_id) + 1]
+        out[sel[j]] = ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids
+    return [out[i] for i in range(len(rows))]
+
+  def _bucket(self, n: int) -> int:
+    """The batch a continuation of n rows runs in: the smallest of bs/8,
+    bs/4, bs/2 and bs (each a multiple of the data-parallel size) that
+    holds them, so that few shapes compile."""
+    for m in (self._bs // 8, self._bs // 4, self._bs // 2, self._bs):
+      if m >= n and m % self._dp == 0 and m > 0:
+        return m
+    return self._bs
 
   def _encode(self, params, records) -> Any:
     n, bs = len(records), self._bs
@@ -247,13 +333,17 @@ class R3Loop:
     cost nothing more. Greedy, this is token for token the one decode that
     runs through the <sep> (tests/test_decoding.py).
 
-    The refine decode prefills its prompt again, so packing pays only when
-    enough rows stop: on a 2-core CPU, with 3-8% stops, a packed round took
-    1.6-1.9x the one-pass round (benchmarks/r3_latency.py). `packed=False`
-    decodes REFLECTION <sep> REFINED in one pass for every row."""
+    Without prompt-lookup (lookup = 0) the refine decode goes on from the
+    reflect decode's cache (_round_compacted). With lookup, or
+    packed="repack", it prefills its prompt again, so packing pays only when enough rows stop: on a
+    2-core CPU, with 3-8% stops, that round took 1.6-1.9x the one-pass round
+    (benchmarks/r3_latency.py). `packed=False` decodes REFLECTION <sep>
+    REFINED in one pass for every row."""
     tok = self._tok
     if self._direct or not self._packed:
       return self._decode(params, kv_all, rows, prompts, self._r3_len, rng)
+    if not self._lookup and self._packed != "repack":
+      return self._round_compacted(params, kv_all, rows, prompts, rng)
     first = self._reflect(params, kv_all, rows, prompts,
                           jax.random.fold_in(rng, 0))
     outs, edit_at = [], []

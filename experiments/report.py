@@ -15,6 +15,15 @@ seeds), against the reference arm and, as changes, against the start arm.
 All of a study's comparisons form one family, corrected by Holm
 (study.holm); an arm "differs" where the adjusted p < 0.05, and the report
 says how many comparisons were made.
+
+Everything comes from what git keeps of each run (result.json, config.json
+and series.csv, the interference statistics of its training rows that the
+cosine section reads; r3jax.analysis.interference.series): the cosine
+section reads a run's metrics.jsonl when it is there and its series.csv when
+not, the same numbers (collect writes series.csv from the log first), so
+that RESULTS.md made in a fresh clone is the one made beside the logs.
+Runs with neither (made before series.csv existed) are named in the sections
+they are missing from.
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ from r3jax.analysis.study import (  # noqa: E402
     arms as arm_order, cell, changes, differs, holm, load, paired,
     pareto_front, plot_pareto, summarize, wall_seconds, workdirs)
 
-__all__ = ["collect", "differs", "load", "pareto_front", "plot", "summarize"]
+__all__ = ["collect", "differs", "load", "mark_unrebuildable", "pareto_front",
+           "plot", "recollect_statistics", "summarize"]
 
 ALPHA = 0.05
 
@@ -134,10 +144,35 @@ def _change_section(results, start, arms, metrics, family) -> list[str]:
           *_table(["arm"] + [label for _, label in metrics], rows), ""]
 
 
+COSINE_SECTION = "## Gradient cosine by parameter group"
+# The sections computed from the runs' logged series (metrics.jsonl or
+# series.csv) rather than their result.json.
+LOG_SECTIONS = (COSINE_SECTION,)
+LOGS_GONE = ("Not rebuildable from git: this section was computed from the "
+             "runs' metrics.jsonl logs, which git does not hold, before the "
+             "runner kept each run's series.csv; `report.collect` in a clone "
+             "cannot make it again (`report.recollect_statistics` keeps it "
+             "as it is).")
+
+
+def _unlogged(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
+  """A note naming the runs with neither metrics.jsonl nor series.csv (their
+  logs gone, from before series.csv was kept), [] when there are none."""
+  runs = [wd for ds in dirs.values() for wd in ds]
+  gone = [wd for wd in runs if not interference.has_series(wd)]
+  if not gone:
+    return []
+  return [f"Not rebuildable from git: {len(gone)} of the {len(runs)} runs "
+          "have neither metrics.jsonl nor series.csv (logs git does not "
+          "hold), so this section leaves them out: " + ", ".join(
+              f"`{os.path.relpath(wd, out_dir)}`" for wd in gone) + ".", ""]
+
+
 def _cosine_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
+  unlogged = _unlogged(out_dir, dirs)
   table = interference.compare_arms(dirs, since=0.5)
   if table.empty:
-    return []
+    return [COSINE_SECTION, "", *unlogged] if unlogged else []
   pairs = sorted(table.index.get_level_values("pair").unique())
   arms = list(table.index.get_level_values("arm").unique())
   # Pairs logged without per-group cosines (R3-RL's rl:<task>) get no panel.
@@ -166,13 +201,16 @@ def _cosine_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
   detail = [[f"`{a}`", p, *("-" if np.isnan(s[k]) else f"{s[k]:.4f}" for k in (
       "cos", "null_a", "null_b", "debiased", "norm_ratio", "conflict")),
              s["lowest"]] for (a, p), s in summary.iterrows()]
-  return ["## Gradient cosine by parameter group", "",
-          "Per-group cosine between task gradients, mean over seeds and over "
-          "the second half of training; one panel per task pair.", "",
+  return [COSINE_SECTION, "", *unlogged,
+          "From each run's logged interference statistics, its series "
+          "(series.csv, which git keeps: every logged step, or every k-th "
+          f"and the last when it logged more than {interference.SERIES_ROWS}"
+          "). Per-group cosine between task gradients, mean over seeds and "
+          "over the second half of training; one panel per task pair.", "",
           "![per-group gradient cosine](cosine_groups.png)", "",
           "Over training (mean over seeds; rolling means over 20 logged "
-          "steps): the global cosine, the debiased cosine and the split-half "
-          "null cosine (the noise floor) of each arm.", "",
+          "steps of the series): the global cosine, the debiased cosine and "
+          "the split-half null cosine (the noise floor) of each arm.", "",
           "![cosine over training](cosine_over_training.png)", "",
           "Mean global cosine over training (mean over seeds):", "",
           *_table(["arm"] + pairs, rows), "",
@@ -349,7 +387,32 @@ def recollect_statistics(root: str, study: str) -> str:
   text = "\n".join(_head(root, study, known) + stats_lines) + tail
   with open(path, "w") as f:
     f.write(text)
+  mark_unrebuildable(root, study)
   return path
+
+
+def mark_unrebuildable(root: str, study: str) -> list[str]:
+  """In an existing RESULTS.md, puts LOGS_GONE under the heading of each
+  section computed from the runs' logs (LOG_SECTIONS) when some run of the
+  study has neither metrics.jsonl nor series.csv, once; returns the
+  headings of the sections marked (now or before)."""
+  path = os.path.join(root, study, "RESULTS.md")
+  if all(interference.has_series(r["workdir"]) for r in load(root, study)):
+    return []
+  with open(path) as f:
+    text = f.read()
+  marked = []
+  for head in LOG_SECTIONS:
+    if head + "\n" not in text:
+      continue
+    at = text.index(head + "\n") + len(head) + 1
+    end = text.find("\n## ", at)
+    if LOGS_GONE not in text[at:end if end >= 0 else len(text)]:
+      text = text[:at] + "\n" + LOGS_GONE + "\n" + text[at:]
+    marked.append(head)
+  with open(path, "w") as f:
+    f.write(text)
+  return marked
 
 
 def collect(root: str, study: str) -> str:
@@ -373,6 +436,8 @@ def collect(root: str, study: str) -> str:
   if missing:
     lines += [f"Not plotted (a metric missing): {', '.join(missing)}.", ""]
   dirs = workdirs(results)
+  for r in results:  # the series git keeps, made again from each log here
+    interference.write_series(r["workdir"])
   lines += _cosine_section(out_dir, {a: dirs[a] for a in arms})
   lines += _rounds_section(out_dir, results, arms)
   lines += _cost_section(out_dir, results, arms)

@@ -8,7 +8,9 @@
 
 Each run lives in <root>/<study>/runs/<arm>/seed<k> with a result.json (final
 metrics, wall seconds, the `python -m r3jax.main` command that reproduces it,
-run from the repository root; paths inside the repository are relative);
+run from the repository root; paths inside the repository are relative) and
+a series.csv (the logged series RESULTS.md reads, subsampled: git keeps it,
+not metrics.jsonl; r3jax.analysis.interference.series);
 an arm whose result.json exists is not run again (one made by a different
 command is an error). Run the printed commands from the repository root. Arms run after the arm they
 start from (`Arm.after`), which is added when --arms leaves it out.
@@ -30,6 +32,7 @@ from typing import Any
 import ml_collections
 
 from r3jax import config as config_lib
+from r3jax.analysis import interference
 from r3jax.train import checkpoint as ckpt_lib
 from experiments import report
 from experiments import studies as studies_lib
@@ -257,6 +260,7 @@ def run_study(name: str, root: str = "experiments",
       metrics = train(config, wd, devices)
       wall = time.perf_counter() - t0
       _export_if_start(study, arm, wd)
+      interference.write_series(wd)
       result = {"study": study.name, "arm": arm.name, "seed": seed,
                 "after": arm.after, "command": line,
                 "metrics": {k: float(v) for k, v in metrics.items()},
@@ -357,6 +361,7 @@ def _remake(study, start: studies_lib.Arm, seed: int, wd: str,
   metrics = {k: float(v) for k, v in train(config, wd, devices).items()}
   wall = time.perf_counter() - t0
   _export_if_start(study, start, wd)
+  interference.write_series(wd)
   differ = {k: [v, metrics.get(k)] for k, v in done["metrics"].items()
             if not k.endswith("_seconds") and metrics.get(k) != v}
   _write_json(os.path.join(wd, "remade.json"),

@@ -6,9 +6,11 @@ import json
 import math
 import os
 import shutil
+import subprocess
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import _DATA_DIR
@@ -16,6 +18,7 @@ from experiments import report
 from experiments import run
 from experiments import studies
 from r3jax import config as config_lib
+from r3jax.analysis import interference
 from r3jax.train import metrics as metrics_lib
 
 SETS = [f"--set=data.dir={_DATA_DIR}", "--set=progress_bar=False",
@@ -409,3 +412,200 @@ def test_insert_competence_adds_the_start_arms_gate_table_once(tmp_path):
   assert "`first`'s competence gates on the test split (mean over 2 seed(s)" in text
   assert "| VQA overall | 0.700 |  |  |" in text
   assert "| caption fact F1 | 0.500 | >= 0.90 | FAIL |" in text
+
+
+def _figure(fig) -> list[dict]:
+  """What a figure was given to draw, per axes: titles, labels, ticks, the
+  lines' data, images' arrays and scales, texts and collections' paths."""
+  out = []
+  for ax in fig.axes:
+    out.append({
+        "title": ax.get_title(), "x": ax.get_xlabel(), "y": ax.get_ylabel(),
+        "ticks": [[t.get_text() for t in ax.get_xticklabels()],
+                  [t.get_text() for t in ax.get_yticklabels()]],
+        "lines": [(l.get_label(), l.get_linestyle(),
+                   np.asarray(l.get_xdata(), float),
+                   np.asarray(l.get_ydata(), float)) for l in ax.lines],
+        "images": [(np.ma.filled(im.get_array(), np.nan), im.get_clim())
+                   for im in ax.images],
+        "texts": [(t.get_text(), t.get_position()) for t in ax.texts],
+        "collections": [[np.asarray(p.vertices) for p in c.get_paths()]
+                        for c in ax.collections]})
+  return out
+
+
+def _git_ignored(root: str, study: str) -> list[str]:
+  """The files under <root>/<study> that git would not keep, by the
+  repository's .gitignore rules (as if <root> were experiments/)."""
+  files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, study))
+           for f in fs]
+  shown = {os.path.join("experiments", os.path.relpath(f, root)): f
+           for f in files}
+  out = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"],
+                       cwd=run.ROOT, input="\n".join(shown), text=True,
+                       capture_output=True, check=False)
+  assert out.returncode in (0, 1), out.stderr  # 1: nothing ignored
+  return [shown[p] for p in out.stdout.splitlines()]
+
+
+def _rebuilt_from_git(root: str, study: str) -> str:
+  """The RESULTS.md that collect writes from the files of <root>/<study>
+  that git keeps, copied to a scratch directory (plots aside)."""
+  import tempfile  # noqa: PLC0415
+  src = os.path.join(root, study)
+  ignored = set(_git_ignored(root, study))
+  with tempfile.TemporaryDirectory() as scratch:
+    for d, _, fs in os.walk(src):
+      for f in fs:
+        path = os.path.join(d, f)
+        if path not in ignored and not f.endswith(".png"):
+          dst = os.path.join(scratch, os.path.relpath(path, root))
+          os.makedirs(os.path.dirname(dst), exist_ok=True)
+          shutil.copy(path, dst)
+    with open(report.collect(scratch, study)) as f:
+      return f.read()
+
+
+def test_report_from_what_git_keeps_is_the_report_from_the_logs(
+    tmp_path, monkeypatch):
+  """A tiny study with interference statistics, 4 logged steps per run and
+  series of at most 3 rows (subsampled): its RESULTS.md, and the data its
+  plots are given, are the same after every file git does not keep is
+  removed from runs/ (metrics.jsonl, checkpoints, tb/, ...)."""
+  monkeypatch.setattr(interference, "SERIES_ROWS", 3)
+  root = str(tmp_path)
+  sets = run.parse_sets([s.removeprefix("--set=") for s in SETS] + [
+      "interference.enabled=True", "total_steps=4", "eval_every_steps=4",
+      "ckpt_every_steps=4", "final_eval.max_examples=8"])
+  run.run_study("tiny", root, 1, None, sets, log=lambda _: None,
+                devices=jax.devices()[:1])
+  runs = {a: os.path.join(root, "tiny", "runs", a, "seed0")
+          for a in ("first", "frozen")}
+  for wd in runs.values():  # the runner wrote each run's series
+    path = os.path.join(wd, "series.csv")
+    assert open(path).readline().endswith("values float32\n")
+    kept = interference.read_series(path)
+    assert list(kept.index) == [1, 3, 4]  # the first, every 2nd, the last
+    assert any(k.startswith("group/") for k in kept)
+    logged = interference.load(wd)
+    np.testing.assert_array_equal(
+        kept["interf/cos/caption:vqa"],
+        logged["interf/cos/caption:vqa"].to_numpy()[[0, 2, 3]])
+
+  figures = []
+  close = report.plt.close
+  monkeypatch.setattr(report.plt, "close", lambda fig: (
+      figures.append(_figure(fig)), close(fig)))
+
+  def collect() -> tuple[str, list]:
+    figures.clear()
+    with open(report.collect(root, "tiny")) as f:
+      return f.read(), list(figures)
+
+  text, plots = collect()
+  assert "## Gradient cosine by parameter group" in text
+  assert "Not rebuildable" not in text and len(plots) == 3
+  assert _rebuilt_from_git(root, "tiny") == text  # from a copy
+
+  ignored = [p for p in _git_ignored(root, "tiny")
+             if os.sep + "runs" + os.sep in p]
+  assert {os.path.basename(p) for p in ignored} >= {
+      "metrics.jsonl", "interference.json"}
+  for p in ignored:
+    os.remove(p)
+  kept = {a: sorted(f for _, _, fs in os.walk(wd) for f in fs)
+          for a, wd in runs.items()}
+  assert kept == {"first": ["config.json", "params.npz", "result.json",
+                            "series.csv"],
+                  "frozen": ["config.json", "result.json", "series.csv"]}
+  again, plots_again = collect()
+  assert again == text
+  np.testing.assert_equal(plots_again, plots)
+
+  # A run with neither its log nor its series is named where it is missing.
+  os.remove(os.path.join(runs["frozen"], "series.csv"))
+  text = collect()[0]
+  assert ("Not rebuildable from git: 1 of the 2 runs have neither "
+          "metrics.jsonl nor series.csv") in text
+  assert "`runs/frozen/seed0`" in text
+
+
+def test_series_round_trips_exactly(tmp_path):
+  wd = str(tmp_path)
+  steps = range(10, 60, 10)
+  with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
+    for i, step in enumerate(steps):
+      row = {"step": step, "loss": 1.0, "interf/cos/a:b": 0.1 * i - 0.2,
+             "group/enc/block0/cos/a:b": float(np.float32(i / 3)),
+             "group/dec/head/cos/a:b": 1e-30 * i, "lr": 0.5}
+      if i != 2:
+        row["weights/a"] = math.pi * i
+      f.write(json.dumps(row) + "\n")
+      f.write(json.dumps({"step": step, "validation/x": 1.0}) + "\n")
+  with open(os.path.join(wd, "interference.json"), "w") as f:
+    json.dump({"groups": ["dec/head", "enc/block0"]}, f)
+  made = interference.series_of(interference.load(wd))
+  assert list(made) == ["interf/cos/a:b", "weights/a",
+                        "group/dec/head/cos/a:b", "group/enc/block0/cos/a:b"]
+  path = interference.write_series(wd)
+  assert open(path).readline().endswith("values float64\n")  # pi is not float32
+  os.remove(os.path.join(wd, "metrics.jsonl"))
+  os.remove(os.path.join(wd, "interference.json"))
+  back = interference.series(wd)
+  pd.testing.assert_frame_equal(back, made, check_exact=True)
+  assert math.isnan(back.loc[30, "weights/a"])
+  assert interference.groups(back) == ["dec/head", "enc/block0"]
+  assert interference.has_interference(wd)
+
+
+def test_mark_unrebuildable_notes_sections_made_from_logs_git_lacks(tmp_path):
+  root = str(tmp_path)
+  for s in range(2):
+    _fake(root, "first", s, 0.5, 0.7)
+  path = os.path.join(root, "tiny", "RESULTS.md")
+  text = ("# Study\n\n## Caption F1 vs VQA accuracy\n\nplot\n\n"
+          "## Gradient cosine by parameter group\n\nPer-group cosine\n\n"
+          "## Hardware\n")
+  with open(path, "w") as f:
+    f.write(text)
+  for _ in range(2):  # once
+    assert report.mark_unrebuildable(root, "tiny") == [
+        "## Gradient cosine by parameter group"]
+  marked = open(path).read()
+  assert marked == text.replace(
+      "parameter group\n\n", f"parameter group\n\n{report.LOGS_GONE}\n\n")
+  # With every run's series there, nothing is marked.
+  for s in range(2):
+    open(os.path.join(root, "tiny", "runs", "first", f"seed{s}",
+                      "series.csv"), "w").close()
+  with open(path, "w") as f:
+    f.write(text)
+  assert report.mark_unrebuildable(root, "tiny") == []
+  assert open(path).read() == text
+
+
+def test_committed_reports_are_rebuilt_from_git_or_say_they_cannot_be():
+  """Every study's RESULTS.md in experiments/: where each run has its
+  series.csv, collect on the files git keeps writes it again exactly; where
+  some run has not (studies whose logs are gone), each section made from
+  the logs says that git cannot rebuild it."""
+  experiments = os.path.join(run.ROOT, "experiments")
+  checked = []
+  for name in sorted(studies.STUDIES):
+    path = os.path.join(experiments, name, "RESULTS.md")
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      text = f.read()
+    results = report.load(experiments, name)
+    if all(os.path.exists(os.path.join(r["workdir"], "series.csv"))
+           for r in results):
+      checked.append((name, "rebuilt"))
+      assert _rebuilt_from_git(experiments, name) == text, name
+      continue
+    for head in report.LOG_SECTIONS:
+      if head + "\n" in text:
+        section = text.split(head + "\n")[1].split("\n## ")[0]
+        assert report.LOGS_GONE in section, (name, head)
+        checked.append((name, head))
+  assert checked

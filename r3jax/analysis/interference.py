@@ -8,11 +8,22 @@ Keys written by the instrumented step (r3jax/interference/step.py):
   interf/null_cos/<task>, interf/null_dot/<task>, interf/dot/<a>:<b>
   group/<group>/<stat>/<a>:<b>     the same per parameter group
   weights/<task>                   task weights actually applied
+
+A run's series (`series`): the keys the study report reads (and the applied
+task weights) of its training rows, every row up to SERIES_ROWS rows, else an
+even subsample that keeps the first and last. The runner writes it to
+<workdir>/series.csv, which git keeps where it does not keep metrics.jsonl;
+the across-arm functions below (compare_arms, arm_summary, arm_series, ...)
+read the series, from metrics.jsonl when it is there and from series.csv
+when not, so that a report made in a fresh clone is the one made with the
+logs.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -37,6 +48,105 @@ def load(workdir: str) -> pd.DataFrame:
     with open(meta) as f:
       df.attrs["groups"] = json.load(f)["groups"]
   return df
+
+
+SERIES_FILE = "series.csv"
+SERIES_ROWS = 200  # at most this many rows in a run's series
+# The training-row keys of a run's series: those the study report reads (the
+# global cosine, the split-half pieces, the norm ratio, per-group cosines)
+# and the applied task weights.
+_SERIES_KEY = re.compile(r"^interf/(cos|dot|norm_ratio|null_cos|null_dot)/"
+                         r"[^/]+$|^weights/[^/]+$")
+
+
+def subsample(n: int, rows: int | None = None) -> list[int]:
+  """Positions of the rows kept of `n`: all when n <= rows (default
+  SERIES_ROWS, at least 2), else every k-th from the first and the last,
+  k the smallest stride that keeps at most `rows`."""
+  rows = max(SERIES_ROWS if rows is None else rows, 2)
+  stride = max(math.ceil(n / rows), 1)
+  while math.ceil(n / stride) + bool((n - 1) % stride) > rows:
+    stride += 1
+  kept = list(range(0, n, stride))
+  return kept if not n or kept[-1] == n - 1 else kept + [n - 1]
+
+
+def series_of(df: pd.DataFrame) -> pd.DataFrame:
+  """The series of a run's training rows (`load`): its global interference
+  keys and task weights in logged order, then the per-group cosines in the
+  run's group order (so that `groups` reads that order off the columns),
+  subsampled (`subsample`). No attrs: series.csv has none."""
+  keys = [k for k in df if _SERIES_KEY.match(k)]
+  cos = {}
+  for k in df:
+    m = _GROUP_KEY.match(k)
+    if m and m.group(2) == "cos":
+      cos.setdefault(m.group(1), []).append(k)
+  keys += [k for g in groups(df) for k in cos[g]]
+  at = subsample(len(df))
+  return pd.DataFrame({k: df[k].to_numpy(float)[at] for k in keys},
+                      index=pd.Index(df.index.to_numpy()[at], name="step"))
+
+
+def _float32(values: np.ndarray) -> bool:
+  """Whether every value is a float32 widened (what the step logs)."""
+  return bool(np.array_equal(values.astype(np.float32).astype(float), values,
+                             equal_nan=True))
+
+
+def write_series(workdir: str) -> str | None:
+  """Writes the run's series (`series_of` its metrics.jsonl) to
+  <workdir>/series.csv; returns its path (None without training rows).
+  Values round-trip exactly: the shortest float32 text when every value is
+  a float32 (the first line says which), else the shortest float64 text;
+  an empty cell is NaN."""
+  try:
+    df = series_of(load(workdir))
+  except (FileNotFoundError, ValueError):  # no log, or no training rows
+    return None
+  values = df.to_numpy(float)
+  single = _float32(values)
+  text = (lambda v: str(np.float32(v))) if single else repr  # noqa: E731
+  path = os.path.join(workdir, SERIES_FILE)
+  with open(path + ".tmp", "w", newline="") as f:
+    f.write(f"# training rows of metrics.jsonl: {len(df)} kept; values "
+            f"{'float32' if single else 'float64'}\n")
+    out = csv.writer(f, lineterminator="\n")
+    out.writerow(["step", *df.columns])
+    for step, row in zip(df.index, values):
+      out.writerow([int(step), *("" if math.isnan(v) else text(float(v))
+                                 for v in row)])
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def read_series(path: str) -> pd.DataFrame:
+  """A series.csv (`write_series`) as the frame `series_of` made."""
+  with open(path, newline="") as f:
+    first = f.readline()
+    rows = list(csv.reader(f))
+  single = "float32" in first
+  head, body = rows[0], rows[1:]
+  parse = (lambda t: float(np.float32(t))) if single else float  # noqa: E731
+  steps = [int(r[0]) for r in body]
+  return pd.DataFrame(
+      {k: np.array([math.nan if r[i] == "" else parse(r[i]) for r in body],
+                   float) for i, k in enumerate(head[1:], 1)},
+      index=pd.Index(np.array(steps, dtype=np.int64), name="step"))
+
+
+def has_series(workdir: str) -> bool:
+  """Whether the run's series can be read: metrics.jsonl or series.csv."""
+  return any(os.path.exists(os.path.join(workdir, f))
+             for f in ("metrics.jsonl", SERIES_FILE))
+
+
+def series(workdir: str) -> pd.DataFrame:
+  """The run's series: from metrics.jsonl when it is there (`series_of`),
+  else from series.csv, which is the same frame."""
+  if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    return series_of(load(workdir))
+  return read_series(os.path.join(workdir, SERIES_FILE))
 
 
 def pairs(df: pd.DataFrame) -> list[str]:
@@ -144,10 +254,16 @@ def conflict_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def has_interference(workdir: str) -> bool:
-  """Whether the run's metrics.jsonl holds interference statistics."""
+  """Whether the run's metrics.jsonl holds interference statistics (its
+  series.csv when the log is not there)."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
-    return False
+    path = os.path.join(workdir, SERIES_FILE)
+    if not os.path.exists(path):
+      return False
+    with open(path) as f:
+      f.readline()
+      return any(k.startswith("interf/cos/") for k in next(csv.reader(f), []))
   with open(path) as f:
     return any('"interf/cos/' in line for line in f)
 
@@ -158,13 +274,13 @@ def _tail(df: pd.DataFrame, since: float) -> pd.DataFrame:
 
 
 def _arm_runs(workdirs: Mapping[str, Sequence[str]], since: float):
-  """(arm, [(logged steps from fraction `since` on, pair)] over its seeds'
+  """(arm, [(its series from fraction `since` on, pair)] over its seeds'
   runs with interference statistics) per arm."""
   for arm, dirs in workdirs.items():
     runs = []
     for wd in dirs:
       if has_interference(wd):
-        df = _tail(load(wd), since)
+        df = _tail(series(wd), since)
         runs += [(df, pair) for pair in pairs(df)]
     yield arm, runs
 
@@ -173,8 +289,10 @@ def compare_arms(workdirs: Mapping[str, Sequence[str]], since: float = 0.0
                  ) -> pd.DataFrame:
   """Index (arm, pair); column "global" the mean over seeds of each run's
   mean global cosine, then one column per parameter group the same for the
-  per-group cosine; the means over steps from fraction `since` of training
-  on. Runs without interference statistics are left out (and arms with none)."""
+  per-group cosine; the means over the rows of each run's series (`series`:
+  its logged steps, subsampled beyond SERIES_ROWS) from fraction `since` of
+  training on. Runs without interference statistics are left out (and arms
+  with none)."""
   rows = []
   for arm, runs in _arm_runs(workdirs, since):
     per_seed = []
@@ -194,10 +312,11 @@ def compare_arms(workdirs: Mapping[str, Sequence[str]], since: float = 0.0
 def arm_summary(workdirs: Mapping[str, Sequence[str]], since: float = 0.5,
                 worst: int = 3) -> pd.DataFrame:
   """Index (arm, pair), mean over seeds of each run's statistics over the
-  steps from fraction `since` of training on: the global cosine ("cos"), the
-  same-task split-half null cosines of both tasks ("null_a", "null_b"), the
-  debiased cosine with the unbiased pieces averaged over all those steps
-  ("debiased"), the norm ratio, the fraction of steps with cos < 0; and
+  rows of its series (`series`) from fraction `since` of training on: the
+  global cosine ("cos"), the same-task split-half null cosines of both tasks
+  ("null_a", "null_b"), the debiased cosine with the unbiased pieces
+  averaged over all those steps ("debiased"), the norm ratio, the fraction
+  of steps with cos < 0; and
   "lowest": the `worst` groups of lowest mean cosine (of the first seed).
   A statistic a run does not log is NaN (R3-RL logs only the cosine of its
   gradient with each understanding task's, interf/cos/rl:<task>)."""
@@ -235,9 +354,9 @@ def arm_summary(workdirs: Mapping[str, Sequence[str]], since: float = 0.5,
 def arm_cosine(workdirs: Sequence[str], pair: str) -> pd.DataFrame:
   """The global cosine of `pair` by step over an arm's seeds: columns mean,
   std (sample; NaN with one seed) and n."""
-  series = [load(wd)[f"interf/cos/{pair}"] for wd in workdirs
-            if has_interference(wd)]
-  df = pd.concat(series, axis=1)
+  found = [series(wd)[f"interf/cos/{pair}"] for wd in workdirs
+           if has_interference(wd)]
+  df = pd.concat(found, axis=1)
   return pd.DataFrame({"mean": df.mean(axis=1),
                        "std": df.std(axis=1, ddof=1), "n": df.count(axis=1)})
 
@@ -261,7 +380,7 @@ def plot_arms_cosine(ax, workdirs: Mapping[str, Sequence[str]], pair: str):
 def arm_series(workdirs: Sequence[str], pair: str, window: int = 20
                ) -> pd.DataFrame:
   """By logged step, the mean over an arm's seeds of: the global cosine
-  ("cos", a rolling mean over `window` logged steps), the windowed debiased
+  ("cos", a rolling mean over `window` rows of each run's series), the windowed debiased
   cosine ("debiased"; NaN without the split-half statistics) and the mean
   split-half null cosine of the two tasks ("null", rolling). Empty when no
   run has the pair."""
@@ -270,7 +389,7 @@ def arm_series(workdirs: Sequence[str], pair: str, window: int = 20
   for wd in workdirs:
     if not has_interference(wd):
       continue
-    df = load(wd)
+    df = series(wd)
     if pair not in pairs(df):
       continue
     roll = lambda k: df[k].rolling(window, min_periods=1).mean()  # noqa: E731

@@ -1,5 +1,5 @@
 """Joint training on real data: COCO captioning + VQAv2 + COCO image-text
-alignment, ViT-B/16 at 224 px with a 6-layer decoder (README: Real data).
+alignment, ViT-B/16 at 224 px with a 6-layer decoder (docs/real-data.md).
 
   python -m r3jax.main --config configs/coco_vqa_joint.py:manual_dir=/data/coco \
       --workdir runs/coco_joint [--config.model.encoder_init=vit_b16.npz]

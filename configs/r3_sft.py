@@ -13,8 +13,8 @@ from r3jax import config as config_lib
 TASKS = ("caption", "vqa", "ita", "reflect", "refine")
 
 
-def get_config(arg: str | None = None):
-  c = config_lib.world_experiment(arg, TASKS)
+def get_config(arg: str | None = None, extra_tasks: tuple[str, ...] = ()):
+  c = config_lib.world_experiment(arg, TASKS + tuple(extra_tasks))
   # Half the reflect / refine drafts are the model's own captions, refreshed
   # every 300 steps (r3jax/r3/drafts.py); the rest are corrupted references.
   # refine's own drafts come with the model's own reflection on them.

@@ -111,7 +111,7 @@ def get(name: str) -> Study:
 
 # --- the studies -------------------------------------------------------------
 
-# The setting of the studies (README, Studies): a capacity-limited model, half
+# The setting of the studies (docs/studies.md, The setting): a capacity-limited model, half
 # the default width with half the default batches, on the default world. There
 # the objectives trade off (experiments/dilemma/RESULTS.md); the default-width
 # model co-trains without a loss on either side in short runs.
@@ -163,7 +163,7 @@ register(_dilemma("dilemma", _DILEMMA_DOC + " The capacity-limited setting.",
 register(_dilemma("dilemma_easy", _DILEMMA_DOC + " The same model on the easy "
                   "world (one object per image).", {**SMALL, **EASY_WORLD}))
 
-# Caption-task weights against 1 for VQA and ITA (README, gradient interference).
+# Caption-task weights against 1 for VQA and ITA (docs/interference.md).
 GEN_WEIGHTS = [round(w, 6) for w in methods.log_ratio_grid(5, 0.25, 4)]
 MITIGATION_METHODS = ("rlw", "pcgrad", "cagrad", "mgda", "nash_mtl", "upgrad",
                       "famo")

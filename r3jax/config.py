@@ -40,7 +40,7 @@ def task_defaults(batch_size: int, max_len: int, weight: float = 1.0):
 
 
 def _ground_defaults() -> ml_collections.ConfigDict:
-  t = task_defaults(28, 40)
+  t = task_defaults(56, 40)  # 8 images
   t.per_image = 7
   return t
 
@@ -596,8 +596,8 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
   c.data.split_sizes = dict(train=64, validation=16, test=16)
   for t in c.tasks.values():
     t.batch_size = 8
-  if "ground" in c.tasks:  # 2 images of 1 caption + 3 questions
-    c.tasks.ground.update(batch_size=8, per_image=4)
+  if "ground" in c.tasks:  # 8 images of 1 caption + 3 questions
+    c.tasks.ground.update(batch_size=32, per_image=4)
   c.total_steps = 4
   c.log_every_steps = 1
   c.ckpt_every_steps = 2

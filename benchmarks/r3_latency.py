@@ -141,16 +141,26 @@ def main():
             lambda lp=lp, p=prompts: lp._round(params, kv, rows, p, rng),
             args.repeats), _time(round_with(lp, prompts), args.repeats))
     # The compacted round (the plain loop's _round) at forced stop rates:
-    # on all-edit drafts, the reflections of the first P% of rows are read
-    # as stops (whatever they say), so the round pays for those rows' refine
-    # only up to the round's pause; against the one-pass all-edit round.
+    # on all-edit drafts, reflections are read as stops (whatever they say)
+    # until P% of the rows would stop (rows with the same reflection stop
+    # together, so the measured rate is printed), and the round pays for
+    # those rows' refine only up to the round's pause; against the one-pass
+    # all-edit round.
     one = plain._decode(params, kv, rows, wrong, kw["r3_len"], rng)
     reflections = [tok.decode(o[:o.index(tok.sep_id)]) if tok.sep_id in o
                    else None for o in one]
+    rows_of = {}
+    for x in reflections:
+      if x is not None:
+        rows_of[x] = rows_of.get(x, 0) + 1
     real_read = r3_loop.rewards_lib.read_branch
     forced = {}
     for share in (0.0, 0.5, 0.9):
-      chosen = {x for x in reflections[:int(round(share * n))] if x}
+      chosen, covered = set(), 0
+      for x in dict.fromkeys(x for x in reflections if x is not None):
+        if covered + rows_of[x] <= share * n:
+          chosen.add(x)
+          covered += rows_of[x]
       r3_loop.rewards_lib.read_branch = (
           lambda reflection, refined, chosen=chosen: (
               True, reflection in chosen))

@@ -327,3 +327,45 @@ def test_pausing_at_a_separator_and_going_on_with_some_rows_equals_one_decode():
   done = np.asarray(first.done)
   np.testing.assert_array_equal(np.asarray(first.tokens)[done],
                                 full.tokens[done])
+
+
+def test_rows_of_decodes_paused_at_different_positions_go_on_together():
+  """Rows of two decodes paused at different positions, pooled into one
+  batch with a vector of positions (each row's own), write the one-pass
+  decode's tokens."""
+  from r3jax.model.decoding import DecodeState, generate_until
+  model, images = setup()
+  eos = stopping_eos()
+  kw = dict(max_len=MAX_LEN, eos_id=eos, pad_id=PAD, prefill_len=1)
+  full = jax.device_get(jax.jit(functools.partial(generate, model, **kw))(
+      images, PROMPTS, PROMPT_LENS))
+  firsts, found = [], None
+  for sep in range(1, 11):
+    if sep == eos:
+      continue
+    firsts = [jax.jit(functools.partial(generate_until, model, pause_id=sep,
+                                        **kw))(images[h], PROMPTS[h],
+                                               PROMPT_LENS[h])
+              for h in (slice(0, 2), slice(2, 4))]
+    going = [np.flatnonzero(np.asarray(f.paused) & ~np.asarray(f.done))
+             for f in firsts]
+    if all(len(g) for g in going) and int(firsts[0].t) != int(firsts[1].t):
+      found = sep
+      break
+  assert found is not None  # some S pauses both halves at different steps
+  pick = [(h, j) for h in (0, 1) for j in going[h]]
+  b = jnp.asarray([h for h, _ in pick])
+  j = jnp.asarray([j for _, j in pick])
+  rows = np.array([2 * h + j for h, j in pick])
+
+  @jax.jit
+  def rest(states, b, j):
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    sub = DecodeState(stacked.t[b], *jax.tree.map(lambda x: x[b, j],
+                                                  tuple(stacked)[1:]))
+    return generate_until(model, images[rows], sub.tokens, PROMPT_LENS[rows],
+                          state=sub, **kw)
+
+  more = jax.device_get(rest(tuple(firsts), b, j))
+  np.testing.assert_array_equal(more.tokens, full.tokens[rows])
+  np.testing.assert_array_equal(more.gen_len, full.gen_len[rows])

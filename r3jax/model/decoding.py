@@ -112,9 +112,10 @@ def sample_token(logits_BxV: jax.Array, rng: jax.Array | None, *,
 
 
 class DecodeState(NamedTuple):
-  """A decode between segments: `t` the last filled position (every row),
-  the self-attention cache and the outputs so far; `paused` marks rows that
-  generated the pause id (generate_until)."""
+  """A decode between segments: `t` the last filled position (a scalar for
+  every row, or a B-vector of each row's own), the self-attention cache and
+  the outputs so far; `paused` marks rows that generated the pause id
+  (generate_until)."""
   t: jax.Array
   cache: Any
   tokens: jax.Array
@@ -126,15 +127,28 @@ class DecodeState(NamedTuple):
 def _place_fn(prompt_len_B, eos_id, pad_id, temperature, top_k, top_p, rng,
               pause_id):
   def place(t, logits_BxV, s: DecodeState) -> DecodeState:
-    """Fills position t from logits_BxV (predicting t), unless t is in the prompt."""
+    """Fills position t from logits_BxV (predicting t), unless t is in the
+    prompt; a B-vector t fills each row's own position (those past the
+    buffer are dropped)."""
     forced_B = t < prompt_len_B
-    step_rng = None if rng is None else jax.random.fold_in(rng, t)
+    step_rng = None if rng is None else jax.random.fold_in(rng, jnp.max(t))
     chosen_B = sample_token(logits_BxV, step_rng, temperature=temperature,
                             top_k=top_k, top_p=top_p)
-    prompt_B = jax.lax.dynamic_index_in_dim(s.tokens, t, axis=1, keepdims=False)
+    if jnp.ndim(t) == 0:
+      prompt_B = jax.lax.dynamic_index_in_dim(s.tokens, t, axis=1,
+                                              keepdims=False)
+      in_range_B = True
+    else:
+      rows_B = jnp.arange(s.tokens.shape[0])
+      prompt_B = s.tokens.at[rows_B, t].get(mode="clip")
+      in_range_B = t < s.tokens.shape[1]
     tok_B = jnp.where(forced_B, prompt_B, jnp.where(s.done, pad_id, chosen_B))
-    tokens_BxT = jax.lax.dynamic_update_slice(s.tokens, tok_B[:, None], (0, t))
-    generated_B = ~forced_B & ~s.done
+    if jnp.ndim(t) == 0:
+      tokens_BxT = jax.lax.dynamic_update_slice(s.tokens, tok_B[:, None],
+                                                (0, t))
+    else:
+      tokens_BxT = s.tokens.at[rows_B, t].set(tok_B, mode="drop")
+    generated_B = ~forced_B & ~s.done & in_range_B
     paused_B = s.paused
     if pause_id is not None:
       paused_B = paused_B | (generated_B & (tok_B == pause_id))
@@ -150,10 +164,14 @@ def _run(model, cross_kv, state: DecodeState, place, max_len: int,
   are filled, or, with pause_id, every row is done or paused."""
   def cond(s: DecodeState) -> jax.Array:
     finished_B = s.done | s.paused if pause_id is not None else s.done
-    return (s.t + 1 < max_len) & ~jnp.all(finished_B)
+    return jnp.any((s.t + 1 < max_len) & ~finished_B)
 
   def body(s: DecodeState) -> DecodeState:
-    tok_Bx1 = jax.lax.dynamic_slice_in_dim(s.tokens, s.t, 1, axis=1)
+    if jnp.ndim(s.t) == 0:
+      tok_Bx1 = jax.lax.dynamic_slice_in_dim(s.tokens, s.t, 1, axis=1)
+    else:  # each row at its own position
+      tok_Bx1 = s.tokens.at[jnp.arange(s.tokens.shape[0]), s.t].get(
+          mode="clip")[:, None]
     logits_Bx1xV, cache = model.decode_step(cross_kv, s.cache, tok_Bx1, s.t)
     return place(s.t + 1, logits_Bx1xV[:, 0], s._replace(cache=cache))
 

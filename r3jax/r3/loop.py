@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
@@ -143,11 +144,15 @@ class R3Loop:
             rng=rng if temp > 0 else None, **kw)
 
       @jax.jit
-      def rest(params, kv_all, idx_M, state, rows_M, len_M, rng):
+      def rest(params, kv_all, idx_M, states, batch_M, row_M, len_M, rng):
+        """Rows row_M of batch states batch_M, pooled into one batch, each
+        going on from its own batch's position."""
         model = nnx.merge(graphdef, params)
         kv = jax.tree.map(lambda x: x[idx_M], kv_all)
-        sub = decoding.DecodeState(state.t, *jax.tree.map(
-            lambda x: x[rows_M], tuple(state)[1:]))
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+        sub = decoding.DecodeState(
+            stacked.t[batch_M], *jax.tree.map(lambda x: x[batch_M, row_M],
+                                              tuple(stacked)[1:]))
         return decoding.generate_until(
             model, kv, sub.tokens, len_M, prefill_len=1,
             state=sub, temperature=temp,
@@ -157,15 +162,18 @@ class R3Loop:
 
   def _round_compacted(self, params, kv_all, rows: Sequence[int],
                        prompts: list[list[int]], rng) -> list[list[int]]:
-    """The one-pass round decoded in two segments per batch: to every row's
-    <sep> or <eos>, then, on a smaller batch of only the rows whose
-    reflection names an edit (their cache rows gathered), on to <eos>. Greedy,
-    each row's tokens are the one-pass decode's."""
+    """The one-pass round decoded in two segments: every batch to each of its
+    rows' <sep> or <eos>; then only the rows whose reflection names an edit,
+    pooled from all batches into full batches (their cache rows gathered,
+    each going on from its own position). A row that stops costs nothing
+    more, and no prompt is read twice. Greedy, each row's tokens are the
+    one-pass decode's."""
     tok, bs = self._tok, self._bs
     first, rest = self._segment_fns()
-    out: dict[int, list[int]] = {}
     order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
-    for s in range(0, len(rows), bs):
+    states, gens, stops, go = [], [], [], []  # go: (batch, row in batch)
+    batches = []
+    for b, s in enumerate(range(0, len(rows), bs)):
       sel = order[s:s + bs]
       n = len(sel)
       sel += [sel[-1]] * (bs - n)  # pad the last batch
@@ -174,30 +182,42 @@ class R3Loop:
       for j, i in enumerate(sel):
         buf[j, :lens[j]] = prompts[i]
       idx = np.array([rows[i] for i in sel], np.int32)
-      key = jax.random.fold_in(rng, s)
       state = first(params, kv_all, _put(idx, self._shard),
-                    _put(buf, self._shard), _put(lens, self._shard), key,
+                    _put(buf, self._shard), _put(lens, self._shard),
+                    jax.random.fold_in(rng, s),
                     prefill_len=max(1, int(lens.min()) // 4 * 4))
       tokens, paused, done = (multihost_utils.process_allgather(x, tiled=True)
                               for x in (state.tokens, state.paused, state.done))
-      gen = [tokens[j, lens[j]:].tolist() for j in range(bs)]
+      gen = [tokens[j, lens[j]:].tolist() for j in range(n)]
       stop = [bool(paused[j]) and rewards_lib.read_branch(tok.decode(
           gen[j][:gen[j].index(tok.sep_id)]), "")[1] for j in range(n)]
-      go = [j for j in range(n) if paused[j] and not done[j] and not stop[j]]
-      if go:
-        m = self._bucket(len(go))
-        pick = np.array(go + [go[-1]] * (m - len(go)), np.int32)
-        more = rest(params, kv_all, _put(idx[pick], self._shard), state,
-                    _put(pick, self._shard), _put(lens[pick], self._shard),
-                    jax.random.fold_in(key, 1))
-        more = multihost_utils.process_allgather(more.tokens, tiled=True)
-        for k, j in enumerate(go):
-          gen[j] = more[k, lens[j]:].tolist()
-      for j in range(n):
+      go += [(b, j) for j in range(n)
+             if paused[j] and not done[j] and not stop[j]]
+      states.append(state)
+      gens.append(gen)
+      stops.append(stop)
+      batches.append((sel[:n], idx, lens))
+    for s in range(0, len(go), bs):
+      part = go[s:s + bs]
+      m = self._bucket(len(part))
+      part += [part[-1]] * (m - len(part))
+      b_m = np.array([b for b, _ in part], np.int32)
+      j_m = np.array([j for _, j in part], np.int32)
+      idx_m = np.array([batches[b][1][j] for b, j in part], np.int32)
+      len_m = np.array([batches[b][2][j] for b, j in part], np.int32)
+      more = rest(params, kv_all, _put(idx_m, self._shard), tuple(states),
+                  _put(b_m, self._shard), _put(j_m, self._shard),
+                  _put(len_m, self._shard), jax.random.fold_in(rng, 1_000_003 + s))
+      more = multihost_utils.process_allgather(more.tokens, tiled=True)
+      for k, (b, j) in enumerate(go[s:s + bs]):
+        gens[b][j] = more[k, len_m[k]:].tolist()
+    out: dict[int, list[int]] = {}
+    for (sel, _, _), gen, stop in zip(batches, gens, stops):
+      for j, i in enumerate(sel):
         ids = [t for t in gen[j] if t != tok.pad_id]
         if stop[j]:  # a stop at <sep>: what it wrote after waiting is dropped
           ids = ids[:ids.index(tok.sep_id) + 1]
-        out[sel[j]] = ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids
+        out[i] = ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids
     return [out[i] for i in range(len(rows))]
 
   def _bucket(self, n: int) -> int:

@@ -178,3 +178,30 @@ def test_export_ships_a_finished_run_with_its_gate_verdict_and_slice(
     json.dump(c.to_dict(), f)
   with pytest.raises(ValueError, match="stopped at step 2 of 4"):
     export.export(wd, out)
+
+
+def test_relation_breakdown_asks_each_question_as_drawn_and_canonical(
+    tiny, tmp_path):
+  """experiments.competence.relations: every relation question of the
+  split's first images is asked twice (as drawn, canonical), grouped by
+  phrasing and answer; the unions are the count-weighted means."""
+  from experiments.competence import relations
+  c = tiny()
+  c.total_steps = 2
+  c.interference.enabled = False
+  wd = str(tmp_path / "run")
+  loop.train_and_evaluate(c, wd, jax.devices()[:1])
+  got = relations.breakdown(wd, "validation", 8)
+  config = competence.eval_config(wd, "validation", 8)
+  _, world, _, _ = loop.build(config, jax.devices()[:1])
+  recs = world.records("validation", 8)
+  n = sum(t == "relation" for r in recs for t in r["vqa_types"])
+  assert n > 0 and got["as drawn"]["count"] == got["canonical"]["count"] == n
+  parts = {k: v for k, v in got.items() if k.startswith("as drawn: ")
+           and " | " in k}
+  assert sum(v["count"] for v in parts.values()) == n
+  assert got["as drawn"]["accuracy"] == pytest.approx(sum(
+      v["accuracy"] * v["count"] for v in parts.values()) / n)
+  assert all(k.split(": ")[1].split(" | ")[0] in (
+      "left of", "above") for k in got if k.startswith("canonical: "))
+  assert 0 <= got["captions: relation clauses true"]["accuracy"] <= 1

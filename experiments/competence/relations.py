@@ -12,6 +12,10 @@ the two objects' positions but ignores the phrase answers the canonical
 forms right and the swapped phrasings ("right of", "below") wrong; one that
 does neither is at 0.5 everywhere. Each group is also split by the true
 answer, which shows a model that answers one word whatever is asked.
+
+The same images are also captioned (greedy) and every relation clause of
+the captions is checked against the scene ("captions: relation clauses
+true"): whether the generation pathway orders the objects it names.
 """
 
 from __future__ import annotations
@@ -65,6 +69,9 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256
   import jax  # noqa: PLC0415
 
   from r3jax.eval import evaluator as evaluator_lib  # noqa: PLC0415
+  from r3jax.r3 import loop as r3_loop  # noqa: PLC0415
+  from r3jax.world import edit, scene_from_arrays  # noqa: PLC0415
+  from r3jax.world.facts import is_true  # noqa: PLC0415
   from r3jax.train import checkpoint as ckpt_lib  # noqa: PLC0415
   from r3jax.train import loop  # noqa: PLC0415
 
@@ -73,10 +80,25 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256
   params = ckpt_lib.load_params(workdir, setup.abstract["params"])
   records = relation_records(world.records(split, max_examples))
   tasks = {"vqa": config.tasks.vqa}
+  images = world.records(split, max_examples)
+  loop_ = r3_loop.R3Loop(setup, world.tokenizer, world.world, rounds=1,
+                         batch_size=config.final_eval.batch_size,
+                         caption_len=config.tasks.caption.max_len,
+                         r3_len=config.tasks.caption.max_len)
   with jax.set_mesh(mesh):
     got = evaluator_lib.Evaluator(
         setup, records, world.tokenizer, tasks, config.final_eval.batch_size,
         {"vqa": evaluator_lib.score_vqa}).run(params)
+    captions = loop_.captions(params, images)
+  true = clauses = 0
+  for caption, r in zip(captions, images):
+    scene = scene_from_arrays(r["scene"], world.world)
+    for sentence in edit.read(caption, world.world):
+      if isinstance(sentence, edit.Relations):
+        for c in sentence.clauses:
+          if c.bad is None:
+            clauses += 1
+            true += is_true(c.relation, scene)
   groups = {}
   prefix = "vqa/qtype/"
   for key, v in got.items():
@@ -93,7 +115,10 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256
   for u in out.values():
     if "hits" in u:
       u["accuracy"] = u.pop("hits") / max(u["count"], 1)
-  return dict(sorted(out.items()))
+  out = dict(sorted(out.items()))
+  out["captions: relation clauses true"] = {
+      "accuracy": true / max(clauses, 1), "count": clauses}
+  return out
 
 
 def main(argv=None) -> int:

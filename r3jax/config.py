@@ -119,10 +119,11 @@ def defaults() -> ml_collections.ConfigDict:
       # its draft; refine learns to carry out the edit it names
       onpolicy_reflections=False,
       # The grounded consistency loss (task "ground", r3jax.r3.grounded):
-      # slots whose VQA teacher is less sure than this are left out; the
-      # share of its on-policy examples that use the model's refined caption
-      # (refine format, which needs config.tasks.ground.max_len >= the
-      # refine task's) instead of its draft.
+      # slots whose VQA teacher gives less than ground_min_conf to every
+      # answer a caption can state are left out; ground_refined: the share
+      # of its on-policy examples whose round edits that use the model's
+      # refined caption (refine format: config.tasks.ground.max_len must
+      # hold the refine task's) instead of its draft.
       ground_min_conf=0.0,
       ground_refined=0.0,
   )
@@ -391,6 +392,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.relation_questions not in ("as_drawn", "canonical"):
     raise ValueError("config.data.relation_questions must be 'as_drawn' or "
                      f"'canonical', got {config.data.relation_questions!r}")
+  if "ground" in config.tasks:
+    need = {"caption": config.tasks.caption.max_len} if (
+        "caption" in config.tasks) else {}
+    if r3.ground_refined and "refine" in config.tasks:
+      need["refine"] = config.tasks.refine.max_len
+    short = {k: v for k, v in need.items()
+             if config.tasks.ground.max_len < v}
+    if short:
+      raise ValueError(f"config.tasks.ground.max_len="
+                       f"{config.tasks.ground.max_len} is shorter than the "
+                       f"captions it holds: {short} (the refine format when "
+                       "config.r3.ground_refined > 0)")
   if not 0 <= r3.ground_min_conf <= 1 or not 0 <= r3.ground_refined <= 1:
     raise ValueError("config.r3 needs 0 <= ground_min_conf <= 1 and 0 <= "
                      f"ground_refined <= 1, got {r3.ground_min_conf}, "

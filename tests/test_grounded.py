@@ -10,7 +10,8 @@ from r3jax.data import tasks as tasks_lib
 from r3jax.r3 import grounded
 from r3jax.r3.drafts import DraftStore
 from r3jax.train import losses, world_setup
-from r3jax.world import WorldConfig
+from r3jax.world import WorldConfig, scene_from_arrays
+from r3jax.world.scene import Object, Scene
 
 CFG = WorldConfig()
 CAPTION = ("there are three objects : a small red circle and two large blue "
@@ -28,8 +29,7 @@ def test_slots_name_each_checkable_fact_and_its_question():
   words = CAPTION.split()
   got = [(s.kind, words[s.word], s.question, s.stated)
          for s in grounded.slots(CAPTION, CFG)]
-  assert got == [
-      ("total", "three", "how many objects are there ?", 2),
+  assert got == [  # the total ("three objects") has no VQA question
       ("count", "a", "how many small red circles are there ?", 0),
       ("size", "small", "what size is the red circle ?", 0),
       ("color", "red", "what color is the small circle ?", 0),
@@ -40,6 +40,17 @@ def test_slots_name_each_checkable_fact_and_its_question():
       ("relation", "left", "is the circle left of the square ?", 0)]
   # Text outside the grammar states nothing checkable.
   assert grounded.slots("a red circle is there", CFG) == []
+  # Given the scene, only descriptions that name one object are asked, as
+  # VQA asks them: with a small and a large red circle, "the red circle"
+  # names neither, so their sizes are not asked (their colours and shapes
+  # are); nor is a relation whose description names two objects.
+  scene = Scene((Object("circle", "red", "small", 0.2, 0.2),
+                 Object("circle", "red", "large", 0.8, 0.8)))
+  caption = ("there are two objects : a small red circle and a large red "
+             "circle . the red circle is left of the large circle")
+  kinds = [s.kind for s in grounded.slots(caption, CFG, scene)]
+  assert kinds == ["count", "color", "shape"] * 2
+  assert "relation" in [s.kind for s in grounded.slots(caption, CFG)]
   assert [s.kind for s in grounded.slots(
       "there is a small red circle . the circle is above", CFG)] == [
           "count", "size", "color", "shape"]
@@ -101,6 +112,18 @@ def test_equal_to_hand_computed_values_and_monotone():
   np.testing.assert_allclose(grounded.terms(logits, b)[0][0], 0.0, atol=1e-6)
 
 
+def test_a_teacher_that_says_zero_is_not_confident():
+  """A count teacher whose mass is on "zero" (an answer no caption word
+  states) is renormalised over the stated answers for the KL, but the gate
+  reads it over all its answers: the slot is left out."""
+  logits, b = _batch([[0.02, 0.01, 0.97]], [[0.5, 0.5, 0.5]], min_conf=0.5)
+  b["gnd_s_ids"] = b["gnd_s_ids"].at[1, 2].set(-1)  # "zero": no caption word
+  kl, w, _ = grounded.terms(logits, b)
+  assert float(w[0]) == 0.0
+  expected = (2 / 3) * np.log((2 / 3) / 0.5) + (1 / 3) * np.log((1 / 3) / 0.5)
+  np.testing.assert_allclose(kl[0], expected, rtol=1e-5)
+
+
 def test_confidence_gate_leaves_unsure_slots_out():
   logits, b = _batch([[0.9, 0.1], [0.55, 0.45]], [[0.2, 0.8], [0.2, 0.8]],
                      min_conf=0.8)
@@ -141,7 +164,8 @@ def test_ground_examples_ask_about_their_captions_slots(world, tmp_path):
     assert float(out["loss_mask"].sum()) == 0.0
     row0 = " ".join(tok.tokens[i] for i in out["tokens"][0] if i != tok.pad_id)
     assert row0 == f"{lead} {caption}"
-    found = grounded.slots(caption, cfg)
+    found = grounded.slots(caption, cfg, scene_from_arrays(record["scene"],
+                                                            cfg))
     used = int(out["gnd_weight"].sum())
     assert used == min(len(found), rows - 1) > 0
     asked = {s.question: s for s in found}
@@ -174,12 +198,22 @@ def test_ground_batches_group_rows_by_image(world):
   questions = b["tokens"].reshape(-1, k, t.max_len)[:, 1:, 0]
   weights = b["gnd_weight"].reshape(-1, k)
   assert (questions[weights[:, 1:] > 0] == tok.task_id("vqa")).all()
-  setup_logits = jnp.zeros((t.batch_size, t.max_len, len(tok.tokens)))
-  loss, correct, n = losses.sub_batch_sums(setup_logits, {
-      k2: jnp.asarray(v) for k2, v in b.items()})
-  # Uniform logits: teacher and caption agree, so the loss is 0.
-  assert float(n) == float(weights.sum()) > 0
-  np.testing.assert_allclose(loss, 0.0, atol=1e-5)
+  logits = jax.random.normal(jax.random.key(0), (t.batch_size, t.max_len,
+                                                  len(tok.tokens)))
+  batch = {k2: jnp.asarray(v) for k2, v in b.items()}
+  loss, correct, n = losses.sub_batch_sums(logits, batch)
+  assert float(n) == float(weights.sum()) > 0 and 0 <= float(correct) <= n
+  assert np.isfinite(float(loss)) and float(loss) > 0
+  # Each image's caption row is the student of its own question rows only:
+  # changing the other images' logits leaves the first image's terms alone.
+  other = logits.at[t.per_image:].multiply(3.0)
+  q = t.per_image - 1
+  kl_a, w_a, _ = grounded.terms(logits, batch)
+  kl_b, _, _ = grounded.terms(other, batch)
+  np.testing.assert_array_equal(kl_a[:q], kl_b[:q])
+  used = np.asarray(w_a[q:]) > 0
+  assert used.any() and not np.allclose(np.asarray(kl_a[q:])[used],
+                                        np.asarray(kl_b[q:])[used])
 
 
 def test_ground_settings_are_checked(tiny):
@@ -196,7 +230,7 @@ def test_ground_settings_are_checked(tiny):
 
 def test_agreement_is_the_share_of_slots_the_answers_confirm(world):
   tok, cfg = world.tokenizer, world.world
-  captions = ["there is a small red circle", "a thing"]
+  captions = ["there is a small red circle", "a red circle"]
   vocab = len(tok.tokens)
 
   def answer_fn(rows, questions):
@@ -211,7 +245,8 @@ def test_agreement_is_the_share_of_slots_the_answers_confirm(world):
     return out
 
   got = grounded.agreement(answer_fn, tok, captions, cfg)
-  np.testing.assert_allclose(got, [0.75, 1.0])
+  # A caption with nothing checkable confirms nothing: 0.
+  np.testing.assert_allclose(got, [0.75, 0.0])
 
 
 def test_a_run_trains_on_its_own_drafts_and_refined_captions(tiny, tmp_path):

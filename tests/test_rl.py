@@ -291,8 +291,9 @@ def test_agreement_reward_term(monkeypatch):
   captions = ["there is a large red circle and a small blue square",
               "there is a large green circle", "a red circle"]
   agree = rl.agreement(params, [0, 1, 0], captions)
-  n_slots = [len(grounded.slots(t, world.world)) for t in captions]
-  assert n_slots[2] == 0 and agree[2] == 1.0  # nothing to disagree with
+  n_slots = [len(grounded.slots(t, world.world, rl._scene(r)))
+             for t, r in zip(captions, [0, 1, 0])]
+  assert n_slots[2] == 0 and agree[2] == 0.0  # nothing confirmed
   for a, n in zip(agree[:2], n_slots[:2]):
     assert 0 <= a <= 1 and round(a * n, 6) == round(a * n)
   # The root reward: the verifier's plus 0.5 x agreement.
@@ -303,6 +304,11 @@ def test_agreement_reward_term(monkeypatch):
   want = np.asarray(base) + 0.5 * rl.agreement(params, rows, drafts)
   np.testing.assert_allclose(m["rl/reward"], want.mean(), rtol=1e-6)
   assert 0 <= m["rl/agreement"] <= 1
-  _, mb, info = rl.branch(params, 1, jax.random.key(1))
+  bb, mb, info = rl.branch(params, 1, jax.random.key(1))
   assert len(info["agreement"]) == len(info["final"]) and 0 <= mb[
       "rl/agreement"] <= 1
+  # The refined caption's stream: V_new + 0.5 x its agreement - group mean.
+  edited = 1.0 - np.asarray(info["stop"], np.float32)
+  np.testing.assert_allclose(bb["branch"]["refine_advantage"], rw.advantages(
+      np.asarray(info["v"]) + 0.5 * np.asarray(info["agreement"]),
+      c.rl.group_size) * edited, rtol=1e-6, atol=1e-7)

@@ -96,7 +96,8 @@ def task_dataset(source, tokenizer, task: str, max_len: int, global_batch: int,
   """This process's batches (numpy dicts) of one task, random-access.
 
   With `per_image` = k > 1 each image of the stream gives k examples, drawn
-  independently (a record's question may come twice): a batch holds
+  independently (a record's question may come twice), or, for a grouped
+  task (r3jax.data.tasks.Task.grouped), formatted together: a batch holds
   global_batch / k images, and text rows i*k .. i*k+k-1 belong to image i
   (Model.__call__ encodes each image once and repeats its tokens)."""
   if per_image < 1 or global_batch % per_image:

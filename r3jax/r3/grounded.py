@@ -9,21 +9,29 @@ gradient stopped, is the teacher of the caption's word at that slot:
   item size    "a small red circle"     what size is the red circle ?           sizes
   item colour  "a small red circle"     what color is the small circle ?        colours
   item shape   "a small red circle"     what shape is the small red object ?    shapes
-  total        "there are two objects"  how many objects are there ?            counts
   relation     "the A is left of the B" is the A left of the B ?             yes/no
 
-Counts, sizes, colours and shapes are asked only of one-object items (the
-attribute questions name one object). For slot q, with the answers a of its
-kind:
+Every question has the form of the world's VQA questions
+(r3jax/world/vqa.py), so the VQA pathway answers in distribution: counts are
+asked of every listed item; sizes, colours and shapes only of one-object
+items, and, given the scene (training, RL), only when the question's
+description names one object of it, as VQA's attribute questions do;
+relations only when both descriptions name one object. (A caption's total,
+"there are two objects", has no VQA question: every count question names an
+attribute.) For slot q, with the answers a of its kind:
 
-  t_q(a) = the probability the VQA answer position gives to the words of
-           answer a ("two"; "yes" for "left", "no" for "right"), restricted
-           to the kind's answers and renormalised, gradient stopped
+  T_q(a) = the probability the VQA answer position gives to the words of
+           answer a ("two"; "yes" for "left", "no" for "right"), over the
+           kind's answers and, for counts, "zero", renormalised; gradient
+           stopped
+  t_q    = T_q restricted to the answers a caption word can state (not
+           "zero") and renormalised
   s_q(a) = the probability the caption gives, at the slot, to the words
            stating a ("one": "a" / "an" / "one"), restricted the same way
   G      = sum_q w_q KL(t_q || s_q) / #{q: w_q > 0}
-  w_q    = 1 when max_a t_q(a) >= min_conf (config.r3.ground_min_conf),
-           else 0
+  w_q    = 1 when max_a T_q(a), over the answers a caption word can
+           state, is >= min_conf (config.r3.ground_min_conf), else 0: a
+           teacher sure the item is not there ("zero") leaves the slot out
 
 G is 0 exactly when the caption commits to every stated fact with the
 probabilities the VQA answer gives it, and grows with their disagreement;
@@ -32,10 +40,13 @@ teaches generation and not the reverse.
 
 A `ground` example is one image with 1 + Q rows (Q =
 config.tasks.ground.per_image - 1): row 0 holds the caption (the student),
-rows 1..Q one question each. The caption is the model's own (an on-policy
-draft, or with config.r3.ground_refined its refined caption in the refine
-format, <reflect> DRAFT <sep> REFLECTION <sep> REFINED), else a reference
-caption, possibly corrupted (r3jax.r3.data.draft). Per row:
+rows 1..Q one question each (up to Q slots, drawn when the caption has
+more). The caption is the model's own for an on-policy share of examples
+(config.r3.onpolicy_frac, from the first refresh on): its greedy draft, or,
+for a share config.r3.ground_refined of those whose round edits, its refined
+caption in the refine format, <reflect> DRAFT <sep> REFLECTION <sep>
+REFINED; otherwise a reference caption, possibly corrupted
+(r3jax.r3.data.draft). Per row:
   gnd_at       position whose logits predict the VQA answer (question rows)
   gnd_slot     position in row 0 whose logits predict the slot's word
   gnd_t_ids    [K, J] VQA answer words of each answer (-1: none)
@@ -43,7 +54,8 @@ caption, possibly corrupted (r3jax.r3.data.draft). Per row:
   gnd_weight   1 for a question row in use, 0 otherwise
   gnd_min_conf the confidence gate
 `agreement` scores a decoded caption by the same questions (the share of its
-slots whose word is the VQA argmax), an RL reward term (config.rl.agreement).
+slots whose written word states the VQA argmax; 0 for a caption with no
+checkable slot), an RL reward term (config.rl.agreement).
 """
 
 from __future__ import annotations
@@ -57,7 +69,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from r3jax.world.config import NUMBERS, WorldConfig
-from r3jax.world.facts import KindCount, Ref
+from r3jax.world.facts import KindCount, Ref, resolve
+from r3jax.world.scene import Scene, scene_from_arrays
 from r3jax.world.language import LISTING_HEADS, REL_WORDS, plural, ref_text
 from r3jax.world.verify import _item, _ref
 
@@ -81,14 +94,17 @@ class Slot:
 
 
 def num_answers(cfg: WorldConfig) -> int:
-  return max(cfg.max_objects, len(cfg.colors), len(cfg.shapes),
+  return max(cfg.max_objects + 1, len(cfg.colors), len(cfg.shapes),
              len(cfg.sizes), 2)
 
 
-def _counts(cfg: WorldConfig, caption_words) -> tuple[tuple, tuple]:
+def _counts(cfg: WorldConfig) -> tuple[tuple, tuple]:
+  """Count answers 1..max_objects and "zero" (the teacher's only: no caption
+  word states it)."""
   ns = range(1, cfg.max_objects + 1)
-  return (tuple((NUMBERS[n],) for n in ns),
-          tuple(caption_words(n) for n in ns))
+  return (tuple((NUMBERS[n],) for n in ns) + (("zero",),),
+          tuple(("a", "an", "one") if n == 1 else (NUMBERS[n],) for n in ns)
+          + ((),))
 
 
 def _pieces(words: list[str], lo: int, hi: int, sep: str):
@@ -102,13 +118,17 @@ def _pieces(words: list[str], lo: int, hi: int, sep: str):
   return out
 
 
-def _item_slots(at: int, tokens: list[str], cfg: WorldConfig) -> list[Slot]:
+def _names_one(ref: Ref, scene: Scene | None) -> bool:
+  return scene is None or resolve(ref, scene) is not None
+
+
+def _item_slots(at: int, tokens: list[str], cfg: WorldConfig,
+                scene: Scene | None) -> list[Slot]:
   fact = _item(tokens, cfg)
   if not isinstance(fact, KindCount):
     return []
   size, color, shape, n = fact.size, fact.color, fact.shape, fact.n
-  t, s = _counts(cfg, lambda k: ("a", "an", "one") if k == 1 else
-                 (NUMBERS[k],))
+  t, s = _counts(cfg)
   out = [Slot("count", at, f"how many {size} {color} {plural(shape)} are "
               "there ?", t, s, n - 1)]
   if n != 1:
@@ -117,6 +137,8 @@ def _item_slots(at: int, tokens: list[str], cfg: WorldConfig) -> list[Slot]:
       ("size", cfg.sizes, 1, Ref(color=color, shape=shape)),
       ("color", cfg.colors, 2, Ref(size=size, shape=shape)),
       ("shape", cfg.shapes, 3, Ref(size=size, color=color))):
+    if not _names_one(ref, scene):
+      continue  # VQA asks attributes of one object only
     answers = tuple((v,) for v in values)
     out.append(Slot(kind, at + offset, f"what {kind} is {ref_text(ref)} ?",
                     answers, answers, values.index(tokens[offset])))
@@ -124,7 +146,8 @@ def _item_slots(at: int, tokens: list[str], cfg: WorldConfig) -> list[Slot]:
 
 
 def _relation_slots(at: int, tokens: list[str], subject: Ref | None,
-                    cfg: WorldConfig) -> tuple[list[Slot], Ref | None]:
+                    cfg: WorldConfig, scene: Scene | None
+                    ) -> tuple[list[Slot], Ref | None]:
   predicate, offset = tokens, 0
   if tokens[:1] == ["the"]:
     k = tokens.index("is") if "is" in tokens else len(tokens)
@@ -133,7 +156,8 @@ def _relation_slots(at: int, tokens: list[str], subject: Ref | None,
     if tuple(predicate[:len(words)]) != words:
       continue
     obj = _ref(predicate[len(words):], cfg)
-    if subject is None or obj is None:
+    if subject is None or obj is None or not (
+        _names_one(subject, scene) and _names_one(obj, scene)):
       return [], subject
     i = next(j for j, w in enumerate(words) if w in _OPPOSITE)
     stated = words[i]
@@ -146,8 +170,10 @@ def _relation_slots(at: int, tokens: list[str], subject: Ref | None,
   return [], subject
 
 
-def slots(caption: str, cfg: WorldConfig) -> list[Slot]:
-  """The facts `caption` states that a VQA question can check, in order."""
+def slots(caption: str, cfg: WorldConfig, scene: Scene | None = None
+          ) -> list[Slot]:
+  """The facts `caption` states that a VQA question can check, in order;
+  given the scene, only those whose descriptions VQA would use there."""
   words = caption.split()
   out = []
   for lo, sentence in _pieces(words, 0, len(words), "."):
@@ -155,20 +181,16 @@ def slots(caption: str, cfg: WorldConfig) -> list[Slot]:
                  if tuple(sentence[:len(h)]) == h), None)
     if head is not None:
       rest, at = sentence[len(head):], lo + len(head)
-      if len(rest) >= 2 and rest[1] in ("object", "objects"):
-        n = NUMBERS.index(rest[0]) if rest[0] in NUMBERS else 0
-        if 1 <= n <= cfg.max_objects and (rest[1] == "object") == (n == 1):
-          t, s = _counts(cfg, lambda k: (NUMBERS[k],))
-          out.append(Slot("total", at, "how many objects are there ?", t, s,
-                          n - 1))
-        rest, at = rest[3:], at + 3  # past "N objects :"
+      if len(rest) >= 3 and rest[1] in ("object", "objects") and (
+          rest[2] == ":"):
+        at += 3  # past "N objects :" (a total: no VQA question asks it)
       for start, part in _pieces(words, at, lo + len(sentence), ","):
         for s2, item in _pieces(words, start, start + len(part), "and"):
-          out += _item_slots(s2, item, cfg)
+          out += _item_slots(s2, item, cfg, scene)
     elif sentence[:1] == ["the"]:
       subject = None
       for start, part in _pieces(words, lo, lo + len(sentence), "and"):
-        found, subject = _relation_slots(start, part, subject, cfg)
+        found, subject = _relation_slots(start, part, subject, cfg, scene)
         out += found
   return out
 
@@ -176,24 +198,34 @@ def slots(caption: str, cfg: WorldConfig) -> list[Slot]:
 # --- training arrays -------------------------------------------------------
 
 
+def _word_id(tokenizer, word: str) -> int | None:
+  """The word's id, or None for a word outside the vocabulary (a world
+  whose sizes and colours start with no vowel never writes "an")."""
+  try:
+    return tokenizer.encode(word, strict=True)[0]
+  except ValueError:
+    return None
+
+
 def _ids(tokenizer, answers, k: int) -> np.ndarray:
   out = np.full((k, J), -1, np.int32)
   for a, words in enumerate(answers):
-    ids = [tokenizer.encode(w)[0] for w in words]
+    ids = [i for i in (_word_id(tokenizer, w) for w in words) if i is not None]
     out[a, :len(ids)] = ids
   return out
 
 
 def rows(tokenizer, student_ids: list[int], caption_at: int, caption: str,
          cfg: WorldConfig, n_questions: int, max_len: int,
-         rng: np.random.Generator, min_conf: float = 0.0
-         ) -> dict[str, np.ndarray]:
+         rng: np.random.Generator, min_conf: float = 0.0,
+         scene: Scene | None = None) -> dict[str, np.ndarray]:
   """The 1 + n_questions rows of one example: `student_ids` is row 0's whole
   sequence, in which `caption`'s first word is token `caption_at`; up to
-  n_questions of its slots (drawn when there are more) are asked."""
+  n_questions of its slots (`slots` on `scene`; drawn when there are more)
+  are asked."""
   from r3jax.data import tasks as tasks_lib  # (tasks imports r3jax.r3)
   k, n_ans = 1 + n_questions, num_answers(cfg)
-  found = slots(caption, cfg)
+  found = slots(caption, cfg, scene)
   if len(found) > n_questions:
     keep = np.sort(rng.permutation(len(found))[:n_questions])
     found = [found[i] for i in keep]
@@ -238,6 +270,7 @@ def formatter(tokenizer, max_len: int, context: Mapping[str, Any]):
 
   def fmt(record, rng, index=None):
     own = None
+    scene = scene_from_arrays(record["scene"], cfg)
     if drafts is not None and index is not None and "ground" in drafts.batch \
         and drafts.selected("ground", index):
       own = drafts.get("ground", index)
@@ -248,13 +281,13 @@ def formatter(tokenizer, max_len: int, context: Mapping[str, Any]):
                 [tokenizer.sep_id])
       ids = prefix + tokenizer.encode(refined) + [tokenizer.eos_id]
       return rows(tokenizer, ids, len(prefix), refined, cfg, n_questions,
-                  max_len, rng, options.ground_min_conf)
+                  max_len, rng, options.ground_min_conf, scene)
     caption = own if isinstance(own, str) else r3_data.draft(
         record, rng, cfg, options, stop_allowed=True)[1]
     prefix = tasks_lib.prompt_ids(tokenizer, "caption", None)
     ids = prefix + tokenizer.encode(caption) + [tokenizer.eos_id]
     return rows(tokenizer, ids, len(prefix), caption, cfg, n_questions,
-                max_len, rng, options.ground_min_conf)
+                max_len, rng, options.ground_min_conf, scene)
   return fmt
 
 
@@ -277,7 +310,7 @@ def _normalised(lp: jax.Array, valid: jax.Array) -> jax.Array:
 def terms(logits_BxLxV: jax.Array, b: Mapping[str, jax.Array]
           ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per question row (all rows but each image's row 0), flattened:
-  (KL(t || s), its weight w, whether s's argmax answer is t's)."""
+  (KL(t || s), its weight w, whether s's most probable answer is t's)."""
   n_img = b["image"].shape[0]
   rows_, length, vocab = logits_BxLxV.shape
   k = rows_ // n_img
@@ -292,15 +325,19 @@ def terms(logits_BxLxV: jax.Array, b: Mapping[str, jax.Array]
                                    axis=2)[:, :, 0]      # [N, Q, V]
   t_ids = field("gnd_t_ids").reshape(n_img * q, *b["gnd_t_ids"].shape[1:])
   s_ids = field("gnd_s_ids").reshape(n_img * q, *b["gnd_s_ids"].shape[1:])
-  valid = (t_ids.max(-1) >= 0) & (s_ids.max(-1) >= 0)
-  t = _normalised(_restricted(teacher_lp.reshape(n_img * q, vocab), t_ids),
-                  valid)
-  t = jax.lax.stop_gradient(t)
+  t_valid = t_ids.max(-1) >= 0
+  valid = t_valid & (s_ids.max(-1) >= 0)
+  t_lp = jax.lax.stop_gradient(
+      _restricted(teacher_lp.reshape(n_img * q, vocab), t_ids))
+  # The gate reads the teacher over all its answers ("zero" included): the
+  # largest probability it gives an answer a caption word can state.
+  conf = jnp.where(valid, jnp.exp(_normalised(t_lp, t_valid)), 0.0).max(-1)
+  t = _normalised(t_lp, valid)
   s = _normalised(_restricted(student_lp.reshape(n_img * q, vocab), s_ids),
                   valid)
   p = jnp.where(valid, jnp.exp(t), 0.0)
   kl = jnp.sum(jnp.where(valid, p * (t - s), 0.0), axis=-1)
-  confident = jnp.exp(t).max(-1) >= field("gnd_min_conf").reshape(-1)
+  confident = conf >= field("gnd_min_conf").reshape(-1)
   w = field("gnd_weight").reshape(-1) * confident.astype(jnp.float32)
   agree = (jnp.argmax(jnp.where(valid, s, _NEG), -1) ==
            jnp.argmax(jnp.where(valid, t, _NEG), -1)).astype(jnp.float32)
@@ -319,19 +356,22 @@ def sums(logits_BxLxV: jax.Array, b: Mapping[str, jax.Array]
 
 
 def agreement(answer_fn, tokenizer, captions: Sequence[str],
-              cfg: WorldConfig) -> np.ndarray:
-  """Per caption, the share of its checkable slots whose stated answer is
-  the VQA pathway's (argmax over the slot's answers); 1 for a caption that
-  states nothing checkable (it has nothing to disagree with).
+              cfg: WorldConfig, scenes: Sequence[Scene] | None = None
+              ) -> np.ndarray:
+  """Per caption, the share of its checkable slots (`slots`, on its scene
+  when given) whose written answer is the VQA pathway's (argmax over the
+  slot's answers, "zero" included for counts); 0 for a caption that states
+  nothing checkable (nothing it says is confirmed).
   `answer_fn(rows, questions)` -> [n, V] logits of the VQA answer position
   of `questions[i]` about caption rows[i]'s image."""
-  found = [slots(c, cfg) for c in captions]
+  found = [slots(c, cfg, None if scenes is None else scenes[i])
+           for i, c in enumerate(captions)]
   rows_, questions = [], []
   for i, ss in enumerate(found):
     for s in ss:
       rows_.append(i)
       questions.append(s.question)
-  out = np.ones(len(captions), np.float64)
+  out = np.zeros(len(captions), np.float64)
   if not questions:
     return out
   logits = np.asarray(answer_fn(rows_, questions), np.float64)
@@ -339,8 +379,9 @@ def agreement(answer_fn, tokenizer, captions: Sequence[str],
   k = 0
   for i, ss in enumerate(found):
     for s in ss:
-      ids = [[tokenizer.encode(w)[0] for w in words] for words in s.teacher]
-      scores = [max(logits[k][j] for j in a) for a in ids]
+      ids = [[i for i in (_word_id(tokenizer, w) for w in words)
+              if i is not None] for words in s.teacher]
+      scores = [max((logits[k][j] for j in a), default=-np.inf) for a in ids]
       hits[i] += int(np.argmax(scores) == s.stated)
       k += 1
     if ss:

@@ -29,8 +29,9 @@ VQA / ITA loss on fresh batches of those tasks to every step (not in the
 reference, which trains RL alone). rl.agreement > 0 adds that weight times
 the caption's VQA agreement (r3jax.r3.grounded.agreement, the model's own
 answers to questions about the facts the caption states; not in the
-reference) to the root reward and to the branch reward (the caption the
-rollout leaves); both are logged (rl/agreement).
+reference) to the root reward and to the branch rewards of the reflection
+and of the refined caption (the agreement of the caption the rollout
+leaves); it is logged (rl/agreement).
 With VQA / ITA in config.tasks and rl.interference on, every step also logs
 interf/cos/rl:<task>, the cosine between the RL gradient and that task's
 supervised gradient on a fresh batch (its data position is not checkpointed:
@@ -188,7 +189,8 @@ class TreeRL:
                          _put(tokens, self.shard), _put(at, self.shard))
       return multihost_utils.process_allgather(out, tiled=True)[:n]
 
-    return grounded.agreement(answer_fn, self.tok, captions, self.world.world)
+    return grounded.agreement(answer_fn, self.tok, captions, self.world.world,
+                              [self._scene(r) for r in rows])
 
   # --- the two stages ------------------------------------------------------
 
@@ -197,7 +199,7 @@ class TreeRL:
     return [int(i) for i in rng.choice(len(self.source), self.rl.groups,
                                        replace=False)]
 
-  def root(self, params, step: int, rng):
+  def root(self, params, step: int, rng, agreement: bool = True):
     g = self.rl.group_size
     rows = [r for r in self._groups(step) for _ in range(g)]
     prompt = tasks_lib.prompt_ids(self.tok, "caption", None)
@@ -212,7 +214,7 @@ class TreeRL:
       vs.append(v)
       self.buffer.append(Rollout(row, draft, v))
     agree = None
-    if self.rl.agreement:
+    if self.rl.agreement and agreement:
       agree = self.agreement(params, rows, [r.draft for r in
                                             self.buffer[-len(rows):]])
       rewards = list(np.asarray(rewards) + self.rl.agreement * agree)
@@ -294,13 +296,19 @@ class TreeRL:
                                self.r3_len)
       batch["refine_mask"] = refine["loss_mask"]
       edited = 1.0 - np.asarray(info["stop"], np.float32)
-      batch["refine_advantage"] = rewards_lib.advantages(info["v"], k) * edited
+      refine_reward = np.asarray(info["v"], np.float64)
+      if "agreement" in info:  # the refined caption's own agreement
+        refine_reward = refine_reward + self.rl.agreement * np.asarray(
+            info["agreement"])
+      batch["refine_advantage"] = rewards_lib.advantages(
+          refine_reward, k) * edited
       m["rl/refine_reward"] = np.mean(info["v"])
     return {"branch": batch}, m, info
 
   def chain(self, params, step: int, rng):
     """The ablation: drafts and one reflect + refine each, one outcome."""
-    root_batch, _ = self.root(params, step, jax.random.fold_in(rng, 0))
+    root_batch, _ = self.root(params, step, jax.random.fold_in(rng, 0),
+                              agreement=False)  # the outcome's instead
     drafts, self.buffer = self.buffer, []
     branch_batch, m_b, info = self.branch(
         params, step, jax.random.fold_in(rng, 1), drafts, per_draft=1,

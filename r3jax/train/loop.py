@@ -17,6 +17,7 @@ from r3jax import config as config_lib
 from r3jax import report
 from r3jax import sharding
 from r3jax.data import pipeline
+from r3jax.data import tasks as tasks_lib
 from r3jax.interference import step as interference_step
 from r3jax.r3 import drafts as r3_drafts
 from r3jax.r3 import loop as r3_loop
@@ -125,7 +126,10 @@ def _draft_store(config, workdir: str) -> r3_drafts.DraftStore | None:
       config.r3.onpolicy_frac,
       # Batches formatted ahead: the prefetch buffer plus one per thread.
       config.data.prefetch + config.data.read_threads + 1,
-      {t: config.tasks[t].batch_size for t in tasks}, config.seed)
+      # Stream indices count images: a grouped task's rows per image apart.
+      {t: config.tasks[t].batch_size // (config.tasks[t].per_image if
+                                         tasks_lib.TASKS[t].grouped else 1)
+       for t in tasks}, config.seed)
 
 
 def _refresh_drafts(drafts, w, config, world, loop, params) -> None:
@@ -185,10 +189,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       setup, world.tokenizer, world.world, rounds=1,
       batch_size=config.evals.batch_size,
       caption_len=config.tasks.caption.max_len,
-      # a whole round (reflection and refined caption) for ground_refined
-      r3_len=max(config.tasks.caption.max_len, config.tasks.ground.max_len
-                 if "ground" in config.tasks and config.r3.ground_refined
-                 else 0))
+      # Whole reflections (and rounds, for ground_refined): the R3 tasks'
+      # length, not the caption's, or long instructions are cut short.
+      r3_len=max(config.tasks[t].max_len for t in config.tasks
+                 if t in ("caption", "reflect", "refine", "ground")))
   data = pipeline.TrainData(world.train_source, world.tokenizer, config.tasks,
                             config.seed, mesh, config.data.read_threads,
                             config.data.prefetch, config.data.layout, context)

@@ -68,6 +68,7 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256
   ("as drawn", "canonical")."""
   import jax  # noqa: PLC0415
 
+  from r3jax import config as config_lib  # noqa: PLC0415
   from r3jax.eval import evaluator as evaluator_lib  # noqa: PLC0415
   from r3jax.r3 import loop as r3_loop  # noqa: PLC0415
   from r3jax.world import edit, scene_from_arrays  # noqa: PLC0415
@@ -81,10 +82,12 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256
   records = relation_records(world.records(split, max_examples))
   tasks = {"vqa": config.tasks.vqa}
   images = world.records(split, max_examples)
+  caption_len = config_lib.evaluated_tasks(config).caption.max_len if (
+      "caption" in config_lib.evaluated_tasks(config)) else (
+          config_lib.all_tasks()["caption"].max_len)
   loop_ = r3_loop.R3Loop(setup, world.tokenizer, world.world, rounds=1,
                          batch_size=config.final_eval.batch_size,
-                         caption_len=config.tasks.caption.max_len,
-                         r3_len=config.tasks.caption.max_len)
+                         caption_len=caption_len, r3_len=caption_len)
   with jax.set_mesh(mesh):
     got = evaluator_lib.Evaluator(
         setup, records, world.tokenizer, tasks, config.final_eval.batch_size,

@@ -69,6 +69,10 @@ def variant_section(name: str, every: int = 0) -> list[str]:
             "time; both cores, often shared with another variant)")
   else:
     cost = "CPU time not recorded (its runner was stopped with it)"
+  if name in search.BRANCHES:
+    parent, at = search.BRANCHES[name]
+    cost += (f" since it left `{parent}` at step {at:,} (that run's time to "
+             "there is in its own section)")
   return [f"### `{name}`", "", search.VARIANTS[name][0] + ".", "",
           f"Trained to step {step:,} of {search.steps(name):,}: {cost}.", "", "```",
           search.shown(name), "```", "",
@@ -107,8 +111,45 @@ def plot(names, path: str) -> None:
   plt.close(fig)
 
 
+def relations_section() -> list[str]:
+  """The relation breakdowns (python -m experiments.competence.relations
+  ... --out diagnosis/relations_*.json), one column per run."""
+  paths = sorted(glob.glob(os.path.join(HERE, "diagnosis", "relations_*.json")))
+  runs = []
+  for p in paths:
+    with open(p) as f:
+      runs.append((os.path.basename(p)[len("relations_"):-5], json.load(f)))
+  if not runs:
+    return []
+  groups = [g for g in runs[0][1]["groups"] if " | " not in g]
+  head = ["", *(name for name, _ in runs)]
+  rows = [[g, *(f"{d['groups'][g]['accuracy']:.3f} "
+                f"({int(d['groups'][g]['count'])})" if g in d["groups"]
+                else "" for _, d in runs)] for g in groups]
+  yes = [["answers yes when the truth is no (as drawn)",
+          *(_yes_when_no(d) for _, d in runs)]]
+  return ["## Relation accuracy by phrasing", "",
+          "`python -m experiments.competence.relations WORKDIR --out "
+          "experiments/competence/diagnosis/relations_<run>_<step>.json`: "
+          "every relation question of the first 256 validation images asked "
+          "as drawn and rewritten to its canonical phrasing (the same "
+          "answer); and the relation clauses of the greedy captions of the "
+          "same images, checked against the scene. Accuracy (questions).",
+          "", *_table(head, rows + yes), ""]
+
+
+def _yes_when_no(d) -> str:
+  """The share of as-drawn relation questions whose truth is "no" answered
+  "yes" (1 - accuracy on them)."""
+  parts = [v for g, v in d["groups"].items()
+           if g.startswith("as drawn: ") and g.endswith(" | no")]
+  n = sum(v["count"] for v in parts)
+  return f"{1 - sum(v['accuracy'] * v['count'] for v in parts) / n:.3f}"
+
+
 def diagnosis_section() -> list[str]:
-  paths = sorted(glob.glob(os.path.join(HERE, "diagnosis", "*.json")))
+  paths = sorted(p for p in glob.glob(os.path.join(HERE, "diagnosis", "*.json"))
+                 if not os.path.basename(p).startswith("relations_"))
   lines = []
   for p in paths:
     with open(p) as f:
@@ -150,6 +191,7 @@ def collect(names=None) -> str:
             "0.80, caption fact F1 >= 0.90.", "", "![curves](curves.png)", ""]
   for name in names:
     lines += variant_section(name)
+  lines += relations_section()
   lines += diagnosis_section()
   path = os.path.join(HERE, "RESULTS.md")
   with open(path, "w") as f:

@@ -39,6 +39,10 @@ LONG = {"mix_sincos_rf_40k": 40_000, "rf_40k_rel4": 40_000,
 # (parent, step). Their learning curves start at that step.
 BRANCHES = {"rf_40k_rel4": ("mix_sincos_rf_40k", 19_270),
             "rf_40k_rel4_canon": ("mix_sincos_rf_40k", 19_270)}
+# Variants trained from another config file (its args), not configs/joint.py.
+CONFIGS = {"rel_only": "configs/understanding_only.py:steps=4000,base="
+                       "experiments/competence/runs/mix_sincos_rf_40k"}
+LONG["rel_only"] = 4_000
 COMMON = ("--config.interference.enabled=False",
           "--config.eval_every_steps=500", "--config.ckpt_every_steps=500",
           "--config.progress_bar=False")
@@ -101,6 +105,15 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                           "one phrasing, \"is A left of B ?\"",
                           CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS +
                           REL4 + CANON),
+    "rel_only": ("the parameters of mix_sincos_rf_40k at step 19,270 "
+                 "(config.init_from: a fresh optimizer and a 4,000-step "
+                 "schedule) trained on VQA relation questions alone, in the "
+                 "canonical phrasing, beside ITA: can this model learn "
+                 "relations from a start that sees every attribute",
+                 ('--config.tasks.vqa.type_weights={"existence":0,"count":0,'
+                  '"color":0,"shape":0,"size":0}',
+                  "--config.tasks.vqa.batch_size=64",
+                  "--config.tasks.vqa.per_image=4", *CANON)),
     "deep_sincos": ("mix_sincos with 4 encoder and 4 decoder layers (and "
                     "decoder positions for the R3 tasks)",
                     CONV + MIX + SINCOS + DEEP + R3_POSITIONS),
@@ -118,8 +131,8 @@ def workdir(name: str) -> str:
 def command(name: str) -> list[str]:
   if name not in VARIANTS:
     raise SystemExit(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
-  return [sys.executable, "-m", "r3jax.main",
-          f"--config=configs/joint.py:steps={steps(name)}",
+  config = CONFIGS.get(name, f"configs/joint.py:steps={steps(name)}")
+  return [sys.executable, "-m", "r3jax.main", f"--config={config}",
           f"--workdir={workdir(name)}", *COMMON, *VARIANTS[name][1]]
 
 
@@ -183,6 +196,9 @@ def run(name: str, until: int = 0) -> int:
   wd = workdir(name)
   os.makedirs(wd, exist_ok=True)
   restore_shipped(wd, name)
+  if "base=" in CONFIGS.get(name, ""):  # its start: a variant's checkpoint
+    base = CONFIGS[name].split("base=")[1].split(",")[0]
+    restore_shipped(base, os.path.basename(base))
   start, t0 = last_step(wd) or BRANCHES.get(name, (None, 0))[1], time.time()
   if until and start >= until:
     return 0

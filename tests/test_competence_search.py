@@ -94,3 +94,30 @@ def test_report_tables_every_500_steps_with_cpu_hours(variants):
   assert "| 500 | - | - | - | 0.400 | - | - | 0.200 | 0.250 | - |" in text
   assert "| 250 |" not in text
   assert os.path.exists(variants / "curves.png")
+
+
+def test_a_branch_starts_from_its_parents_shipped_checkpoint(variants,
+                                                             monkeypatch):
+  """A branch with no checkpoint of its own copies its parent's shipped
+  step (parameters, optimizer, data position), and says so when that step
+  is not there; its report section says where its CPU time starts."""
+  monkeypatch.setattr(search, "BRANCHES", {"b": ("a", 500)})
+  parent = search.workdir("a")
+  os.makedirs(os.path.join(parent, "resume", "500", "state"))
+  with pytest.raises(SystemExit, match=r"b continues a from step 700"):
+    monkeypatch.setattr(search, "BRANCHES", {"b": ("a", 700)})
+    search.restore_shipped(search.workdir("b"), "b")
+  monkeypatch.setattr(search, "BRANCHES", {"b": ("a", 500)})
+  search.restore_shipped(search.workdir("b"), "b")
+  assert os.listdir(os.path.join(search.workdir("b"), "checkpoints")) == [
+      "500"]
+  _write(os.path.join(search.workdir("b"), "metrics.jsonl"), [
+      {"step": 1000, "validation/vqa/qtype/shape/accuracy": 0.5}])
+  text = "\n".join(report.variant_section("b"))
+  assert "since it left `a` at step 500" in text
+
+
+def test_a_variant_may_name_its_own_config_file(variants, monkeypatch):
+  monkeypatch.setattr(search, "CONFIGS", {"b": "configs/other.py:steps=7"})
+  assert search.command("b")[3] == "--config=configs/other.py:steps=7"
+  assert search.command("a")[3].startswith("--config=configs/joint.py")

@@ -118,6 +118,7 @@ def test_a_branch_starts_from_its_parents_shipped_checkpoint(variants,
 
 
 def test_a_variant_may_name_its_own_config_file(variants, monkeypatch):
-  monkeypatch.setattr(search, "CONFIGS", {"b": "configs/other.py:steps=7"})
+  monkeypatch.setattr(search, "CONFIGS", {"b": ("configs/other.py", None)})
+  monkeypatch.setattr(search, "LONG", {"b": 7})
   assert search.command("b")[3] == "--config=configs/other.py:steps=7"
   assert search.command("a")[3].startswith("--config=configs/joint.py")

@@ -28,15 +28,10 @@ import sys
 from r3jax.analysis import competence
 from r3jax.data import tasks as tasks_lib
 
-_RELS = ("left", "right", "above", "below")
-
-
 def phrasing(question: str) -> str:
   """The relation words of a relation question ("to the right of")."""
   words = question.split()
-  i = next(k for k, w in enumerate(words) if w in _RELS)
-  start = i - 2 if words[i - 2:i] == ["to", "the"] else i
-  end = i + 2 if words[i + 1:i + 2] == ["of"] else i + 1
+  start, end = tasks_lib.relation_span(words)
   return " ".join(words[start:end])
 
 
@@ -82,9 +77,8 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256
   records = relation_records(world.records(split, max_examples))
   tasks = {"vqa": config.tasks.vqa}
   images = world.records(split, max_examples)
-  caption_len = config_lib.evaluated_tasks(config).caption.max_len if (
-      "caption" in config_lib.evaluated_tasks(config)) else (
-          config_lib.all_tasks()["caption"].max_len)
+  caption_len = config_lib.evaluated_tasks(config).get(
+      "caption", config_lib.all_tasks()["caption"]).max_len
   loop_ = r3_loop.R3Loop(setup, world.tokenizer, world.world, rounds=1,
                          batch_size=config.final_eval.batch_size,
                          caption_len=caption_len, r3_len=caption_len)

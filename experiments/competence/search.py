@@ -39,9 +39,9 @@ LONG = {"mix_sincos_rf_40k": 40_000, "rf_40k_rel4": 40_000,
 # (parent, step). Their learning curves start at that step.
 BRANCHES = {"rf_40k_rel4": ("mix_sincos_rf_40k", 19_270),
             "rf_40k_rel4_canon": ("mix_sincos_rf_40k", 19_270)}
-# Variants trained from another config file (its args), not configs/joint.py.
-CONFIGS = {"rel_only": "configs/understanding_only.py:steps=4000,base="
-                       "experiments/competence/runs/mix_sincos_rf_40k"}
+# Variants trained from another config file than configs/joint.py: name ->
+# (config file, the variant whose latest parameters start it, or None).
+CONFIGS = {"rel_only": ("configs/understanding_only.py", "mix_sincos_rf_40k")}
 LONG["rel_only"] = 4_000
 COMMON = ("--config.interference.enabled=False",
           "--config.eval_every_steps=500", "--config.ckpt_every_steps=500",
@@ -131,7 +131,9 @@ def workdir(name: str) -> str:
 def command(name: str) -> list[str]:
   if name not in VARIANTS:
     raise SystemExit(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
-  config = CONFIGS.get(name, f"configs/joint.py:steps={steps(name)}")
+  path, start = CONFIGS.get(name, ("configs/joint.py", None))
+  config = f"{path}:steps={steps(name)}" + (
+      f",base={workdir(start)}" if start else "")
   return [sys.executable, "-m", "r3jax.main", f"--config={config}",
           f"--workdir={workdir(name)}", *COMMON, *VARIANTS[name][1]]
 
@@ -196,9 +198,9 @@ def run(name: str, until: int = 0) -> int:
   wd = workdir(name)
   os.makedirs(wd, exist_ok=True)
   restore_shipped(wd, name)
-  if "base=" in CONFIGS.get(name, ""):  # its start: a variant's checkpoint
-    base = CONFIGS[name].split("base=")[1].split(",")[0]
-    restore_shipped(base, os.path.basename(base))
+  start = CONFIGS.get(name, (None, None))[1]
+  if start:  # its start's checkpoint, shipped for a fresh clone
+    restore_shipped(workdir(start), start)
   start, t0 = last_step(wd) or BRANCHES.get(name, (None, 0))[1], time.time()
   if until and start >= until:
     return 0

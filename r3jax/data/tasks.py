@@ -98,16 +98,26 @@ def _vqa_sample(r, rng, type_weights=None, relation_questions="as_drawn"):
   return question, r["vqa_answers"][i]
 
 
+def relation_span(words: Sequence[str]) -> tuple[int, int] | None:
+  """[start, end) of the first relation phrase (a key of REL_WORDS, e.g.
+  "to the right of") in `words`, or None."""
+  i = next((k for k, w in enumerate(words) if w in _REL_HEADS), None)
+  if i is None:
+    return None
+  start = i - 2 if list(words[i - 2:i]) == ["to", "the"] else i
+  end = i + 2 if list(words[i + 1:i + 2]) == ["of"] else i + 1
+  return start, end
+
+
 def canonical_relation(question: str) -> str:
   """"is A REL B ?" with the same answer and REL "left of" (or "above"):
   "is the circle to the right of the square ?" -> "is the square left of
   the circle ?"."""
   words = question.split()
-  i = next((k for k, w in enumerate(words) if w in _REL_HEADS), None)
-  if words[:1] != ["is"] or words[-1:] != ["?"] or i is None:
+  span = relation_span(words)
+  if words[:1] != ["is"] or words[-1:] != ["?"] or span is None:
     raise ValueError(f"not a relation question: {question!r}")
-  start = i - 2 if words[i - 2:i] == ["to", "the"] else i
-  end = i + 2 if words[i + 1:i + 2] == ["of"] else i + 1
+  start, end = span
   rel, swap = REL_WORDS[tuple(words[start:end])]
   a, b = words[1:start], words[end:-1]
   if swap:

@@ -205,27 +205,26 @@ class TreeRL:
     prompt = tasks_lib.prompt_ids(self.tok, "caption", None)
     images = self._images(rows)
     outs = self._sample(params, images, [prompt] * len(rows), self.cap_len, rng)
-    rewards, vs = [], []
+    rewards, vs, drafts = [], [], []
     for row, (ids, _) in zip(rows, outs):
       draft = self.tok.decode(ids)
       r, v = rewards_lib.root_reward(draft, self._scene(row), self.world.world,
                                      self.rl.reward)
       rewards.append(r)
       vs.append(v)
+      drafts.append(draft)
       self.buffer.append(Rollout(row, draft, v))
+    formatted = np.mean([r > 0 for r in rewards])  # the verifier's f
     agree = None
     if self.rl.agreement and agreement:
-      agree = self.agreement(params, rows, [r.draft for r in
-                                            self.buffer[-len(rows):]])
+      agree = self.agreement(params, rows, drafts)
       rewards = list(np.asarray(rewards) + self.rl.agreement * agree)
     batch = self._sequences([prompt] * len(rows), outs, [0] * len(rows),
                             self.cap_len)
     batch["image"] = images
     batch["advantage"] = rewards_lib.advantages(rewards, g)
     m = {"rl/reward": np.mean(rewards), "rl/v": np.mean(vs),
-         "rl/format": np.mean([v_ > 0 for v_ in np.asarray(rewards) - (
-             0 if agree is None else self.rl.agreement * agree)]),
-         "rl/stage": 0.0}
+         "rl/format": formatted, "rl/stage": 0.0}
     if agree is not None:
       m["rl/agreement"] = np.mean(agree)
     return {"root": batch}, m

@@ -143,18 +143,24 @@ def _refresh_drafts(drafts, w, config, world, loop, params) -> None:
     stream = pipeline.stream(pipeline.task_source(world.train_source, task),
                              task, config.seed)
     records = [stream[j] for j in idx]
-    texts = loop.captions(params, records) if records else []
+    pick = []  # ground's examples that take the model's whole round
+    if task == "ground" and config.r3.ground_refined:
+      pick = [k for k, j in enumerate(idx) if np.random.default_rng(
+          [config.seed, 7, j]).random() < config.r3.ground_refined]
+    rest = [k for k in range(len(idx)) if k not in set(pick)]
+    texts = [None] * len(idx)
+    if rest:
+      for k, text in zip(rest, loop.captions(params, [records[k]
+                                                      for k in rest])):
+        texts[k] = text
+    if pick:  # the round decodes the draft too (the same greedy caption)
+      trajs, _ = loop.run(params, [records[k] for k in pick])
+      for k, t in zip(pick, trajs):
+        texts[k] = t.captions[0] if t.stopped else [  # an edit in round 1
+            t.captions[0], t.reflections[0], t.captions[1]]
     if task == "refine" and config.r3.onpolicy_reflections and records:
       texts = [list(x) for x in zip(texts, loop.reflections(params, records,
                                                            texts))]
-    if task == "ground" and config.r3.ground_refined and records:
-      pick = [k for k, j in enumerate(idx) if np.random.default_rng(
-          [config.seed, 7, j]).random() < config.r3.ground_refined]
-      trajs, _ = loop.run(params, [records[k] for k in pick]) if pick else (
-          [], None)
-      for k, t in zip(pick, trajs):
-        if not t.stopped:  # round 1 edited the draft
-          texts[k] = [t.captions[0], t.reflections[0], t.captions[1]]
     out[task] = dict(zip(idx, texts))
   drafts.put(w, out)
 

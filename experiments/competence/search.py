@@ -69,8 +69,8 @@ MIX = mix()
 # Relation questions drawn 4 times as often as each other type: 4 in 9 of a
 # 6-question record's draws instead of 1 in 6.
 REL4 = ('--config.tasks.vqa.type_weights={"relation":4}',)
-# Relation questions trained in the one phrasing "is A left of B ?" (the
-# same answer; r3jax.data.tasks.canonical_relation).
+# Relation questions trained in one phrasing per axis, "is A left of B ?"
+# or "is A above B ?" (the same answer; r3jax.data.tasks.canonical_relation).
 CANON = ("--config.data.relation_questions=canonical",)
 DEEP = ("--config.model.enc_overrides={\"width\":128,\"depth\":4,"
         "\"heads\":4,\"mlp\":512}", "--config.model.dec_depth=4")
@@ -102,7 +102,8 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                     "other type",
                     CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS + REL4),
     "rf_40k_rel4_canon": ("rf_40k_rel4 with relation questions trained in "
-                          "one phrasing, \"is A left of B ?\"",
+                          "one phrasing per axis, \"is A left of B ?\" or "
+                          "\"is A above B ?\"",
                           CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS +
                           REL4 + CANON),
     "rel_only": ("the parameters of mix_sincos_rf_40k at step 19,270 "

@@ -136,8 +136,10 @@ def collect() -> str:
 
 def _paired(data, names) -> list[str]:
   """Each step's reward minus the rate-0 run's at the same step: both draw
-  the same images and sampling keys, so the difference is what the updates
-  changed. Mean over a stretch of steps with a t-based 95% interval over
+  the same images and sampling keys; root steps are then the same prompts,
+  so the difference is what the updates changed, while branch steps start
+  from each run's own buffered drafts, so theirs also holds what the
+  updates did to the drafts. Mean over a stretch of steps with a t-based 95% interval over
   its steps (steps are not independent draws of the policy's reward: a
   description, not a test)."""
   from scipy import stats  # noqa: PLC0415

@@ -162,6 +162,10 @@ def defaults() -> ml_collections.ConfigDict:
       stem="patch",           # "patch" (linear) or "conv" (see ModelConfig)
       stem_convs=0,           # conv stem: extra residual 3x3 convolutions
       pos_init="normal",      # encoder positions start "normal" or "sincos2d"
+      cross_pos="none",       # "xy": cross-attention values carry (x, y)
+      # Decoder blocks from this index on start as the identity (for growing
+      # a decoder from init_from; -1: none).
+      dec_identity_from=-1,
       # Changes to the named size; the default is a narrow, shallow Ti that
       # learns the default world in minutes on a laptop CPU.
       enc_overrides=dict(width=128, depth=2, heads=4, mlp=512),
@@ -215,6 +219,10 @@ def defaults() -> ml_collections.ConfigDict:
   # initialisation. R3-RL starts from an R3-SFT run this way. A run that has
   # checkpoints of its own resumes from them instead.
   c.init_from = ""
+  # With init_from: parameters the start lacks (a module this model adds,
+  # such as model.cross_pos's) keep their fresh initialisation instead of
+  # failing the load; every other parameter must match.
+  c.init_from_partial = False
 
   c.total_steps = 1_500
   c.log_every_steps = 10
@@ -357,6 +365,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.data.source={config.data.source!r}: R3-RL's "
                        "rewards come from the world's verifier; on real data "
                        "it is not supported (R3-SFT is: r3jax/r3/real.py)")
+  if config.init_from_partial and not config.init_from:
+    raise ValueError("config.init_from_partial is set without "
+                     "config.init_from")
   if config.model.encoder_init and config.init_from:
     raise ValueError("config.model.encoder_init and config.init_from are both "
                      "set; a run starts from one of them")

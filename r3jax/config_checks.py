@@ -179,6 +179,12 @@ def check_model(config: ml_collections.ConfigDict,
   if m.pos_init not in ("normal", "sincos2d"):
     raise ValueError(f"config.model.pos_init must be 'normal' or 'sincos2d', "
                      f"got {m.pos_init!r}")
+  if not -1 <= m.dec_identity_from:
+    raise ValueError(f"config.model.dec_identity_from must be -1 (no block) "
+                     f"or a block index, got {m.dec_identity_from}")
+  if m.cross_pos not in ("none", "xy"):
+    raise ValueError(f"config.model.cross_pos must be 'none' or 'xy', got "
+                     f"{m.cross_pos!r}")
   enc = dict(zip(_ENC_OVERRIDES, VIT_SIZES[m.encoder]), **m.enc_overrides)
   dec = {k: m[f"dec_{k}"] for k in _ENC_OVERRIDES}
   for part, sizes in (("enc", enc), ("dec", dec)):

@@ -268,6 +268,10 @@ def test_a_saved_config_loads_over_todays_defaults(tmp_path):
      r"config.model.stem_convs=1 needs stem='conv'"),
     (lambda c: c.model.update(dict(pos_init="rope")),
      r"config.model.pos_init must be 'normal' or 'sincos2d'"),
+    (lambda c: c.model.update(dict(cross_pos="yx")),
+     r"config.model.cross_pos must be 'none' or 'xy'"),
+    (lambda c: c.update(dict(init_from_partial=True)),
+     r"config.init_from_partial is set without config.init_from"),
     (lambda c: c.model.update(dict(patch_size=7)),
      r"config.world.image_size=64 is not divisible by "
      r"config.model.patch_size=7"),

@@ -512,3 +512,42 @@ def test_exported_params_load_checked_and_placed(tmp_path):
   os.remove(path)
   with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
     ckpt_lib.load_params(str(tmp_path), abstract)
+
+
+@pytest.mark.parametrize("source", ["checkpoint", "exported"])
+def test_partial_init_from_keeps_only_the_new_parameters_fresh(tmp_path, source):
+  """load_params_partial (config.init_from_partial) takes every parameter the
+  start holds, from its checkpoint or its params.npz, and keeps the new
+  run's initialisation for the ones it lacks, naming them; a parameter the
+  start holds that the model lacks, or one of another shape, fails."""
+  params = {"blocks": {0: {"w": jax.numpy.arange(8.0).reshape(2, 4)}},
+            "b": jax.numpy.full(3, 2.0)}
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), 2, 1)
+  ck.save(5, {"params": params, "step": jax.numpy.int32(5)}, {"pos": 5})
+  ck.wait()
+  ck.close()
+  if source == "exported":
+    ckpt_lib.export_params(str(tmp_path))
+    shutil.rmtree(tmp_path / "checkpoints")
+  fresh = {"blocks": {0: {"w": jax.numpy.zeros((2, 4)),
+                          "xy": jax.numpy.ones((2, 2))}},
+           "b": jax.numpy.zeros(3)}
+  got, kept = ckpt_lib.load_params_partial(str(tmp_path), fresh)
+  assert kept == ["['blocks'][0]['xy']"]
+  np.testing.assert_array_equal(got["blocks"][0]["w"], params["blocks"][0]["w"])
+  np.testing.assert_array_equal(got["b"], params["b"])
+  np.testing.assert_array_equal(got["blocks"][0]["xy"], np.ones((2, 2)))
+  with pytest.raises(ValueError, match=r"holds parameters this model lacks: "
+                     r"\[\"\['b'\]\"\]"):
+    ckpt_lib.load_params_partial(str(tmp_path), {"blocks": fresh["blocks"]})
+  with pytest.raises(ValueError, match=r"\['b'\] is float32\[3\], the model's "
+                     r"float32\[4\]"):
+    ckpt_lib.load_params_partial(str(tmp_path), dict(fresh, b=jax.numpy.zeros(4)))
+  if source == "exported":
+    path = tmp_path / ckpt_lib.PARAMS_FILE
+    with np.load(path) as f:
+      arrays = {k: f[k] for k in f.files}
+    arrays["['b']"] = arrays["['b']"] + 1
+    np.savez(path, **arrays)
+    with pytest.raises(ckpt_lib.CorruptCheckpoint, match="fingerprint"):
+      ckpt_lib.load_params_partial(str(tmp_path), fresh)

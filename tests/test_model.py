@@ -352,3 +352,73 @@ def test_attention_matches_a_plain_softmax_reference(implementation):
   causal = jnp.tril(jnp.ones((5, 5), bool))[None, None]
   np.testing.assert_allclose(attn(x, is_causal=True), reference(x, x, causal),
                              atol=1e-5)
+
+
+@pytest.mark.parametrize("cls_token", [False, True])
+def test_cross_pos_xy_starts_as_a_no_op_and_adds_the_patch_positions(cls_token):
+  """cross_pos="xy" adds to each head's cross-attention values a linear map
+  of the image token's patch centre (x, y), zero at initialisation: with the
+  other parameters of a model without it, the logits are the same bit for
+  bit; with a map W the values grow by xy @ W exactly, and the KV-cache
+  decoding path and the scanned layout compute what teacher forcing does."""
+  from r3jax.model import pyloop_to_scan
+  from r3jax.model.decoder import grid_xy
+  xy = np.asarray(grid_xy(4 + cls_token, cls_token))
+  want = [[-0.5, -0.5], [0.5, -0.5], [-0.5, 0.5], [0.5, 0.5]]  # row-major
+  np.testing.assert_array_equal(xy, [[0, 0]] * cls_token + want)
+  with pytest.raises(ValueError, match="not a square grid"):
+    grid_xy(5 + cls_token, cls_token)
+  base_cfg = tiny_config(image_size=16, patch_size=8, cls_token=cls_token)
+  cfg = dataclasses.replace(base_cfg, cross_pos="xy")
+  base, model = make_model(base_cfg), make_model(cfg)
+  nnx.update(model, nnx.state(base, nnx.Param))
+  images, tokens = random_inputs(cfg, batch=3, length=7)
+  np.testing.assert_array_equal(model(images, tokens), base(images, tokens))
+  block, base_block = model.decoder.blocks[0], base.decoder.blocks[0]
+  assert block.xy_value.shape == (2, cfg.dec_heads, cfg.dec_width // cfg.dec_heads)
+  block.xy_value[...] = jax.random.normal(jax.random.key(3), block.xy_value.shape)
+  img = model.encode(images)
+  _, v = block.cross_kv(img)
+  _, v0 = base_block.cross_kv(img)
+  offset = np.einsum("pc,cnk->pnk", xy, block.xy_value[...])
+  np.testing.assert_allclose(v - v0, np.broadcast_to(offset, v.shape),
+                             atol=1e-6)
+  full = model.decode(img, tokens)
+  assert not np.allclose(full, base.decode(img, tokens))
+  cache, cross_kv, pieces = model.init_cache(3), model.cross_kv(img), []
+  for start in range(tokens.shape[1]):
+    logits, cache = model.decode_step(cross_kv, cache,
+                                      tokens[:, start:start + 1], start)
+    pieces.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=1e-5)
+  scanned_cfg = dataclasses.replace(cfg, scan_layers=True)
+  scanned = make_model(scanned_cfg)
+  nnx.update(scanned, pyloop_to_scan(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+  np.testing.assert_allclose(scanned(images, tokens), model(images, tokens),
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="cross_pos must be one of"):
+    tiny_config(cross_pos="rope")
+
+
+def test_a_decoder_grown_with_identity_blocks_computes_the_shallower_model():
+  """dec_identity_from=k: blocks k.. start with zero output projections, so
+  a deeper decoder given a shallower model's parameters for blocks 0..k-1
+  (config.init_from_partial) computes its logits; the new blocks' other
+  parameters are random, and they learn."""
+  shallow_cfg = tiny_config(dec_depth=2)
+  deep_cfg = tiny_config(dec_depth=4, dec_identity_from=2)
+  shallow, deep = make_model(shallow_cfg), make_model(deep_cfg)
+  new = deep.decoder.blocks[2]
+  for branch in (new.self_attn.out, new.cross_attn.out, new.mlp.fc2):
+    assert not np.any(branch.kernel[...])
+  assert np.any(new.mlp.fc1.kernel[...]) and np.any(
+      deep.decoder.blocks[1].mlp.fc2.kernel[...])
+  nnx.update(deep, nnx.state(shallow, nnx.Param))
+  images, tokens = random_inputs(deep_cfg, batch=2, length=6)
+  np.testing.assert_allclose(deep(images, tokens), shallow(images, tokens),
+                             atol=1e-6)
+  loss = lambda m: jnp.mean(m(images, tokens) ** 2)
+  grads = nnx.grad(loss)(deep)
+  assert np.any(grads.decoder.blocks[3].mlp.fc2.kernel[...])
+  with pytest.raises(ValueError, match="dec_identity_from must be an int >= 0"):
+    tiny_config(dec_identity_from=-1)

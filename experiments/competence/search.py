@@ -41,8 +41,15 @@ BRANCHES = {"rf_40k_rel4": ("mix_sincos_rf_40k", 19_270),
             "rf_40k_rel4_canon": ("mix_sincos_rf_40k", 19_270)}
 # Variants trained from another config file than configs/joint.py: name ->
 # (config file, the variant whose latest parameters start it, or None).
-CONFIGS = {"rel_only": ("configs/understanding_only.py", "mix_sincos_rf_40k")}
-LONG["rel_only"] = 4_000
+CONFIGS = {"rel_only": ("configs/understanding_only.py", "mix_sincos_rf_40k"),
+           "rel_only_xy": ("configs/understanding_only.py",
+                           "mix_sincos_rf_40k"),
+           "rel_only_deep": ("configs/understanding_only.py",
+                             "mix_sincos_rf_40k"),
+           "rel_only_deep_xy": ("configs/understanding_only.py",
+                                "mix_sincos_rf_40k")}
+for _name in ("rel_only", "rel_only_xy", "rel_only_deep", "rel_only_deep_xy"):
+  LONG[_name] = 4_000
 COMMON = ("--config.interference.enabled=False",
           "--config.eval_every_steps=500", "--config.ckpt_every_steps=500",
           "--config.progress_bar=False")
@@ -72,6 +79,19 @@ REL4 = ('--config.tasks.vqa.type_weights={"relation":4}',)
 # Relation questions trained in one phrasing per axis, "is A left of B ?"
 # or "is A above B ?" (the same answer; r3jax.data.tasks.canonical_relation).
 CANON = ("--config.data.relation_questions=canonical",)
+# VQA relation questions alone (canonical), beside ITA.
+REL_ONLY = ('--config.tasks.vqa.type_weights={"existence":0,"count":0,'
+            '"color":0,"shape":0,"size":0}',
+            "--config.tasks.vqa.batch_size=64",
+            "--config.tasks.vqa.per_image=4", *CANON)
+# The decoder's cross-attention values carry the image tokens' patch
+# coordinates (model.cross_pos="xy", zero at first).
+XY = ("--config.model.cross_pos=xy",)
+# Parameters the start lacks keep their fresh initialisation.
+PARTIAL = ("--config.init_from_partial=True",)
+# Two more decoder blocks on top of a start's two, starting as the identity
+# (model.dec_identity_from; their parameters are fresh: init_from_partial).
+GROW = ("--config.model.dec_depth=4", "--config.model.dec_identity_from=2")
 DEEP = ("--config.model.enc_overrides={\"width\":128,\"depth\":4,"
         "\"heads\":4,\"mlp\":512}", "--config.model.dec_depth=4")
 # Decoder positions for the R3 tasks (max_len 144), so that every R3 arm can
@@ -111,10 +131,18 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                  "schedule) trained on VQA relation questions alone, in the "
                  "canonical phrasing, beside ITA: can this model learn "
                  "relations from a start that sees every attribute",
-                 ('--config.tasks.vqa.type_weights={"existence":0,"count":0,'
-                  '"color":0,"shape":0,"size":0}',
-                  "--config.tasks.vqa.batch_size=64",
-                  "--config.tasks.vqa.per_image=4", *CANON)),
+                 REL_ONLY),
+    "rel_only_xy": ("rel_only with the patch coordinates in the decoder's "
+                    "cross-attention values (model.cross_pos=\"xy\"): does "
+                    "an exact position where the decoder reads the image "
+                    "start relations",
+                    REL_ONLY + XY + PARTIAL),
+    "rel_only_deep": ("rel_only with a 4-block decoder: two identity-started "
+                      "blocks on top of the start's two (more hops between "
+                      "reading the two objects and comparing them)",
+                      REL_ONLY + GROW + PARTIAL),
+    "rel_only_deep_xy": ("rel_only_deep with rel_only_xy's coordinates",
+                         REL_ONLY + GROW + XY + PARTIAL),
     "deep_sincos": ("mix_sincos with 4 encoder and 4 decoder layers (and "
                     "decoder positions for the R3 tasks)",
                     CONV + MIX + SINCOS + DEEP + R3_POSITIONS),

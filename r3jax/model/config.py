@@ -57,6 +57,7 @@ REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
 
 ATTENTION = ("auto", "xla", "cudnn")
 POS_INITS = ("normal", "sincos2d")
+CROSS_POS = ("none", "xy")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -100,6 +101,17 @@ class ModelConfig:
   # column): x and y are then linear in the tokens from the first step,
   # which relations ("left of") read.
   pos_init: str = "normal"
+  # What the decoder's cross-attention values carry besides the image tokens:
+  # "none", or "xy": each head's values add a learned linear map (zero at
+  # initialisation) of the token's fixed patch-centre coordinates (x, y in
+  # [-1, 1]; the [CLS] token's are 0), so a head's output holds the mean
+  # position of what it attends to, exactly, whatever the encoder kept.
+  cross_pos: str = "none"
+  # Decoder blocks from this index on start as the identity (their attention
+  # and MLP output projections at zero): a decoder grown from a shallower
+  # run's parameters (config.init_from_partial) starts computing its
+  # function. A value >= dec_depth (the default) leaves every block random.
+  dec_identity_from: int = 1_000_000
   # A learned [CLS] token before the image tokens, with its own position (P + 1
   # tokens reach the decoder), and the exact (erf) GELU instead of the tanh
   # approximation in the encoder's MLPs: what Hugging Face ViT checkpoints
@@ -143,6 +155,12 @@ class ModelConfig:
     if self.pos_init not in POS_INITS:
       raise ValueError(f"pos_init must be one of {POS_INITS}, got "
                        f"{self.pos_init!r}.")
+    if not isinstance(self.dec_identity_from, int) or self.dec_identity_from < 0:
+      raise ValueError(f"dec_identity_from must be an int >= 0, got "
+                       f"{self.dec_identity_from!r}.")
+    if self.cross_pos not in CROSS_POS:
+      raise ValueError(f"cross_pos must be one of {CROSS_POS}, got "
+                       f"{self.cross_pos!r}.")
     if self.pos_init == "sincos2d" and self.enc_width % 4:
       raise ValueError(f"pos_init='sincos2d' needs enc_width divisible by 4, "
                        f"got {self.enc_width}.")

@@ -17,6 +17,8 @@ layouts.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -33,22 +35,59 @@ CrossKV = list[tuple[jax.Array, jax.Array]]
 Cache = list[dict[str, jax.Array]]
 
 
+def grid_xy(num_tokens: int, cls_token: bool) -> jax.Array:
+  """num_tokens x 2 patch-centre coordinates (x, y) in [-1, 1], row-major
+  like the patches; a leading [CLS] token's are (0, 0)."""
+  side = math.isqrt(num_tokens - cls_token)
+  if side * side != num_tokens - cls_token:
+    raise ValueError(f"{num_tokens} image tokens{' (with [CLS])' * cls_token}"
+                     " are not a square grid of patches")
+  centre = (2 * jnp.arange(side, dtype=jnp.float32) + 1) / side - 1
+  y_SxS, x_SxS = jnp.meshgrid(centre, centre, indexing="ij")
+  xy_PxC = jnp.stack([x_SxS.reshape(-1), y_SxS.reshape(-1)], axis=1)
+  if cls_token:
+    xy_PxC = jnp.concatenate([jnp.zeros((1, 2), jnp.float32), xy_PxC])
+  return xy_PxC
+
+
 class DecoderBlock(nnx.Module):
 
   def __init__(self, width: int, heads: int, mlp: int, *, rngs: nnx.Rngs,
-               dtype: jnp.dtype, ln_vjp: bool = True, attention: str = "auto"):
+               dtype: jnp.dtype, ln_vjp: bool = True, attention: str = "auto",
+               cross_pos: str = "none", cls_token: bool = False,
+               identity_init: bool = False):
+    # identity_init: the three residual branches' output projections start
+    # at zero, so the block starts as the identity.
+    out_init = nnx.initializers.zeros if identity_init else None
     self.ln_self = LayerNorm(width, rngs=rngs, dtype=dtype, custom_vjp=ln_vjp)
     self.self_attn = Attention(width, heads, rngs=rngs, dtype=dtype,
-                               implementation=attention)
+                               implementation=attention, out_init=out_init)
     self.ln_cross = LayerNorm(width, rngs=rngs, dtype=dtype, custom_vjp=ln_vjp)
     self.cross_attn = Attention(width, heads, rngs=rngs, dtype=dtype,
-                                implementation=attention)
+                                implementation=attention, out_init=out_init)
     self.ln_mlp = LayerNorm(width, rngs=rngs, dtype=dtype, custom_vjp=ln_vjp)
-    self.mlp = Mlp(width, mlp, rngs=rngs, dtype=dtype)
+    self.mlp = Mlp(width, mlp, rngs=rngs, dtype=dtype, out_init=out_init)
+    self.cls_token = cls_token
+    # ModelConfig.cross_pos="xy": (x, y) -> each head's value offset, zero at
+    # first, so a model that gains it computes what it did without it.
+    self.xy_value = nnx.data(None)
+    if cross_pos == "xy":
+      self.xy_value = param(rngs, nnx.initializers.zeros,
+                            (2, heads, width // heads), (None, "heads", "kv"))
+
+  def cross_kv(self, img_BxPxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Cross-attention keys and values of the image tokens, B x P x N x K."""
+    k_BxPxNxK, v_BxPxNxK = self.cross_attn.kv(img_BxPxD)
+    if self.xy_value is not None:
+      xy_PxC = grid_xy(img_BxPxD.shape[1], self.cls_token)
+      v_BxPxNxK = v_BxPxNxK + jnp.einsum(
+          "pc,cnk->pnk", xy_PxC, self.xy_value[...]).astype(v_BxPxNxK.dtype)
+    return k_BxPxNxK, v_BxPxNxK
 
   def __call__(self, x_BxLxD: jax.Array, img_BxPxD: jax.Array) -> jax.Array:
     x_BxLxD = x_BxLxD + self.self_attn(self.ln_self(x_BxLxD), is_causal=True)
-    x_BxLxD = x_BxLxD + self.cross_attn(self.ln_cross(x_BxLxD), img_BxPxD)
+    x_BxLxD = x_BxLxD + self.cross_attn.attend(self.ln_cross(x_BxLxD),
+                                               *self.cross_kv(img_BxPxD))
     x_BxLxD = x_BxLxD + self.mlp(self.ln_mlp(x_BxLxD))
     return constrain(x_BxLxD, ACT_BxLxD)
 
@@ -98,8 +137,10 @@ class Decoder(nnx.Module):
                            (cfg.max_len, width), ("pos", "embed"))
     blocks = [DecoderBlock(width, cfg.dec_heads, cfg.dec_mlp, rngs=rngs,
                            dtype=dtype, ln_vjp=cfg.ln_custom_vjp,
-                           attention=cfg.attention)
-              for _ in range(cfg.dec_depth)]
+                           attention=cfg.attention, cross_pos=cfg.cross_pos,
+                           cls_token=cfg.cls_token,
+                           identity_init=i >= cfg.dec_identity_from)
+              for i in range(cfg.dec_depth)]
     self.blocks = scan.stack(blocks) if cfg.scan_layers else nnx.List(blocks)
     self.ln_final = LayerNorm(width, rngs=rngs, dtype=dtype,
                               custom_vjp=cfg.ln_custom_vjp)
@@ -144,7 +185,7 @@ class Decoder(nnx.Module):
     img_BxPxD = img_BxPxD.astype(self.dtype)
     out = []
     for block in self._layers():
-      k_BxPxNxK, v_BxPxNxK = block.cross_attn.kv(img_BxPxD)
+      k_BxPxNxK, v_BxPxNxK = block.cross_kv(img_BxPxD)
       out.append((k_BxPxNxK.transpose(0, 2, 1, 3),
                   v_BxPxNxK.transpose(0, 2, 1, 3)))
     return out

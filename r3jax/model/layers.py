@@ -117,12 +117,12 @@ class Mlp(nnx.Module):
   """Two-layer GELU MLP (tanh-approximate GELU unless approximate=False)."""
 
   def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs, dtype: jnp.dtype,
-               approximate: bool = True):
+               approximate: bool = True, out_init: Initializer | None = None):
     self.approximate = approximate
     self.fc1 = Dense((width,), (hidden,), ("embed",), ("mlp",), rngs=rngs,
                      dtype=dtype)
     self.fc2 = Dense((hidden,), (width,), ("mlp",), ("embed",), rngs=rngs,
-                     dtype=dtype)
+                     dtype=dtype, kernel_init=out_init)
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     h_BxLxF = jax.nn.gelu(self.fc1(x_BxLxD), approximate=self.approximate)
@@ -135,7 +135,7 @@ class Attention(nnx.Module):
   that decoding can cache k/v (self-attention) or reuse them (cross-attention)."""
 
   def __init__(self, width: int, heads: int, *, rngs: nnx.Rngs, dtype: jnp.dtype,
-               implementation: str = "auto"):
+               implementation: str = "auto", out_init: Initializer | None = None):
     head_dim = width // heads
     # jax.nn.dot_product_attention's implementation: None lets it pick
     # (cuDNN's fused kernel on GPUs where supported, else XLA's).
@@ -147,7 +147,7 @@ class Attention(nnx.Module):
 
     self.query, self.key, self.value = proj(), proj(), proj()
     self.out = Dense((heads, head_dim), (width,), ("heads", "kv"), ("embed",),
-                     rngs=rngs, dtype=dtype)
+                     rngs=rngs, dtype=dtype, kernel_init=out_init)
 
   def kv(self, x_BxSxD: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Keys and values, each B x S x N x K."""

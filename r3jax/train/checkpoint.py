@@ -279,20 +279,9 @@ def export_params(workdir: str) -> str:
   <workdir>/params.npz (one array per parameter path, and their fingerprint):
   small enough to keep in git, so that runs starting from this one
   (config.init_from) need not train it again on another machine."""
-  ck = Checkpointer(os.path.join(workdir, "checkpoints"), 1, 1)
-  try:
-    step = ck.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"{workdir} holds no checkpoint to export")
-    meta = ocp.StandardCheckpointHandler().metadata(
-        epath.Path(ck.directory) / str(step) / "state")
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
-        _int_keys(meta["params"]), is_leaf=lambda m: hasattr(m, "shape"))
-    params = ck.restore_params(abstract, step)
-  finally:
-    ck.close()
+  params = _restore_as_saved(workdir)
+  if params is None:
+    raise FileNotFoundError(f"{workdir} holds no checkpoint to export")
   flat = {jax.tree_util.keystr(k): np.asarray(jax.device_get(v))
           for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
   path = os.path.join(workdir, PARAMS_FILE)
@@ -300,6 +289,28 @@ def export_params(workdir: str) -> str:
     np.savez(f, __fingerprint__=json.dumps(fingerprint(params)), **flat)
   os.replace(path + ".tmp", path)
   return path
+
+
+def _restore_as_saved(workdir: str):
+  """The parameters of `workdir`'s latest checkpoint in the tree it saved
+  (on one device, checked against their fingerprint), or None without one."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):  # (a Checkpointer would create it)
+    return None
+  ck = Checkpointer(directory, 1, 1)
+  try:
+    step = ck.latest_step()
+    if step is None:
+      return None
+    meta = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(ck.directory) / str(step) / "state")
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+        _int_keys(meta["params"]), is_leaf=lambda m: hasattr(m, "shape"))
+    return ck.restore_params(abstract, step)
+  finally:
+    ck.close()
 
 
 def _int_keys(tree):
@@ -343,6 +354,58 @@ def _load_exported(path: str, abstract_params):
     raise CorruptCheckpoint(f"{path} does not match the fingerprint saved "
                             "with it")
   return params
+
+
+def _read_exported(path: str) -> dict[str, np.ndarray]:
+  """export_params' file as {parameter path: array}, checked against the
+  fingerprint saved with it."""
+  with np.load(path, allow_pickle=False) as f:
+    saved = json.loads(str(f["__fingerprint__"]))
+    flat = {k: f[k] for k in f.files if k != "__fingerprint__"}
+  names = sorted(flat)
+  got = fingerprint([jnp.asarray(flat[k]) for k in names])
+  if set(names) != set(saved) or list(got.values()) != [saved[k] for k in names]:
+    raise CorruptCheckpoint(f"{path} does not match the fingerprint saved "
+                            "with it")
+  return flat
+
+
+def load_params_partial(workdir: str, fresh_params) -> tuple[Any, list[str]]:
+  """config.init_from with config.init_from_partial: `fresh_params` (the new
+  run's initialisation) with every parameter that `workdir`'s latest
+  checkpoint, or its params.npz, holds replaced by that one. Returns the
+  parameters and the paths kept fresh: the parameters of a module the model
+  gained, which should start as a no-op (e.g. model.cross_pos's zero
+  initialisation). A parameter the start holds and the model lacks, or one
+  of another shape, is an error."""
+  saved = _restore_as_saved(workdir)
+  if saved is not None:
+    flat = {jax.tree_util.keystr(k): v
+            for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+  elif os.path.exists(os.path.join(workdir, PARAMS_FILE)):
+    flat = _read_exported(os.path.join(workdir, PARAMS_FILE))
+  else:
+    raise FileNotFoundError(f"config.init_from={workdir!r} holds no "
+                            "checkpoint (train that run first)")
+  paths, treedef = jax.tree_util.tree_flatten_with_path(fresh_params)
+  names = [jax.tree_util.keystr(k) for k, _ in paths]
+  extra = sorted(set(flat) - set(names))
+  if extra:
+    raise ValueError(f"config.init_from={workdir!r} holds parameters this "
+                     f"model lacks: {extra[:4]}; {_MATCH_HINT}")
+  leaves, kept = [], []
+  for name, (_, fresh) in zip(names, paths):
+    if name not in flat:
+      kept.append(name)
+      leaves.append(fresh)
+      continue
+    x = flat[name]
+    if x.shape != fresh.shape or x.dtype != fresh.dtype:
+      raise ValueError(f"config.init_from={workdir!r}: {name} is {x.dtype}"
+                       f"{list(x.shape)}, the model's {fresh.dtype}"
+                       f"{list(fresh.shape)}; {_MATCH_HINT}")
+    leaves.append(jax.device_put(x, fresh.sharding))
+  return jax.tree.unflatten(treedef, leaves), kept
 
 
 def load_params(workdir: str, abstract_params):

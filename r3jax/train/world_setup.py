@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
@@ -39,7 +40,9 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int,
       vocab_size=vocab_size, image_size=image_size,
       max_len=config_lib.decoder_len(config),
       dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers, stem=m.stem,
-      pos_init=m.pos_init, stem_convs=m.stem_convs,
+      pos_init=m.pos_init, stem_convs=m.stem_convs, cross_pos=m.cross_pos,
+      dec_identity_from=(m.dec_identity_from if m.dec_identity_from >= 0
+                         else 1_000_000),
       cls_token=m.cls_token, enc_gelu=m.enc_gelu,
       ln_custom_vjp=m.ln_custom_vjp, attention=m.attention,
       **{f"enc_{k}": v for k, v in m.enc_overrides.items()})
@@ -50,7 +53,12 @@ def initial_state(config: ml_collections.ConfigDict, setup, init_state):
   whose parameters are config.init_from's latest checkpoint's, or whose
   encoder is config.model.encoder_init's pretrained weights."""
   state = init_state()
-  if config.init_from:
+  if config.init_from and config.init_from_partial:
+    state["params"], kept = ckpt_lib.load_params_partial(config.init_from,
+                                                         state["params"])
+    logging.info("init_from %s: %d parameter arrays start fresh: %s",
+                 config.init_from, len(kept), ", ".join(kept) or "none")
+  elif config.init_from:
     state["params"] = ckpt_lib.load_params(config.init_from,
                                            setup.abstract["params"])
   elif config.model.encoder_init:

@@ -71,4 +71,5 @@ def test_trace_matches_the_models_forward_pass(world):
                              model(images, tokens), rtol=1e-5, atol=1e-5)
   assert len(attn) == len(states) == len(dec._layers())
   np.testing.assert_allclose(np.asarray(attn[0]).sum(-1), 1.0, rtol=1e-5)
-  assert attn[0].shape == (2, 7, img.shape[1])
+  assert attn[0].shape == (2, dec._layers()[0].cross_attn.query.kernel.shape[1],
+                           7, img.shape[1])

@@ -162,7 +162,7 @@ def eval_config(workdir: str, split: str = "test", max_examples: int = -1,
 
   config = config_lib.load_saved(os.path.join(workdir, "config.json"))
   with config.unlocked():
-    config.init_from = ""
+    config.init_from, config.init_from_partial = "", False
     config.mesh = dict(data=-1, fsdp=1, tensor=1)
     if data_dir:
       config.data.dir = data_dir

@@ -114,7 +114,7 @@ def relation_items(records: Sequence[Mapping], tokenizer, cfg,
 
 def trace(model, images, tokens):
   """(image tokens B x P x D, the residual stream after each decoder layer
-  [B x L x D], each layer's cross-attention, mean over heads [B x L x P])."""
+  [B x L x D], each layer's cross-attention per head [B x N x L x P])."""
   img = model.encode(images)
   dec = model.decoder
   x = dec._embed(tokens, 0)
@@ -125,7 +125,7 @@ def trace(model, images, tokens):
     q = blk.cross_attn.query(h)
     k, _ = blk.cross_attn.kv(img_d)
     s = jnp.einsum("blnk,bpnk->bnlp", q, k) * q.shape[-1] ** -0.5
-    attn.append(jax.nn.softmax(s.astype(jnp.float32), -1).mean(1))
+    attn.append(jax.nn.softmax(s.astype(jnp.float32), -1))
     x = blk(x, img_d)
     states.append(x)
   return img, states, attn
@@ -195,7 +195,7 @@ def relation_diagnosis(workdir: str, n_images: int = 2000,
 
   config = config_lib.load_saved(os.path.join(workdir, "config.json"))
   with config.unlocked():
-    config.init_from = ""
+    config.init_from, config.init_from_partial = "", False
     config.mesh = dict(data=1, fsdp=1, tensor=1)
   mesh, world, setup, _ = loop.build(config, jax.devices()[:1])
   params = ckpt_lib.load_params(workdir, setup.abstract["params"])
@@ -223,10 +223,11 @@ def relation_diagnosis(workdir: str, n_images: int = 2000,
         at = np.array([getattr(it, where) for it in chunk])
         pos_feats.setdefault(where, []).append(states[-1][rows, at])
         for layer, p in enumerate(attn):
-          p_at = p[rows, at]
+          p_at = p[rows, :, at]  # B x N x P
           for obj in ("a", "b"):
-            share = [p_at[i, list(getattr(it, f"{obj}_patches"))].sum()
-                     for i, it in enumerate(chunk)]
+            share = np.stack([
+                p_at[i][:, list(getattr(it, f"{obj}_patches"))].sum(-1)
+                for i, it in enumerate(chunk)])  # B x N
             attn_at.setdefault((where, layer, obj), []).extend(share)
   train = _split(items)
   a_xy = np.array([it.a_xy for it in items])
@@ -248,7 +249,10 @@ def relation_diagnosis(workdir: str, n_images: int = 2000,
   out["answer->yes_r2"] = ridge_r2(feats, yes, train)[0]
   side = (world.world.image_size // config.model.patch_size) ** 2
   for (where, layer, obj), shares in sorted(attn_at.items()):
-    out[f"attn/{where}/layer{layer}/{obj}"] = float(np.mean(shares))
+    shares = np.asarray(shares)  # questions x heads
+    out[f"attn/{where}/layer{layer}/{obj}"] = float(shares.mean())
+    for head, v in enumerate(shares.mean(0)):
+      out[f"attn/{where}/layer{layer}/head{head}/{obj}"] = float(v)
   for obj in ("a", "b"):
     out[f"attn/uniform/{obj}"] = float(np.mean(
         [len(getattr(it, f"{obj}_patches")) / side for it in items]))
@@ -289,9 +293,22 @@ def table(d: Mapping[str, float]) -> str:
             "| position | layer | on A | on B |", "|---|---|---|---|"]
   layers = sorted({int(k.split("/")[2][5:]) for k in d
                    if k.startswith("attn/a_end/")})
+  heads = sorted({int(k.split("/")[3][4:]) for k in d
+                  if k.startswith("attn/a_end/layer0/head")})
   for where in ("a_end", "b_end", "answer"):
     for layer in layers:
       lines.append(f"| {where} | {layer} | "
                    f"{d[f'attn/{where}/layer{layer}/a']:.3f} | "
                    f"{d[f'attn/{where}/layer{layer}/b']:.3f} |")
+  if heads:  # diagnoses written before per-head shares have none
+    lines += ["", "Per head (on A / on B): a head that selects the named "
+              "object puts more on it than on the other.", "",
+              "| position | layer | " + " | ".join(f"head {h}" for h in heads)
+              + " |", "|---|---|" + "---|" * len(heads)]
+    for where in ("a_end", "b_end", "answer"):
+      for layer in layers:
+        lines.append(f"| {where} | {layer} | " + " | ".join(
+            f"{d[f'attn/{where}/layer{layer}/head{h}/a']:.2f} / "
+            f"{d[f'attn/{where}/layer{layer}/head{h}/b']:.2f}"
+            for h in heads) + " |")
   return "\n".join(lines)

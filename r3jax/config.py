@@ -166,6 +166,7 @@ def defaults() -> ml_collections.ConfigDict:
       # Decoder blocks from this index on start as the identity (for growing
       # a decoder from init_from; -1: none).
       dec_identity_from=-1,
+      dec_alibi=False,        # ALiBi slopes (learned) in decoder self-attention
       # Changes to the named size; the default is a narrow, shallow Ti that
       # learns the default world in minutes on a laptop CPU.
       enc_overrides=dict(width=128, depth=2, heads=4, mlp=512),

@@ -47,8 +47,11 @@ CONFIGS = {"rel_only": ("configs/understanding_only.py", "mix_sincos_rf_40k"),
            "rel_only_deep": ("configs/understanding_only.py",
                              "mix_sincos_rf_40k"),
            "rel_only_deep_xy": ("configs/understanding_only.py",
-                                "mix_sincos_rf_40k")}
-for _name in ("rel_only", "rel_only_xy", "rel_only_deep", "rel_only_deep_xy"):
+                                "mix_sincos_rf_40k"),
+           "rel_only_alibi": ("configs/understanding_only.py",
+                              "mix_sincos_rf_40k")}
+for _name in ("rel_only", "rel_only_xy", "rel_only_deep", "rel_only_deep_xy",
+              "rel_only_alibi"):
   LONG[_name] = 4_000
 COMMON = ("--config.interference.enabled=False",
           "--config.eval_every_steps=500", "--config.ckpt_every_steps=500",
@@ -92,6 +95,10 @@ PARTIAL = ("--config.init_from_partial=True",)
 # Two more decoder blocks on top of a start's two, starting as the identity
 # (model.dec_identity_from; their parameters are fresh: init_from_partial).
 GROW = ("--config.model.dec_depth=4", "--config.model.dec_identity_from=2")
+# ALiBi slopes in the decoder's self-attention (model.dec_alibi, learned,
+# starting at 2^(-8h/N)): heads that read the nearest words, so the second
+# object's description can be read apart from the first's.
+ALIBI = ("--config.model.dec_alibi=True",)
 DEEP = ("--config.model.enc_overrides={\"width\":128,\"depth\":4,"
         "\"heads\":4,\"mlp\":512}", "--config.model.dec_depth=4")
 # Decoder positions for the R3 tasks (max_len 144), so that every R3 arm can
@@ -143,6 +150,11 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                       REL_ONLY + GROW + PARTIAL),
     "rel_only_deep_xy": ("rel_only_deep with rel_only_xy's coordinates",
                          REL_ONLY + GROW + XY + PARTIAL),
+    "rel_only_alibi": ("rel_only with ALiBi in the decoder's self-attention "
+                       "(model.dec_alibi): at REF_B's last word no head "
+                       "selects object B (rel_only_xy, per-head probe), as "
+                       "the words of REF_A are mixed into its query",
+                       REL_ONLY + ALIBI + PARTIAL),
     "deep_sincos": ("mix_sincos with 4 encoder and 4 decoder layers (and "
                     "decoder positions for the R3 tasks)",
                     CONV + MIX + SINCOS + DEEP + R3_POSITIONS),

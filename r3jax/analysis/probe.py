@@ -121,7 +121,7 @@ def trace(model, images, tokens):
   img_d = img.astype(dec.dtype)
   states, attn = [], []
   for blk in dec._layers():
-    h = blk.ln_cross(x + blk.self_attn(blk.ln_self(x), is_causal=True))
+    h = blk.ln_cross(x + blk.self_attend(x))
     q = blk.cross_attn.query(h)
     k, _ = blk.cross_attn.kv(img_d)
     s = jnp.einsum("blnk,bpnk->bnlp", q, k) * q.shape[-1] ** -0.5

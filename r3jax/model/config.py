@@ -112,6 +112,10 @@ class ModelConfig:
   # run's parameters (config.init_from_partial) starts computing its
   # function. A value >= dec_depth (the default) leaves every block random.
   dec_identity_from: int = 1_000_000
+  # ALiBi in the decoder's self-attention (DecoderBlock.alibi), beside the
+  # learned absolute positions: heads that prefer the nearest words, so the
+  # words of a phrase can be read apart from an earlier phrase's.
+  dec_alibi: bool = False
   # A learned [CLS] token before the image tokens, with its own position (P + 1
   # tokens reach the decoder), and the exact (erf) GELU instead of the tanh
   # approximation in the encoder's MLPs: what Hugging Face ViT checkpoints
@@ -158,6 +162,9 @@ class ModelConfig:
     if not isinstance(self.dec_identity_from, int) or self.dec_identity_from < 0:
       raise ValueError(f"dec_identity_from must be an int >= 0, got "
                        f"{self.dec_identity_from!r}.")
+    if not isinstance(self.dec_alibi, bool):
+      raise ValueError(f"ModelConfig.dec_alibi must be a bool, got "
+                       f"{self.dec_alibi!r}.")
     if self.cross_pos not in CROSS_POS:
       raise ValueError(f"cross_pos must be one of {CROSS_POS}, got "
                        f"{self.cross_pos!r}.")

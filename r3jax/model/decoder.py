@@ -55,7 +55,7 @@ class DecoderBlock(nnx.Module):
   def __init__(self, width: int, heads: int, mlp: int, *, rngs: nnx.Rngs,
                dtype: jnp.dtype, ln_vjp: bool = True, attention: str = "auto",
                cross_pos: str = "none", cls_token: bool = False,
-               identity_init: bool = False):
+               identity_init: bool = False, alibi: bool = False):
     # identity_init: the three residual branches' output projections start
     # at zero, so the block starts as the identity.
     out_init = nnx.initializers.zeros if identity_init else None
@@ -68,6 +68,14 @@ class DecoderBlock(nnx.Module):
     self.ln_mlp = LayerNorm(width, rngs=rngs, dtype=dtype, custom_vjp=ln_vjp)
     self.mlp = Mlp(width, mlp, rngs=rngs, dtype=dtype, out_init=out_init)
     self.cls_token = cls_token
+    # ModelConfig.dec_alibi: a learned per-head slope m_h, and self-attention
+    # scores minus m_h * (query position - key position) (Press et al.,
+    # 2022, "Train short, test long"), starting at ALiBi's 2^(-8 h / N).
+    self.alibi = nnx.data(None)
+    if alibi:
+      slopes = 2.0 ** (-8.0 * jnp.arange(1, heads + 1) / heads)
+      self.alibi = param(rngs, lambda key, shape, dtype: slopes.astype(dtype),
+                         (heads,), ("heads",))
     # ModelConfig.cross_pos="xy": (x, y) -> each head's value offset, zero at
     # first, so a model that gains it computes what it did without it.
     self.xy_value = nnx.data(None)
@@ -84,8 +92,23 @@ class DecoderBlock(nnx.Module):
           "pc,cnk->pnk", xy_PxC, self.xy_value[...]).astype(v_BxPxNxK.dtype)
     return k_BxPxNxK, v_BxPxNxK
 
+  def _bias(self, q_pos: jax.Array, k_pos: jax.Array) -> jax.Array | None:
+    """ALiBi's score bias for queries at q_pos (S, or B x S) and keys at
+    k_pos (T): 1 x N x S x T or B x N x S x T, or None without it."""
+    if self.alibi is None:
+      return None
+    dist = (q_pos[..., None] - k_pos).astype(jnp.float32)
+    dist_BxSxT = dist.reshape((-1, *dist.shape[-2:]))
+    return -self.alibi[...][None, :, None, None] * dist_BxSxT[:, None]
+
+  def self_attend(self, x_BxLxD: jax.Array) -> jax.Array:
+    """The causal self-attention branch over positions 0..L-1."""
+    pos_L = jnp.arange(x_BxLxD.shape[1])
+    return self.self_attn(self.ln_self(x_BxLxD), is_causal=True,
+                          bias=self._bias(pos_L, pos_L))
+
   def __call__(self, x_BxLxD: jax.Array, img_BxPxD: jax.Array) -> jax.Array:
-    x_BxLxD = x_BxLxD + self.self_attn(self.ln_self(x_BxLxD), is_causal=True)
+    x_BxLxD = x_BxLxD + self.self_attend(x_BxLxD)
     x_BxLxD = x_BxLxD + self.cross_attn.attend(self.ln_cross(x_BxLxD),
                                                *self.cross_kv(img_BxPxD))
     x_BxLxD = x_BxLxD + self.mlp(self.ln_mlp(x_BxLxD))
@@ -93,13 +116,15 @@ class DecoderBlock(nnx.Module):
 
   def step(self, x_BxSxD: jax.Array, cross_kv: tuple[jax.Array, jax.Array],
            cache: dict[str, jax.Array], start: int | jax.Array,
-           mask_Bx1xSxT: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+           mask_Bx1xSxT: jax.Array, pos_BxS: jax.Array
+           ) -> tuple[jax.Array, dict[str, jax.Array]]:
     h_BxSxD = self.ln_self(x_BxSxD)
     k_BxSxNxK, v_BxSxNxK = self.self_attn.kv(h_BxSxD)
     cache = {"k": _write(cache["k"], k_BxSxNxK, start),
              "v": _write(cache["v"], v_BxSxNxK, start)}
+    bias = self._bias(pos_BxS, jnp.arange(cache["k"].shape[2]))
     x_BxSxD = x_BxSxD + self.self_attn.attend_cached(
-        h_BxSxD, cache["k"], cache["v"], mask=mask_Bx1xSxT)
+        h_BxSxD, cache["k"], cache["v"], mask=mask_Bx1xSxT, bias=bias)
     x_BxSxD = x_BxSxD + self.cross_attn.attend_cached(self.ln_cross(x_BxSxD),
                                                       *cross_kv)
     x_BxSxD = x_BxSxD + self.mlp(self.ln_mlp(x_BxSxD))
@@ -139,7 +164,8 @@ class Decoder(nnx.Module):
                            dtype=dtype, ln_vjp=cfg.ln_custom_vjp,
                            attention=cfg.attention, cross_pos=cfg.cross_pos,
                            cls_token=cfg.cls_token,
-                           identity_init=i >= cfg.dec_identity_from)
+                           identity_init=i >= cfg.dec_identity_from,
+                           alibi=cfg.dec_alibi)
               for i in range(cfg.dec_depth)]
     self.blocks = scan.stack(blocks) if cfg.scan_layers else nnx.List(blocks)
     self.ln_final = LayerNorm(width, rngs=rngs, dtype=dtype,
@@ -213,6 +239,6 @@ class Decoder(nnx.Module):
     new_cache = []
     for block, kv, layer_cache in zip(self._layers(), cross_kv, cache):
       x_BxSxD, layer_cache = block.step(x_BxSxD, kv, layer_cache, start,
-                                        mask_Bx1xSxT)
+                                        mask_Bx1xSxT, pos_BxS)
       new_cache.append(layer_cache)
     return self.head(self.ln_final(x_BxSxD)), new_cache

@@ -154,22 +154,26 @@ class Attention(nnx.Module):
     return self.key(x_BxSxD), self.value(x_BxSxD)
 
   def attend(self, x_BxLxD: jax.Array, k_BxSxNxK: jax.Array, v_BxSxNxK: jax.Array,
-             *, mask: jax.Array | None = None, is_causal: bool = False) -> jax.Array:
+             *, mask: jax.Array | None = None, is_causal: bool = False,
+             bias: jax.Array | None = None) -> jax.Array:
     """Queries from x attend to the given keys/values.
 
-    `mask` (True = attend) broadcasts to B x N x L x S.
+    `mask` (True = attend) and `bias` (added to the scaled scores; float32)
+    broadcast to B x N x L x S.
     """
     q_BxLxNxK = constrain(self.query(x_BxLxD),
                           ("act_batch", "act_len", "act_heads", None))
+    if bias is not None:
+      bias = bias.astype(q_BxLxNxK.dtype)
     y_BxLxNxK = jax.nn.dot_product_attention(
         q_BxLxNxK, k_BxSxNxK.astype(q_BxLxNxK.dtype),
-        v_BxSxNxK.astype(q_BxLxNxK.dtype), mask=mask, is_causal=is_causal,
-        implementation=self.implementation)
+        v_BxSxNxK.astype(q_BxLxNxK.dtype), bias=bias, mask=mask,
+        is_causal=is_causal, implementation=self.implementation)
     return self.out(y_BxLxNxK)
 
   def attend_cached(self, x_BxLxD: jax.Array, k_BxNxSxK: jax.Array,
-                    v_BxNxSxK: jax.Array, *, mask: jax.Array | None = None
-                    ) -> jax.Array:
+                    v_BxNxSxK: jax.Array, *, mask: jax.Array | None = None,
+                    bias: jax.Array | None = None) -> jax.Array:
     """`attend` with keys and values held heads-first (decoding's caches).
     One query (a decode step) is written out: the products read that layout
     directly, where XLA would otherwise transpose the whole cache at every
@@ -177,12 +181,14 @@ class Attention(nnx.Module):
     for the transpose. `mask` broadcasts to B x N x L x S."""
     if x_BxLxD.shape[1] > 1:
       return self.attend(x_BxLxD, k_BxNxSxK.transpose(0, 2, 1, 3),
-                         v_BxNxSxK.transpose(0, 2, 1, 3), mask=mask)
+                         v_BxNxSxK.transpose(0, 2, 1, 3), mask=mask, bias=bias)
     q_BxLxNxK = self.query(x_BxLxD)
     scale = q_BxLxNxK.shape[-1] ** -0.5
     s_BxNxLxS = jnp.einsum("blnk,bnsk->bnls", q_BxLxNxK,
                            k_BxNxSxK.astype(q_BxLxNxK.dtype),
                            preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+      s_BxNxLxS = s_BxNxLxS + bias
     if mask is not None:
       s_BxNxLxS = jnp.where(mask, s_BxNxLxS, jnp.finfo(jnp.float32).min)
     p_BxNxLxS = jax.nn.softmax(s_BxNxLxS, axis=-1).astype(q_BxLxNxK.dtype)
@@ -191,10 +197,12 @@ class Attention(nnx.Module):
     return self.out(y_BxLxNxK)
 
   def __call__(self, x_BxLxD: jax.Array, ctx_BxSxD: jax.Array | None = None, *,
-               is_causal: bool = False) -> jax.Array:
+               is_causal: bool = False, bias: jax.Array | None = None
+               ) -> jax.Array:
     """Self-attention, or cross-attention to `ctx_BxSxD` when given."""
     k_BxSxNxK, v_BxSxNxK = self.kv(x_BxLxD if ctx_BxSxD is None else ctx_BxSxD)
-    return self.attend(x_BxLxD, k_BxSxNxK, v_BxSxNxK, is_causal=is_causal)
+    return self.attend(x_BxLxD, k_BxSxNxK, v_BxSxNxK, is_causal=is_causal,
+                       bias=bias)
 
 
 def maybe_remat(policy: str) -> Callable[..., jax.Array]:

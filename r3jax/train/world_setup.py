@@ -43,6 +43,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int,
       pos_init=m.pos_init, stem_convs=m.stem_convs, cross_pos=m.cross_pos,
       dec_identity_from=(m.dec_identity_from if m.dec_identity_from >= 0
                          else 1_000_000),
+      dec_alibi=m.dec_alibi,
       cls_token=m.cls_token, enc_gelu=m.enc_gelu,
       ln_custom_vjp=m.ln_custom_vjp, attention=m.attention,
       **{f"enc_{k}": v for k, v in m.enc_overrides.items()})

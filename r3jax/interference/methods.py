@@ -21,6 +21,12 @@ Scale (what sum_i w_i is when all T gradients are identical):
        of G alpha = 1/alpha for the Frobenius-normalised Gram).
 
 Extra measurements are unprefixed float32 scalars; the caller namespaces them.
+
+A method that needs more than the Grams sets `edits_gradients = True`: its
+inputs then hold the per-task gradients (Inputs.grads_T, one pytree per
+task, shaped and sharded like the parameters) and it returns the update
+direction itself (a pytree like one gradient) in place of the weights.
+`register` adds a method defined anywhere (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -51,32 +57,57 @@ class Inputs:
   key: jax.Array
   step: jax.Array
   feature_gram_TxT: jax.Array | None = None
+  # The task gradients, for methods with edits_gradients (else None).
+  grads_T: tuple[Any, ...] | None = None
 
 
 jax.tree_util.register_dataclass(
     Inputs, data_fields=["gram_TxT", "grams_GxTxT", "losses_T",
-                         "base_weights_T", "key", "step", "feature_gram_TxT"],
+                         "base_weights_T", "key", "step", "feature_gram_TxT",
+                         "grads_T"],
     meta_fields=["group_names"])
 
 
 class Method(Protocol):
   name: str
   per_group: bool
+  # Optional (default False): reads Inputs.grads_T and returns a direction.
+  edits_gradients: bool
 
   def init(self, num_tasks: int, num_groups: int) -> Any:
     ...
 
   def __call__(self, inp: Inputs, state: Any
-               ) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
-    """Returns (weights_T or weights_GxT, new_state, extra measurements)."""
+               ) -> tuple[Any, Any, dict[str, jax.Array]]:
+    """Returns (weights_T or weights_GxT, or with edits_gradients the update
+    direction, new_state, extra measurements)."""
 
 
 METHODS: dict[str, Callable[..., Method]] = {}
 
 
-def _register(cls):
+def register(cls):
+  """Adds the method class `cls` (a frozen dataclass whose fields are its
+  hyper-parameters, config.interference.method_args) under `cls.name`."""
+  if not dataclasses.is_dataclass(cls) or not isinstance(
+      getattr(cls, "name", None), str):
+    raise TypeError(f"{cls!r} is not a method: a dataclass with a class "
+                    "attribute `name` (see Method)")
+  if cls.name in METHODS and METHODS[cls.name] is not cls:
+    raise ValueError(f"aggregation method {cls.name!r} is already registered")
   METHODS[cls.name] = cls
   return cls
+
+
+def unregister(name: str) -> None:
+  METHODS.pop(name, None)
+
+
+def edits_gradients(method: Method) -> bool:
+  return bool(getattr(method, "edits_gradients", False))
+
+
+_register = register
 
 
 def make(name: str, **kwargs) -> Method:

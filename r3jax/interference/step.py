@@ -84,6 +84,7 @@ def make_update(setup, instrument: Instrument, schedule, seed: int,
   tasks = instrument.tasks
   base = dict(zip(tasks, instrument.base_T))
   base_key = jax.random.key(seed)
+  edits = methods_lib.edits_gradients(instrument.method)
 
   def update(state, batch):
     params = state["params"]
@@ -101,12 +102,16 @@ def make_update(setup, instrument: Instrument, schedule, seed: int,
           group_names=instrument.group_names,
           losses_T=jnp.stack(tg.losses), base_weights_T=instrument.base_T,
           key=jax.random.fold_in(base_key, state["step"]), step=state["step"],
-          feature_gram_TxT=feature_gram)
-      weights, method_state, extra = instrument.method(
+          feature_gram_TxT=feature_gram,
+          grads_T=tuple(tg.grads) if edits else None)
+      out, method_state, extra = instrument.method(
           inputs, state["aux"]["method"] if "aux" in state
           else instrument.init_state())
-      weights = weights.astype(jnp.float32)
-      direction = instrument.aggregate(tg.grads, weights)
+      if edits:  # the method's own direction; no weights to log
+        direction, weights = out, None
+      else:
+        weights = out.astype(jnp.float32)
+        direction = instrument.aggregate(tg.grads, weights)
       updates, opt = setup.tx.update(direction, state["opt"], params)
       params = optax.apply_updates(params, updates)
 
@@ -118,9 +123,10 @@ def make_update(setup, instrument: Instrument, schedule, seed: int,
     for i, t in enumerate(tasks):
       m[f"loss/{t}"] = tg.losses[i]
       m[f"token_acc/{t}"] = tg.accs[i]
-      m[f"weights/{t}"] = (weights[:, i].mean() if weights.ndim == 2
-                           else weights[i])
-    if weights.ndim == 2:
+      if weights is not None:
+        m[f"weights/{t}"] = (weights[:, i].mean() if weights.ndim == 2
+                             else weights[i])
+    if weights is not None and weights.ndim == 2:
       for g, name in enumerate(instrument.group_names):
         for i, t in enumerate(tasks):
           m[f"group/{name}/weight/{t}"] = weights[g, i]

@@ -48,7 +48,10 @@ def _ground_defaults() -> ml_collections.ConfigDict:
 def all_tasks() -> dict[str, ml_collections.ConfigDict]:
   """Every task's defaults; `defaults()` trains caption + VQA + ITA and
   `select_tasks` picks any of these."""
+  added = {name: task_defaults(*t.defaults) for name, t in
+           tasks_lib.TASKS.items() if t.defaults is not None}
   return dict(
+      **added,
       caption=task_defaults(32, 40),
       vqa=task_defaults(32, 20),
       ita=task_defaults(16, 44),

@@ -12,8 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from r3jax.data import tasks
 from r3jax.interference import methods
 from r3jax.train import loop
+from r3jax.world.config import NUMBERS
 
 
 def _rows(workdir: str) -> list[dict]:
@@ -85,3 +87,55 @@ def test_a_new_aggregation_method_that_edits_the_gradients(
   assert first["method/kept"] == rows[0]["method/kept"]
   np.testing.assert_allclose(first["grad_norm"], 2 * rows[0]["grad_norm"],
                              rtol=1e-5)
+
+
+# Recipe: a new world task, "how many objects are there ?" answered by a
+# number word.
+HOW_MANY = "how many objects are there ?"
+
+
+def _how_many(record):
+  return NUMBERS[int(record["scene"]["num_objects"])]
+
+
+def _score_how_many(task, preds, items, records):
+  right = [p == target for p, (_, _, target, _) in zip(preds, items)]
+  return {"accuracy": float(np.mean(right))}
+
+
+NUM_OBJECTS = tasks.Task(
+    "num_objects",
+    sample=lambda r, rng: (HOW_MANY, _how_many(r)),
+    eval_items=lambda r: [(HOW_MANY, _how_many(r), {})],
+    score=_score_how_many,
+    defaults=(8, 12),
+)
+
+
+@pytest.fixture
+def num_objects():
+  tasks.register(NUM_OBJECTS)
+  yield NUM_OBJECTS
+  tasks.unregister(NUM_OBJECTS.name)
+
+
+def test_a_new_world_task(tiny, tmp_path, num_objects):
+  from r3jax.train import world_setup
+  c = tiny(("caption", "vqa", "num_objects"))
+  c.total_steps = 2
+  c.interference.enabled = False
+  wd = str(tmp_path / "run")
+  result = loop.train_and_evaluate(c, wd, jax.devices()[:1])
+  assert 0 <= result["num_objects/accuracy"] <= 1
+  assert "vqa/accuracy" in result and "caption/f1" in result
+  rows = [r for r in _rows(wd) if "loss/num_objects" in r]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert any("test/num_objects/accuracy" in r for r in _rows(wd))
+  # Its prompt token follows the words: no word's id moved, so parameters
+  # of runs without the task keep their meaning.
+  tok = world_setup.load(c).tokenizer
+  plain = world_setup.load(tiny()).tokenizer
+  assert tok.vocab_size == plain.vocab_size + 1
+  assert tok.task_id("num_objects") == plain.vocab_size
+  assert tok.tokens[:plain.vocab_size] == plain.tokens
+  assert tok.decode([tok.task_id("num_objects"), *tok.encode("two")]) == "two"

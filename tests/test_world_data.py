@@ -116,3 +116,28 @@ def test_tokenizer_decode_and_unknown_words(tmp_path):
     tok.task_id("translate")
   with pytest.raises(ValueError, match="duplicate"):
     tok_lib.WordTokenizer(["a", "a"])
+
+
+def test_tokenizer_with_tasks_appends_their_tokens_after_the_words(tmp_path):
+  """with_tasks gives each new task a prompt token after the words (sorted
+  by name): no earlier id moves; the tokens are neither words (strict
+  encoding rejects them) nor decoded; save/load keeps them."""
+  tok = tok_lib.WordTokenizer.from_world(CFG)
+  more = tok.with_tasks(["zeta", "caption", "alpha"])
+  assert more.tokens[:tok.vocab_size] == tok.tokens
+  assert more.tokens[tok.vocab_size:] == ("<alpha>", "<zeta>")
+  assert more.task_id("alpha") == tok.vocab_size
+  assert more.task_id("caption") == tok.task_id("caption")
+  assert more.with_tasks(["alpha"]) is more
+  grown = more.with_tasks(["beta"])
+  assert grown.tokens[:more.vocab_size] == more.tokens
+  assert grown.task_id("beta") == more.vocab_size
+  circle = tok.encode("circle")[0]
+  assert more.decode([more.task_id("zeta"), circle]) == "circle"
+  with pytest.raises(ValueError, match="not in the vocabulary"):
+    more.encode("<zeta> circle", strict=True)
+  path = str(tmp_path / "vocab.json")
+  grown.save(path)
+  back = tok_lib.WordTokenizer.load(path)
+  assert back.tokens == grown.tokens and back.task_id("beta") == grown.task_id(
+      "beta")

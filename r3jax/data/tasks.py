@@ -59,16 +59,33 @@ class Task:
   # the formatter returns all config.tasks.<task>.per_image rows of an image
   # at once (leading axis), coupled (r3jax.r3.grounded)
   grouped: bool = False
+  # The world's scorer of its evaluation items: (task, predictions, items,
+  # records) -> {metric: value} (r3jax.eval.evaluator); None: caption, VQA
+  # and ITA, whose scorers the setups choose, or no evaluation.
+  score: Callable | None = None
+  # (batch_size, max_len) in config.all_tasks(); None: the built-ins, whose
+  # defaults config.py lists.
+  defaults: tuple[int, int] | None = None
+  # Its prompts start with a token of its own, <name>; a task beyond the
+  # built-ins gets one after the words (WordTokenizer.with_tasks). False:
+  # its formatter uses another task's token.
+  own_token: bool = True
 
 
 TASKS: dict[str, Task] = {}
 
 
 def register(task: Task) -> Task:
+  """Adds `task`: config.all_tasks(), the world's scorers and its prompt
+  token follow (docs/extending.md)."""
   if task.name in TASKS:
     raise ValueError(f"task {task.name!r} is already registered")
   TASKS[task.name] = task
   return task
+
+
+def unregister(name: str) -> None:
+  TASKS.pop(name, None)
 
 
 register(Task(
@@ -164,12 +181,12 @@ def _r3_formatter(name, tokenizer, max_len, context):
 for _name in ("reflect", "refine", "refine_direct"):
   register(Task(_name, sample=None, eval_items=None,
                 formatter=functools.partial(_r3_formatter, _name),
-                fields=("captions",)))
+                fields=("captions",), own_token=_name != "refine_direct"))
 
 
 register(Task("ground", sample=None, eval_items=None,
               formatter=grounded.formatter, fields=("captions",),
-              grouped=True))
+              grouped=True, own_token=False))
 
 
 def formatter(name: str, tokenizer, max_len: int,

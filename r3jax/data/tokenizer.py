@@ -42,8 +42,11 @@ class Tokenizer(Protocol):
 class WordTokenizer:
   """Specials (<pad>=0, <eos>=1, <sep>=2, <unk>=3), task prompts, then words."""
 
-  def __init__(self, words: Sequence[str]):
-    tokens = list(SPECIALS) + [f"<{t}>" for t in TASKS] + list(words)
+  def __init__(self, words: Sequence[str], extra_tasks: Sequence[str] = ()):
+    """`extra_tasks`: task names beyond TASKS whose prompt tokens follow the
+    words (with_tasks), so that adding a task shifts no word's id."""
+    extra = [f"<{t}>" for t in extra_tasks]
+    tokens = list(SPECIALS) + [f"<{t}>" for t in TASKS] + list(words) + extra
     if len(set(tokens)) != len(tokens):
       raise ValueError("duplicate tokens in the vocabulary")
     if any(not w or any(c.isspace() for c in w) for w in words):
@@ -51,8 +54,21 @@ class WordTokenizer:
     self.tokens = tuple(tokens)
     self._ids = {t: i for i, t in enumerate(tokens)}
     self._n_special = len(SPECIALS) + len(TASKS)
+    self._n_words = len(words)
+    self._tasks = (*TASKS, *extra_tasks)
     self._word_ids = {t: i for i, t in enumerate(tokens)
-                      if i >= self._n_special}
+                      if self._n_special <= i < self._n_special + len(words)}
+
+  def with_tasks(self, names: Sequence[str]) -> WordTokenizer:
+    """This vocabulary with a prompt token for each task in `names` that
+    has none, after every word (sorted by name): word and built-in ids stay
+    as they are; the vocabulary grows by one id per added task."""
+    new = sorted(set(names) - set(self._tasks))
+    if not new:
+      return self
+    words = self.tokens[self._n_special:self._n_special + self._n_words]
+    extra = [t for t in self._tasks if t not in TASKS]
+    return WordTokenizer(words, extra_tasks=[*extra, *new])
 
   @classmethod
   def from_world(cls, cfg: WorldConfig) -> WordTokenizer:
@@ -79,8 +95,9 @@ class WordTokenizer:
     return self._ids[UNK]
 
   def task_id(self, name: str) -> int:
-    if name not in TASKS:
-      raise KeyError(f"unknown task {name!r}; known: {TASKS}")
+    if name not in self._tasks:
+      raise KeyError(f"unknown task {name!r}; known: {self._tasks} (a task "
+                     "with a token of its own: WordTokenizer.with_tasks)")
     return self._ids[f"<{name}>"]
 
   def encode(self, text: str, strict: bool = False) -> list[int]:
@@ -97,7 +114,7 @@ class WordTokenizer:
       bad = dict.fromkeys(w for w in text.split()
                           if w not in self._word_ids)
       raise ValueError(f"{', '.join(map(repr, bad))} not in the vocabulary "
-                       f"({self.vocab_size - self._n_special} words of the "
+                       f"({self._n_words} words of the "
                        f"world): {text!r}")
     return ids
 
@@ -107,11 +124,12 @@ class WordTokenizer:
     <unk> stays visible (also for ids outside the vocabulary, e.g. from a
     padded output layer) so an unknown word cannot pass as a valid caption.
     """
-    words = []
+    words, end = [], self._n_special + self._n_words
     for i in map(int, ids):
       if i == self.eos_id:
         break
-      if 0 <= i < self._n_special and i != self.unk_id:
+      if (0 <= i < self._n_special and i != self.unk_id) or (
+          end <= i < len(self.tokens)):  # an added task's token
         continue
       words.append(self.tokens[i] if 0 <= i < len(self.tokens) else UNK)
     return " ".join(words)
@@ -127,7 +145,9 @@ class WordTokenizer:
     with open(path) as f:
       tokens = json.load(f)["tokens"]
     n = len(SPECIALS) + len(TASKS)
-    tok = cls(tokens[n:])
+    extra = [t[1:-1] for t in tokens[n:] if t.startswith("<") and
+             t.endswith(">")]
+    tok = cls(tokens[n:len(tokens) - len(extra)], extra_tasks=extra)
     if tok.tokens != tuple(tokens):
       raise ValueError(f"{path}: special tokens differ from {tok.tokens[:n]}")
     return tok

@@ -15,6 +15,7 @@ from jax.experimental import multihost_utils
 
 from r3jax import config as config_lib
 from r3jax import world as world_lib
+from r3jax.data import tasks as tasks_lib
 from r3jax.data import world_tfds
 from r3jax.eval import evaluator as evaluator_lib
 from r3jax.eval import metrics as metrics_lib
@@ -103,8 +104,10 @@ class World:
   def evaluator(self, setup, eval_cfg) -> Evaluation:
     """Every configured task's evaluation; with an R3 task also the R3 loop
     (per-round scores under r3/...) on the same records."""
-    scorers = {"caption": make_caption_scorer(self.world),
-               "vqa": evaluator_lib.score_vqa, "ita": evaluator_lib.score_ita}
+    scorers = {name: t.score for name, t in tasks_lib.TASKS.items()
+               if t.score is not None}
+    scorers.update(caption=make_caption_scorer(self.world),
+                   vqa=evaluator_lib.score_vqa, ita=evaluator_lib.score_ita)
     records = self.records(eval_cfg.split, eval_cfg.max_examples)
     tasks = config_lib.evaluated_tasks(self.config)
     return Evaluation(evaluator_lib.Evaluator(
@@ -174,7 +177,9 @@ def load(config: ml_collections.ConfigDict) -> World:
   multihost_utils.sync_global_devices("r3jax world dataset")
   if jax.process_index() != 0:
     builder = build()
-  tokenizer = world_tfds.load_tokenizer(builder)
+  tokenizer = world_tfds.load_tokenizer(builder).with_tasks(
+      [n for n in config_lib.evaluated_tasks(config)
+       if tasks_lib.TASKS[n].own_token])
   mcfg = model_config(config, tokenizer.vocab_size, wcfg.image_size)
   return World(config, wcfg, builder, tokenizer,
                world_tfds.data_source(builder, "train"),

@@ -49,9 +49,11 @@ CONFIGS = {"rel_only": ("configs/understanding_only.py", "mix_sincos_rf_40k"),
            "rel_only_deep_xy": ("configs/understanding_only.py",
                                 "mix_sincos_rf_40k"),
            "rel_only_alibi": ("configs/understanding_only.py",
-                              "mix_sincos_rf_40k")}
+                              "mix_sincos_rf_40k"),
+           "rel_only_deep_xy_alibi": ("configs/understanding_only.py",
+                                      "mix_sincos_rf_40k")}
 for _name in ("rel_only", "rel_only_xy", "rel_only_deep", "rel_only_deep_xy",
-              "rel_only_alibi"):
+              "rel_only_alibi", "rel_only_deep_xy_alibi"):
   LONG[_name] = 4_000
 COMMON = ("--config.interference.enabled=False",
           "--config.eval_every_steps=500", "--config.ckpt_every_steps=500",
@@ -155,6 +157,13 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                        "selects object B (rel_only_xy, per-head probe), as "
                        "the words of REF_A are mixed into its query",
                        REL_ONLY + ALIBI + PARTIAL),
+    "rel_only_deep_xy_alibi": (
+        "rel_only_deep_xy with ALiBi: the start selects object A at REF_A's "
+        "last word only in its last layer, which no later position reads, "
+        "and object B nowhere; two more blocks let the answer read what "
+        "layer 2 selects, and ALiBi lets REF_B's words be read apart from "
+        "REF_A's",
+        REL_ONLY + GROW + XY + ALIBI + PARTIAL),
     "deep_sincos": ("mix_sincos with 4 encoder and 4 decoder layers (and "
                     "decoder positions for the R3 tasks)",
                     CONV + MIX + SINCOS + DEEP + R3_POSITIONS),

@@ -73,3 +73,32 @@ def test_trace_matches_the_models_forward_pass(world):
   np.testing.assert_allclose(np.asarray(attn[0]).sum(-1), 1.0, rtol=1e-5)
   assert attn[0].shape == (2, dec._layers()[0].cross_attn.query.kernel.shape[1],
                            7, img.shape[1])
+
+
+def test_diagnosis_of_a_run_has_per_head_shares_that_average_to_the_layer(
+    tmp_path):
+  """relation_diagnosis on a 2-step run (with cross_pos="xy"): each head's
+  attention share on A and on B, averaged over heads, is the layer's share,
+  every share is in [0, 1], and the table prints a row per position and
+  layer for the heads."""
+  from conftest import tiny_config
+  from r3jax.train import loop
+  c = tiny_config()
+  c.total_steps, c.interference.enabled = 2, False
+  c.model.cross_pos = "xy"
+  wd = str(tmp_path / "run")
+  loop.train_and_evaluate(c, wd, jax.devices()[:1])
+  d = probe.relation_diagnosis(wd, n_images=32, split="train")
+  heads = c.model.dec_heads
+  for where in ("a_end", "b_end", "answer"):
+    for layer in range(c.model.dec_depth):
+      for obj in ("a", "b"):
+        per_head = [d[f"attn/{where}/layer{layer}/head{h}/{obj}"]
+                    for h in range(heads)]
+        assert all(0 <= v <= 1 for v in per_head)
+        np.testing.assert_allclose(np.mean(per_head),
+                                   d[f"attn/{where}/layer{layer}/{obj}"],
+                                   rtol=1e-5)
+  text = probe.table(d)
+  last = c.model.dec_depth - 1
+  assert f"| answer | {last} | " in text and text.count("head ") >= heads

@@ -52,9 +52,12 @@ CONFIGS = {"rel_only": ("configs/understanding_only.py", "mix_sincos_rf_40k"),
                               "mix_sincos_rf_40k"),
            "rel_only_deep_xy_alibi": ("configs/understanding_only.py",
                                       "mix_sincos_rf_40k")}
+CONFIGS["two_scratch"] = CONFIGS["two_scratch_dxa"] = (
+    "configs/understanding_only.py", None)
 for _name in ("rel_only", "rel_only_xy", "rel_only_deep", "rel_only_deep_xy",
               "rel_only_alibi", "rel_only_deep_xy_alibi"):
   LONG[_name] = 4_000
+LONG["two_scratch"] = LONG["two_scratch_dxa"] = 6_000
 COMMON = ("--config.interference.enabled=False",
           "--config.eval_every_steps=500", "--config.ckpt_every_steps=500",
           "--config.progress_bar=False")
@@ -101,6 +104,13 @@ GROW = ("--config.model.dec_depth=4", "--config.model.dec_identity_from=2")
 # starting at 2^(-8h/N)): heads that read the nearest words, so the second
 # object's description can be read apart from the first's.
 ALIBI = ("--config.model.dec_alibi=True",)
+# Two objects in every image (a world of its own, for a learnability test),
+# VQA (relation drawn 4 times as often as each other type) and ITA, 16 and
+# 8 images a step.
+TWO = ("--config.world.min_objects=2", "--config.world.max_objects=2",
+       "--config.tasks.vqa.batch_size=64", "--config.tasks.vqa.per_image=4",
+       "--config.tasks.ita.batch_size=32", "--config.tasks.ita.per_image=4",
+       *REL4)
 DEEP = ("--config.model.enc_overrides={\"width\":128,\"depth\":4,"
         "\"heads\":4,\"mlp\":512}", "--config.model.dec_depth=4")
 # Decoder positions for the R3 tasks (max_len 144), so that every R3 arm can
@@ -164,6 +174,14 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "layer 2 selects, and ALiBi lets REF_B's words be read apart from "
         "REF_A's",
         REL_ONLY + GROW + XY + ALIBI + PARTIAL),
+    "two_scratch": ("a learnability test of relations from scratch: the "
+                    "mix_sincos_rf model (2 decoder blocks) trained on VQA "
+                    "and ITA in a world of two objects per image",
+                    CONV + SINCOS + WIDE_STEM + TWO),
+    "two_scratch_dxa": ("two_scratch with a 4-block decoder, ALiBi and the "
+                        "cross-attention coordinates",
+                        CONV + SINCOS + WIDE_STEM + TWO +
+                        ("--config.model.dec_depth=4",) + XY + ALIBI),
     "deep_sincos": ("mix_sincos with 4 encoder and 4 decoder layers (and "
                     "decoder positions for the R3 tasks)",
                     CONV + MIX + SINCOS + DEEP + R3_POSITIONS),

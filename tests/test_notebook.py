@@ -144,15 +144,18 @@ def test_analysis_reads_the_run(run_dir):
 
 
 def test_study_table_and_change_from_start(study_root):
+  from experiments import studies
+  spec = studies.STUDIES["dilemma"]
   results = study.load(study_root, "dilemma")
-  assert study.arms(results, study.spec("dilemma")) == [
-      "base", "gen_only", "joint"]  # registry order
-  t = study.table(study_root, "dilemma", ["caption/f1", "vqa/accuracy"])
+  assert study.arms(results, spec) == ["base", "gen_only", "joint"]
+  t = study.table(study_root, "dilemma", ["caption/f1", "vqa/accuracy"],
+                  spec=spec)
+  assert list(t.index) == ["base", "gen_only", "joint"]  # registry order
   assert t.loc["joint", ("caption/f1", "mean")] == pytest.approx(0.58)
   assert t.loc["joint", ("caption/f1", "std")] == pytest.approx(
       0.06 / math.sqrt(2))
   assert t.loc["base", ("vqa/accuracy", "n")] == 2
-  d = study.change_table(study_root, "dilemma")  # start from the registry
+  d = study.change_table(study_root, "dilemma", spec=spec)  # its start arm
   assert list(d.index) == ["gen_only", "joint"]
   # joint - base per seed: F1 +0.05, +0.07; VQA -0.01, +0.01.
   assert d.loc["joint", ("caption/f1", "mean")] == pytest.approx(0.06)

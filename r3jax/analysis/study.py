@@ -14,7 +14,6 @@ import glob
 import json
 import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,22 +34,6 @@ def load(root: str, study: str) -> list[dict[str, Any]]:
     with open(p) as f:
       out.append({**json.load(f), "workdir": os.path.dirname(p)})
   return sorted(out, key=lambda r: (r["arm"], r["seed"]))
-
-
-def spec(study: str):
-  """The study's registry entry (experiments/studies.py), None when unknown;
-  the repository root is put on sys.path when experiments/ is not importable
-  (a notebook runs in notebooks/)."""
-  try:
-    from experiments import studies  # noqa: PLC0415
-  except ImportError:
-    sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))))
-    try:
-      from experiments import studies  # noqa: PLC0415
-    except ImportError:
-      return None
-  return studies.STUDIES.get(study)
 
 
 def arms(results: Sequence[Mapping], study=None) -> list[str]:
@@ -162,25 +145,28 @@ def _keys(results: Sequence[Mapping], metrics: Sequence[str] | None):
   return sorted({k for r in results for k in r["metrics"]})
 
 
-def table(root: str, study: str, metrics: Sequence[str] | None = None
-          ) -> pd.DataFrame:
-  """arm x (metric, mean/std/n) over seeds; default every metric found."""
+def table(root: str, study: str, metrics: Sequence[str] | None = None,
+          spec=None) -> pd.DataFrame:
+  """arm x (metric, mean/std/n) over seeds; default every metric found.
+  `spec`, the study's registry entry (experiments.studies.STUDIES[study]),
+  orders the arms."""
   results = load(root, study)
   keys = _keys(results, metrics)
-  return _frame(summarize(results, keys), arms(results, spec(study)), keys)
+  return _frame(summarize(results, keys), arms(results, spec), keys)
 
 
 def change_table(root: str, study: str, start: str | None = None,
-                 metrics: Sequence[str] | None = None) -> pd.DataFrame:
+                 metrics: Sequence[str] | None = None, spec=None
+                 ) -> pd.DataFrame:
   """arm x (metric, mean/std/n) of the change from the start arm (default:
-  the registry's `start`), as `changes`."""
+  the `start` of `spec`, the study's registry entry), as `changes`."""
   results = load(root, study)
-  start = start or getattr(spec(study), "start", None)
+  start = start or getattr(spec, "start", None)
   if start is None:
-    raise ValueError(f"study {study!r} has no start arm; pass start=")
+    raise ValueError(f"study {study!r} has no start arm; pass start= (or "
+                     "spec=, its registry entry)")
   keys = _keys(results, metrics)
-  return _frame(changes(results, start, keys), arms(results, spec(study)),
-                keys)
+  return _frame(changes(results, start, keys), arms(results, spec), keys)
 
 
 def cell(stat: Stat | None, digits: int = 4, signed: bool = False) -> str:

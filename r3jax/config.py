@@ -20,6 +20,7 @@ import ml_collections
 from r3jax import config_checks as checks
 from r3jax.data import tasks as tasks_lib
 from r3jax.interference import groups as interference_groups
+from r3jax.r3 import variants as r3_variants
 from r3jax.world.corrupt import CORRUPTIONS
 
 
@@ -110,6 +111,10 @@ def defaults() -> ml_collections.ConfigDict:
   # R3 training sequences (r3jax/r3/data.py) and the consistency loss
   # (r3jax/r3/consistency.py); used by the reflect / refine tasks.
   c.r3 = dict(
+      # What a round of the loop runs (r3jax.r3.variants): "" picks it from
+      # the R3 tasks trained ("direct" with refine_direct and no reflect,
+      # else "reflect_refine"); a registered variant's name.
+      variant="",
       self_questions=0,     # "Q ? A ." pairs before the instruction (variant)
       consistency=0.5,      # coefficient of the reflect/refine consistency KL
       p_stop=0.25,          # reflect drafts left correct (target: stop)
@@ -429,6 +434,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if r3.onpolicy_every and config.data.layout != "split":
     raise ValueError("on-policy drafts (config.r3.onpolicy_every) need "
                      "config.data.layout='split'")
+  if config.r3.variant:
+    variant = r3_variants.get(config.r3.variant, ())
+    missing = sorted(set(variant.tasks) - set(evaluated_tasks(config)))
+    if missing:
+      raise ValueError(f"config.r3.variant={config.r3.variant!r} needs the "
+                       f"tasks {missing} in config.tasks (or eval_tasks)")
+    if config.rl.enabled and variant is not r3_variants.REFLECT_REFINE:
+      raise ValueError(f"config.r3.variant={config.r3.variant!r}: R3-RL "
+                       "(config.rl) trains the reflect -> refine variant only")
   if {"reflect", "refine", "refine_direct"} & set(config.tasks) and (
       "caption" not in config.tasks):
     raise ValueError("the R3 tasks refine a caption the model drafts: add the "

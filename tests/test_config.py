@@ -272,6 +272,10 @@ def test_a_saved_config_loads_over_todays_defaults(tmp_path):
      r"config.model.cross_pos must be 'none' or 'xy'"),
     (lambda c: c.update(dict(init_from_partial=True)),
      r"config.init_from_partial is set without config.init_from"),
+    (lambda c: c.r3.update(dict(variant="reflect_twice")),
+     r"unknown R3 variant 'reflect_twice'"),
+    (lambda c: c.r3.update(dict(variant="direct")),
+     r"config.r3.variant='direct' needs the tasks \['refine_direct'\]"),
     (lambda c: c.model.update(dict(patch_size=7)),
      r"config.world.image_size=64 is not divisible by "
      r"config.model.patch_size=7"),

@@ -14,6 +14,8 @@ import pytest
 
 from r3jax.data import tasks
 from r3jax.interference import methods
+from r3jax.r3 import rewards
+from r3jax.r3 import variants
 from r3jax.train import loop
 from r3jax.world.config import NUMBERS
 
@@ -139,3 +141,51 @@ def test_a_new_world_task(tiny, tmp_path, num_objects):
   assert tok.task_id("num_objects") == plain.vocab_size
   assert tok.tokens[:plain.vocab_size] == plain.tokens
   assert tok.decode([tok.task_id("num_objects"), *tok.encode("two")]) == "two"
+
+
+# Recipe: a new R3 variant, "reflect, then refine without the reflection":
+# the reflect stage decides whether a round edits; the refined caption is
+# decoded from the refine prompt alone (the refine_direct task's format).
+REFLECT_THEN_DIRECT = variants.Variant(
+    "reflect_then_direct", tasks=("reflect", "refine_direct"),
+    reflect=True, refine_reads_reflection=False)
+
+
+@pytest.fixture
+def reflect_then_direct():
+  variants.register(REFLECT_THEN_DIRECT)
+  yield REFLECT_THEN_DIRECT
+  variants.unregister(REFLECT_THEN_DIRECT.name)
+
+
+def test_a_new_r3_variant(tiny, tmp_path, reflect_then_direct, monkeypatch):
+  from r3jax.train import world_setup
+  c = tiny(("caption", "reflect", "refine_direct"))
+  c.total_steps = 2
+  c.interference.enabled = False
+  c.r3.variant = "reflect_then_direct"
+  c.r3.rounds = 1
+  wd = str(tmp_path / "run")
+  result = loop.train_and_evaluate(c, wd, jax.devices()[:1])
+  for key in ("r3/round1/f1", "r3/reflect_right", "r3/refine_right",
+              "loss/reflect", "loss/refine_direct"):
+    assert key in result or any(key in r for r in _rows(wd)), key
+  # A round: rows whose reflection names an edit decode their refined
+  # caption from <refine> DRAFT <sep>, not after the reflection.
+  _, world, setup, init = loop.build(c, jax.devices()[:1])
+  lp = world_setup.r3_loop_for(c, setup, world.tokenizer, world.world, 8)
+  tok = world.tokenizer
+  draft = tok.encode("a red circle")
+  prompts = [[tok.task_id("reflect")] + draft + [tok.sep_id]] * 2
+  edit, stop = tok.encode("make it blue"), tok.encode("stop")
+  monkeypatch.setattr(lp, "_reflect", lambda *a: [edit + [tok.sep_id],
+                                                  stop + [tok.eos_id]])
+  seen = []
+  monkeypatch.setattr(lp, "_decode", lambda params, kv, rows, second, *a: (
+      seen.extend(second) or [tok.encode("a blue circle") + [tok.eos_id]]))
+  monkeypatch.setattr(rewards, "read_branch",
+                      lambda reflection, refined: (True, reflection == "stop"))
+  outs = lp._round(None, None, [0, 1], prompts, jax.random.key(0))
+  assert seen == [[tok.task_id("refine")] + draft + [tok.sep_id]]
+  assert outs == [edit + [tok.sep_id] + tok.encode("a blue circle") +
+                  [tok.eos_id], stop]

@@ -50,6 +50,7 @@ from r3jax.eval import bleu, cider
 from r3jax.model import decoding
 from r3jax.r3 import real
 from r3jax.r3 import rewards as rewards_lib
+from r3jax.r3 import variants as variants_lib
 from r3jax.world import edit as edit_lib
 from r3jax.world.config import WorldConfig
 from r3jax.world.scene import scene_from_arrays
@@ -78,7 +79,10 @@ class R3Loop:
   def __init__(self, setup, tokenizer, world: WorldConfig, *, rounds: int,
                batch_size: int, caption_len: int, r3_len: int,
                direct: bool = False, temperature: float = 0.0,
-               lookup: int = 0, packed: bool | str = True):
+               lookup: int = 0, packed: bool | str = True,
+               variant: variants_lib.Variant | None = None):
+    """`variant` (r3jax.r3.variants) says what a round runs; None: the
+    direct ablation with `direct`, else reflect -> refine."""
     dp = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
     if batch_size % dp:
       raise ValueError(f"R3 batch_size={batch_size} is not divisible by the "
@@ -86,8 +90,11 @@ class R3Loop:
     if rounds < 1:
       raise ValueError(f"R3 needs rounds >= 1, got {rounds}")
     self._tok, self._world, self._bs = tokenizer, world, batch_size
-    self._rounds, self._direct = rounds, direct
-    self.scorer = Scorer(world, rounds, direct)
+    if variant is None:
+      variant = variants_lib.DIRECT if direct else variants_lib.REFLECT_REFINE
+    self._variant = variant
+    self._rounds, self._direct = rounds, not variant.reflect
+    self.scorer = Scorer(world, rounds, self._direct)
     self._caption_len, self._r3_len = caption_len, r3_len
     self._shard = sharding.batch_sharding(setup.mesh)
     self._temperature = temperature
@@ -360,9 +367,10 @@ class R3Loop:
     (benchmarks/r3_latency.py). `packed=False` decodes REFLECTION <sep>
     REFINED in one pass for every row."""
     tok = self._tok
-    if self._direct or not self._packed:
+    reads = self._variant.refine_reads_reflection
+    if self._direct or (not self._packed and reads):
       return self._decode(params, kv_all, rows, prompts, self._r3_len, rng)
-    if not self._lookup and self._packed != "repack":
+    if not self._lookup and self._packed != "repack" and reads:
       return self._round_compacted(params, kv_all, rows, prompts, rng)
     first = self._reflect(params, kv_all, rows, prompts,
                           jax.random.fold_in(rng, 0))
@@ -375,9 +383,13 @@ class R3Loop:
         edit_at.append(k)  # an instruction: its refined caption follows
       outs.append(ids)
     if edit_at:
+      # After the reflection, or (a variant whose refine does not read it)
+      # from the refine prompt <refine> DRAFT <sep>.
+      second = [prompts[k] + outs[k] if reads else
+                [tok.task_id("refine")] + prompts[k][1:]
+                for k in edit_at]
       refined = self._decode(
-          params, kv_all, [rows[k] for k in edit_at],
-          [prompts[k] + outs[k] for k in edit_at], self._r3_len,
+          params, kv_all, [rows[k] for k in edit_at], second, self._r3_len,
           jax.random.fold_in(rng, 1))
       for k, ids in zip(edit_at, refined):
         outs[k] = outs[k] + ids

@@ -23,6 +23,7 @@ from r3jax.model import Model, ModelConfig
 from r3jax.model import pretrained
 from r3jax.train import checkpoint as ckpt_lib
 from r3jax.r3 import loop as r3_loop
+from r3jax.r3 import variants as r3_variants
 
 
 def world_config(config: ml_collections.ConfigDict) -> world_lib.WorldConfig:
@@ -120,22 +121,27 @@ def r3_loop_for(config, setup, tokenizer, world, batch_size: int):
   """The R3 loop that evaluates a run with R3 tasks (None without them);
   `world` is None on real data (scores against reference captions)."""
   tasks = config_lib.evaluated_tasks(config)
-  if not {"reflect", "refine", "refine_direct"} & set(tasks):
+  if not set(r3_variants.R3_TASKS) & set(tasks):
     return None
-  direct = r3_direct(config)
-  r3_len = tasks["refine_direct" if direct else "refine"].max_len if (
-      "refine_direct" in tasks or "refine" in tasks) else tasks.reflect.max_len
+  variant = r3_variant(config)
+  r3_len = max(tasks[t].max_len for t in (*variant.tasks, variant.refine_task)
+               if t in tasks)
   return r3_loop.R3Loop(
       setup, tokenizer, world, rounds=config.r3.rounds,
       batch_size=batch_size, caption_len=tasks.caption.max_len,
-      r3_len=r3_len, direct=direct, lookup=config.r3.lookup)
+      r3_len=r3_len, variant=variant, lookup=config.r3.lookup)
+
+
+def r3_variant(config) -> r3_variants.Variant:
+  """The run's R3 variant (config.r3.variant, or the one its tasks imply)."""
+  return r3_variants.get(config.r3.variant,
+                         config_lib.evaluated_tasks(config))
 
 
 def r3_direct(config) -> bool:
   """Whether the run's loop refines without a reflect stage (the no-reflect
   ablation)."""
-  tasks = config_lib.evaluated_tasks(config)
-  return "refine_direct" in tasks and "reflect" not in tasks
+  return not r3_variant(config).reflect
 
 
 @dataclasses.dataclass

@@ -182,6 +182,13 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                         "cross-attention coordinates",
                         CONV + SINCOS + WIDE_STEM + TWO +
                         ("--config.model.dec_depth=4",) + XY + ALIBI),
+    "mix_sincos_rf_dxa": ("mix_sincos_rf from scratch with a 4-block "
+                          "decoder, ALiBi and the cross-attention "
+                          "coordinates: the decoder options the relation "
+                          "diagnosis points to, on the same 12,000-step "
+                          "schedule",
+                          CONV + MIX + SINCOS + WIDE_STEM +
+                          ("--config.model.dec_depth=4",) + XY + ALIBI),
     "deep_sincos": ("mix_sincos with 4 encoder and 4 decoder layers (and "
                     "decoder positions for the R3 tasks)",
                     CONV + MIX + SINCOS + DEEP + R3_POSITIONS),

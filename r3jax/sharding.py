@@ -116,6 +116,12 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def put(x: np.ndarray, shard: jax.sharding.Sharding) -> jax.Array:
+  """A host array (the same on every process) as a global array placed per
+  `shard`: each device takes its slice."""
+  return jax.make_array_from_callback(x.shape, shard, lambda idx: x[idx])
+
+
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   """Leading (example) dimension over data x fsdp; the rest replicated."""
   return NamedSharding(mesh, P(("data", "fsdp")))

@@ -25,9 +25,6 @@ from r3jax.model import make_generate_fn
 Scorer = Callable[[str, list[str], list[tuple], Sequence[Mapping]], dict]
 
 
-def _put(x: np.ndarray, shard: jax.sharding.NamedSharding) -> jax.Array:
-  return jax.make_array_from_callback(x.shape, shard, lambda idx: x[idx])
-
 
 class Evaluator:
   """`run(params) -> {"task/metric": value}` over the first `max_examples`
@@ -63,6 +60,9 @@ class Evaluator:
       self._tasks[name] = (items, np.stack([p for p, _ in prompts]), lens, fn,
                            task_records)
 
+  def _put(self, x: np.ndarray) -> jax.Array:
+    return sharding.put(x, self._shard)
+
   def predictions(self, params, task: str) -> list[str]:
     """Greedy decodes of every item of `task`, in item order."""
     items, prompts, lens, fn, records = self._tasks[task]
@@ -70,8 +70,8 @@ class Evaluator:
     for s in range(0, len(items), self._bs):
       idx = np.arange(s, s + self._bs) % len(items)  # wrap to pad the last batch
       images = np.stack([records[items[i][0]]["image"] for i in idx])
-      gen = fn(params, _put(images.astype(np.uint8), self._shard),
-               _put(prompts[idx], self._shard), _put(lens[idx], self._shard))
+      gen = fn(params, self._put(images.astype(np.uint8)),
+               self._put(prompts[idx]), self._put(lens[idx]))
       tokens = multihost_utils.process_allgather(gen.tokens, tiled=True)
       n = min(self._bs, len(items) - s)
       out += [self._tok.decode(tokens[j, lens[idx[j]]:].tolist())

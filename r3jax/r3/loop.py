@@ -67,9 +67,6 @@ class Trajectory:
   tokens: int = 0
 
 
-def _put(x: np.ndarray, shard) -> jax.Array:
-  return jax.make_array_from_callback(x.shape, shard, lambda idx: x[idx])
-
 
 class R3Loop:
   """`run(params, records) -> (trajectories, scores)` for world records, or
@@ -111,6 +108,9 @@ class R3Loop:
     self._gen_fns = {}
     self._graphdef = graphdef
     self._dp = dp
+
+  def _put(self, x: np.ndarray) -> jax.Array:
+    return sharding.put(x, self._shard)
 
   def _gen_fn(self, max_len: int, prefill_len: int, stops: tuple[int, ...]):
     key = (max_len, prefill_len, stops)
@@ -189,8 +189,8 @@ class R3Loop:
       for j, i in enumerate(sel):
         buf[j, :lens[j]] = prompts[i]
       idx = np.array([rows[i] for i in sel], np.int32)
-      state = first(params, kv_all, _put(idx, self._shard),
-                    _put(buf, self._shard), _put(lens, self._shard),
+      state = first(params, kv_all, self._put(idx),
+                    self._put(buf), self._put(lens),
                     jax.random.fold_in(rng, s),
                     prefill_len=max(1, int(lens.min()) // 4 * 4))
       tokens, paused, done = (multihost_utils.process_allgather(x, tiled=True)
@@ -212,9 +212,9 @@ class R3Loop:
       j_m = np.array([j for _, j in part], np.int32)
       idx_m = np.array([batches[b][1][j] for b, j in part], np.int32)
       len_m = np.array([batches[b][2][j] for b, j in part], np.int32)
-      more = rest(params, kv_all, _put(idx_m, self._shard), tuple(states),
-                  _put(b_m, self._shard), _put(j_m, self._shard),
-                  _put(len_m, self._shard), jax.random.fold_in(rng, 1_000_003 + s))
+      more = rest(params, kv_all, self._put(idx_m), tuple(states),
+                  self._put(b_m), self._put(j_m),
+                  self._put(len_m), jax.random.fold_in(rng, 1_000_003 + s))
       more = multihost_utils.process_allgather(more.tokens, tiled=True)
       for k, (b, j) in enumerate(go[s:s + bs]):
         gens[b][j] = more[k, len_m[k]:].tolist()
@@ -242,7 +242,7 @@ class R3Loop:
     for s in range(0, n, bs):
       idx = np.arange(s, s + bs) % n
       images = np.stack([records[i]["image"] for i in idx]).astype(np.uint8)
-      kvs.append(self._kv_fn(params, _put(images, self._shard)))
+      kvs.append(self._kv_fn(params, self._put(images)))
     return jax.tree.map(lambda *xs: jax.numpy.concatenate(xs)[:n], *kvs)
 
   def _decode(self, params, kv_all, rows: Sequence[int], prompts: list[list[int]],
@@ -267,8 +267,8 @@ class R3Loop:
       fn = self._gen_fn(max_len, prefill, ends)
       idx = np.array([rows[i] for i in sel], np.int32)
       key = jax.random.fold_in(rng, s)
-      gen = fn(params, kv_all, _put(idx, self._shard), _put(buf, self._shard),
-               _put(lens, self._shard), key)
+      gen = fn(params, kv_all, self._put(idx), self._put(buf),
+               self._put(lens), key)
       tokens = multihost_utils.process_allgather(gen.tokens, tiled=True)
       for j in range(min(bs, len(rows) - s)):
         ids = tokens[j, lens[j]:].tolist()

@@ -80,9 +80,6 @@ class Rollout:
   v: float
 
 
-def _put(x: np.ndarray, shard) -> jax.Array:
-  return jax.make_array_from_callback(x.shape, shard, lambda idx: x[idx])
-
 
 class TreeRL:
   """Sampling, scoring and the GRPO update for one run."""
@@ -134,8 +131,8 @@ class TreeRL:
     for i, p in enumerate(prompts):
       buf[i, :len(p)] = p
     fn = self._sampler(max_len, int(lens.min()))
-    gen = fn(params, _put(images, self.shard), _put(buf, self.shard),
-             _put(lens, self.shard), rng)
+    gen = fn(params, self._put(images), self._put(buf),
+             self._put(lens), rng)
     tokens = multihost_utils.process_allgather(gen.tokens, tiled=True)
     out = []
     for i in range(len(prompts)):
@@ -185,8 +182,8 @@ class TreeRL:
         ids = tasks_lib.prompt_ids(self.tok, "vqa", q)[:vqa_len]
         tokens[i, :len(ids)], at[i] = ids, len(ids) - 1
       images = self._images([rows[w] for w in which] + [rows[0]] * pad)
-      out = self._answer(params, _put(images, self.shard),
-                         _put(tokens, self.shard), _put(at, self.shard))
+      out = self._answer(params, self._put(images),
+                         self._put(tokens), self._put(at))
       return multihost_utils.process_allgather(out, tiled=True)[:n]
 
     return grounded.agreement(answer_fn, self.tok, captions, self.world.world,
@@ -235,6 +232,9 @@ class TreeRL:
     pool = perfect if (rng.random() < self.rl.perfect_ratio and perfect) or (
         not flawed) else flawed
     return pool[rng.integers(len(pool))]
+
+  def _put(self, x: np.ndarray) -> jax.Array:
+    return sharding.put(x, self.shard)
 
   def branch(self, params, step: int, rng, drafts: Sequence[Rollout] | None = None,
              per_draft: int | None = None, refine_stream: bool = True):
@@ -405,7 +405,7 @@ class TreeRL:
     else:
       batch, m, _ = self.branch(state["params"], step, rng)
       self.buffer = []
-    batch = {k: {f: _put(np.asarray(v), self.shard) for f, v in b.items()}
+    batch = {k: {f: self._put(np.asarray(v)) for f, v in b.items()}
              for k, b in batch.items()}
     sup = next(self.sup) if self.sup is not None else {}
     with jax.set_mesh(self.setup.mesh):

@@ -434,6 +434,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if r3.onpolicy_every and config.data.layout != "split":
     raise ValueError("on-policy drafts (config.r3.onpolicy_every) need "
                      "config.data.layout='split'")
+  if set(r3_variants.R3_TASKS) & set(evaluated_tasks(config)):
+    r3_variants.get(config.r3.variant, evaluated_tasks(config))
   if config.r3.variant:
     variant = r3_variants.get(config.r3.variant, ())
     missing = sorted(set(variant.tasks) - set(evaluated_tasks(config)))

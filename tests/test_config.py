@@ -276,6 +276,10 @@ def test_a_saved_config_loads_over_todays_defaults(tmp_path):
      r"unknown R3 variant 'reflect_twice'"),
     (lambda c: c.r3.update(dict(variant="direct")),
      r"config.r3.variant='direct' needs the tasks \['refine_direct'\]"),
+    (lambda c: config_lib.select_tasks(c, ("caption", "reflect",
+                                           "refine_direct")),
+     r"reflect and refine_direct \(without refine\) imply no built-in "
+     r"variant: name one in config.r3.variant"),
     (lambda c: c.model.update(dict(patch_size=7)),
      r"config.world.image_size=64 is not divisible by "
      r"config.model.patch_size=7"),

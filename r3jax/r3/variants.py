@@ -67,10 +67,18 @@ DIRECT = register(Variant("direct", ("refine_direct",), reflect=False,
 
 def infer(tasks: Iterable[str]) -> Variant:
   """The variant a run's R3 tasks imply (config.r3.variant=""): direct with
-  refine_direct and no reflect, else reflect -> refine."""
+  refine_direct and no reflect, else reflect -> refine. reflect with
+  refine_direct and without refine implies neither: a ValueError asks for
+  the variant's name."""
   tasks = set(tasks)
-  return DIRECT if "refine_direct" in tasks and "reflect" not in tasks else (
-      REFLECT_REFINE)
+  if "refine_direct" in tasks and "reflect" not in tasks:
+    return DIRECT
+  if {"reflect", "refine_direct"} <= tasks and "refine" not in tasks:
+    raise ValueError("the R3 tasks reflect and refine_direct (without "
+                     "refine) imply no built-in variant: name one in "
+                     f"config.r3.variant (registered: {sorted(VARIANTS)}; "
+                     "docs/extending.md)")
+  return REFLECT_REFINE
 
 
 def get(name: str, tasks: Iterable[str]) -> Variant:

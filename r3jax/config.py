@@ -434,15 +434,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if r3.onpolicy_every and config.data.layout != "split":
     raise ValueError("on-policy drafts (config.r3.onpolicy_every) need "
                      "config.data.layout='split'")
-  if set(r3_variants.R3_TASKS) & set(evaluated_tasks(config)):
-    r3_variants.get(config.r3.variant, evaluated_tasks(config))
-  if config.r3.variant:
-    variant = r3_variants.get(config.r3.variant, ())
-    missing = sorted(set(variant.tasks) - set(evaluated_tasks(config)))
-    if missing:
+  evaluated = set(evaluated_tasks(config))
+  if config.r3.variant or set(r3_variants.R3_TASKS) & evaluated:
+    variant = r3_variants.get(config.r3.variant, evaluated)
+    missing = sorted(set(variant.tasks) - evaluated)
+    if config.r3.variant and missing:
       raise ValueError(f"config.r3.variant={config.r3.variant!r} needs the "
                        f"tasks {missing} in config.tasks (or eval_tasks)")
-    if config.rl.enabled and variant is not r3_variants.REFLECT_REFINE:
+    if config.rl.enabled and variant is not r3_variants.REFLECT_REFINE and (
+        config.r3.variant):
       raise ValueError(f"config.r3.variant={config.r3.variant!r}: R3-RL "
                        "(config.rl) trains the reflect -> refine variant only")
   if {"reflect", "refine", "refine_direct"} & set(config.tasks) and (

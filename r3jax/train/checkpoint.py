@@ -327,47 +327,57 @@ _MATCH_HINT = ("the model settings must be those in the config.json beside "
                "(configs/joint.py:base=DIR), which takes them")
 
 
-def _load_exported(path: str, abstract_params):
-  """Parameters from export_params' file, placed per abstract_params and
-  checked against the fingerprint saved with them."""
+def _read_exported(path: str) -> tuple[dict[str, np.ndarray], dict]:
+  """export_params' file: ({parameter path: array}, the saved fingerprint)."""
   with np.load(path, allow_pickle=False) as f:
     saved = json.loads(str(f["__fingerprint__"]))
     flat = {k: f[k] for k in f.files if k != "__fingerprint__"}
-  leaves = []
-  paths = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
-  missing = [jax.tree_util.keystr(k) for k, _ in paths
-             if jax.tree_util.keystr(k) not in flat]
-  if missing or len(flat) != len(paths):
-    raise ValueError(f"{path} does not hold this model's parameters: missing "
-                     f"{missing[:4]}, {len(flat)} arrays for {len(paths)}; "
-                     f"{_MATCH_HINT}")
-  for k, a in paths:
-    x = flat[jax.tree_util.keystr(k)]
-    if x.shape != a.shape or x.dtype != a.dtype:
-      raise ValueError(f"{path}: {jax.tree_util.keystr(k)} is {x.dtype}"
-                       f"{list(x.shape)}, the model's {a.dtype}{list(a.shape)}"
-                       f"; {_MATCH_HINT}")
-    leaves.append(jax.device_put(x, a.sharding))
-  params = jax.tree.unflatten(jax.tree.structure(abstract_params), leaves)
-  got = fingerprint(params)
-  if got != saved:
-    raise CorruptCheckpoint(f"{path} does not match the fingerprint saved "
-                            "with it")
-  return params
+  return flat, saved
 
 
-def _read_exported(path: str) -> dict[str, np.ndarray]:
-  """export_params' file as {parameter path: array}, checked against the
-  fingerprint saved with it."""
-  with np.load(path, allow_pickle=False) as f:
-    saved = json.loads(str(f["__fingerprint__"]))
-    flat = {k: f[k] for k in f.files if k != "__fingerprint__"}
+def _check_exported(path: str, flat: dict[str, np.ndarray], saved: dict):
   names = sorted(flat)
   got = fingerprint([jnp.asarray(flat[k]) for k in names])
   if set(names) != set(saved) or list(got.values()) != [saved[k] for k in names]:
     raise CorruptCheckpoint(f"{path} does not match the fingerprint saved "
                             "with it")
-  return flat
+
+
+def _place(where: str, flat: dict[str, Any], like, keep_missing: bool):
+  """A tree like `like` holding flat[path] placed per like's shardings
+  (checked against its shapes and dtypes), and the paths `flat` lacks,
+  which keep like's leaves when keep_missing, else fail."""
+  paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+  names = [jax.tree_util.keystr(k) for k, _ in paths]
+  missing = [n for n in names if n not in flat]
+  extra = sorted(set(flat) - set(names))
+  if keep_missing and extra:
+    raise ValueError(f"{where} holds parameters this model lacks: "
+                     f"{extra[:4]}; {_MATCH_HINT}")
+  if not keep_missing and (missing or extra):
+    raise ValueError(f"{where} does not hold this model's parameters: missing "
+                     f"{missing[:4]}, {len(flat)} arrays for {len(paths)}; "
+                     f"{_MATCH_HINT}")
+  leaves = []
+  for name, (_, a) in zip(names, paths):
+    if name not in flat:
+      leaves.append(a)
+      continue
+    x = flat[name]
+    if x.shape != a.shape or x.dtype != a.dtype:
+      raise ValueError(f"{where}: {name} is {x.dtype}{list(x.shape)}, the "
+                       f"model's {a.dtype}{list(a.shape)}; {_MATCH_HINT}")
+    leaves.append(jax.device_put(x, a.sharding))
+  return jax.tree.unflatten(treedef, leaves), missing
+
+
+def _load_exported(path: str, abstract_params):
+  """Parameters from export_params' file, placed per abstract_params and
+  checked against the fingerprint saved with them."""
+  flat, saved = _read_exported(path)
+  params, _ = _place(path, flat, abstract_params, keep_missing=False)
+  _check_exported(path, flat, saved)
+  return params
 
 
 def load_params_partial(workdir: str, fresh_params) -> tuple[Any, list[str]]:
@@ -378,34 +388,20 @@ def load_params_partial(workdir: str, fresh_params) -> tuple[Any, list[str]]:
   gained, which should start as a no-op (e.g. model.cross_pos's zero
   initialisation). A parameter the start holds and the model lacks, or one
   of another shape, is an error."""
+  where = f"config.init_from={workdir!r}"
   saved = _restore_as_saved(workdir)
   if saved is not None:
     flat = {jax.tree_util.keystr(k): v
             for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
-  elif os.path.exists(os.path.join(workdir, PARAMS_FILE)):
-    flat = _read_exported(os.path.join(workdir, PARAMS_FILE))
-  else:
-    raise FileNotFoundError(f"config.init_from={workdir!r} holds no "
-                            "checkpoint (train that run first)")
-  paths, treedef = jax.tree_util.tree_flatten_with_path(fresh_params)
-  names = [jax.tree_util.keystr(k) for k, _ in paths]
-  extra = sorted(set(flat) - set(names))
-  if extra:
-    raise ValueError(f"config.init_from={workdir!r} holds parameters this "
-                     f"model lacks: {extra[:4]}; {_MATCH_HINT}")
-  leaves, kept = [], []
-  for name, (_, fresh) in zip(names, paths):
-    if name not in flat:
-      kept.append(name)
-      leaves.append(fresh)
-      continue
-    x = flat[name]
-    if x.shape != fresh.shape or x.dtype != fresh.dtype:
-      raise ValueError(f"config.init_from={workdir!r}: {name} is {x.dtype}"
-                       f"{list(x.shape)}, the model's {fresh.dtype}"
-                       f"{list(fresh.shape)}; {_MATCH_HINT}")
-    leaves.append(jax.device_put(x, fresh.sharding))
-  return jax.tree.unflatten(treedef, leaves), kept
+    return _place(where, flat, fresh_params, keep_missing=True)
+  path = os.path.join(workdir, PARAMS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{where} holds no checkpoint (train that run "
+                            "first)")
+  flat, fingerprint_saved = _read_exported(path)
+  out = _place(where, flat, fresh_params, keep_missing=True)
+  _check_exported(path, flat, fingerprint_saved)
+  return out
 
 
 def load_params(workdir: str, abstract_params):

@@ -91,6 +91,14 @@ def defaults() -> ml_collections.ConfigDict:
       # "is B left of A ?" for "is A right of B ?"); evaluation asks them as
       # drawn.
       relation_questions="as_drawn",
+      # World VQA relation answers as one word ("word": "yes"), or trained
+      # after the two named objects' grid indices on the question's axis
+      # ("trace": "zero two yes", columns for left/right, rows for
+      # above/below, r3jax.world.vqa.relation_trace): the model reads each
+      # position into a word of its own before it compares them. Evaluation
+      # then scores a relation answer by its last word, and the indices as
+      # vqa/trace/accuracy.
+      relation_answers="word",
       # "world": the embedded synthetic world. "coco_vqa": COCO Captions
       # (caption and ITA tasks) and VQAv2 (vqa task) built from the official
       # files in manual_dir (r3jax/train/real_setup.py), at
@@ -175,6 +183,9 @@ def defaults() -> ml_collections.ConfigDict:
       # a decoder from init_from; -1: none).
       dec_identity_from=-1,
       dec_alibi=False,        # ALiBi slopes (learned) in decoder self-attention
+      # Early-fusion blocks: image tokens read the prompt before the decoder
+      # reads them (r3jax.model.config.ModelConfig.fusion_depth).
+      fusion_depth=0,
       # Changes to the named size; the default is a narrow, shallow Ti that
       # learns the default world in minutes on a laptop CPU.
       enc_overrides=dict(width=128, depth=2, heads=4, mlp=512),
@@ -412,6 +423,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.relation_questions not in ("as_drawn", "canonical"):
     raise ValueError("config.data.relation_questions must be 'as_drawn' or "
                      f"'canonical', got {config.data.relation_questions!r}")
+  if config.data.relation_answers not in ("word", "trace"):
+    raise ValueError("config.data.relation_answers must be 'word' or "
+                     f"'trace', got {config.data.relation_answers!r}")
+  if config.data.relation_answers == "trace":
+    if config.data.source != "world":
+      raise ValueError("config.data.relation_answers='trace' needs the "
+                       "synthetic world (config.data.source='world'), got "
+                       f"{config.data.source!r}")
+    w = config.world
+    grid = w.grid or max(3, w.max_objects)  # WorldConfig's default
+    if grid > w.max_objects + 1:
+      raise ValueError(
+          f"config.data.relation_answers='trace' writes grid indices as "
+          f"number words up to {grid - 1}, but config.world.max_objects="
+          f"{w.max_objects} puts numbers only up to {w.max_objects} in the "
+          f"vocabulary: use config.world.grid <= {w.max_objects + 1}")
   if "ground" in config.tasks:
     need = {"caption": config.tasks.caption.max_len} if (
         "caption" in config.tasks) else {}

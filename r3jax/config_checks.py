@@ -182,6 +182,9 @@ def check_model(config: ml_collections.ConfigDict,
   if not -1 <= m.dec_identity_from:
     raise ValueError(f"config.model.dec_identity_from must be -1 (no block) "
                      f"or a block index, got {m.dec_identity_from}")
+  if not isinstance(m.fusion_depth, int) or m.fusion_depth < 0:
+    raise ValueError(f"config.model.fusion_depth must be an int >= 0, got "
+                     f"{m.fusion_depth!r}")
   if m.cross_pos not in ("none", "xy"):
     raise ValueError(f"config.model.cross_pos must be 'none' or 'xy', got "
                      f"{m.cross_pos!r}")

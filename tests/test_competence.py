@@ -180,15 +180,20 @@ def test_export_ships_a_finished_run_with_its_gate_verdict_and_slice(
     export.export(wd, out)
 
 
+@pytest.mark.parametrize("answers,fusion", [("word", 0), ("trace", 1)])
 def test_relation_breakdown_asks_each_question_as_drawn_and_canonical(
-    tiny, tmp_path):
+    tiny, tmp_path, answers, fusion):
   """experiments.competence.relations: every relation question of the
   split's first images is asked twice (as drawn, canonical), grouped by
-  phrasing and answer; the unions are the count-weighted means."""
+  phrasing and answer; the unions are the count-weighted means, of the
+  written grid indices' scores too (relation_answers="trace", here with
+  an early-fusion block, which training, VQA and captions decode with)."""
   from experiments.competence import relations
   c = tiny()
   c.total_steps = 2
   c.interference.enabled = False
+  c.data.relation_answers = answers
+  c.model.fusion_depth = fusion
   wd = str(tmp_path / "run")
   loop.train_and_evaluate(c, wd, jax.devices()[:1])
   got = relations.breakdown(wd, "validation", 8)
@@ -200,8 +205,12 @@ def test_relation_breakdown_asks_each_question_as_drawn_and_canonical(
   parts = {k: v for k, v in got.items() if k.startswith("as drawn: ")
            and " | " in k}
   assert sum(v["count"] for v in parts.values()) == n
-  assert got["as drawn"]["accuracy"] == pytest.approx(sum(
-      v["accuracy"] * v["count"] for v in parts.values()) / n)
+  keys = ["accuracy"] + ([f"trace {k}" for k in relations.TRACE]
+                         if answers == "trace" else [])
+  assert {k for v in got.values() for k in v if "trace" in k} == set(keys[1:])
+  for k in keys:
+    assert got["as drawn"][k] == pytest.approx(sum(
+        v[k] * v["count"] for v in parts.values()) / n)
   assert all(k.split(": ")[1].split(" | ")[0] in (
       "left of", "above") for k in got if k.startswith("canonical: "))
   assert 0 <= got["captions: relation clauses true"]["accuracy"] <= 1

@@ -14,6 +14,7 @@ from experiments.competence import report, search
 @pytest.fixture
 def variants(tmp_path, monkeypatch):
   monkeypatch.setattr(search, "ROOT", str(tmp_path / "runs"))
+  monkeypatch.setattr(search, "STARTS", str(tmp_path / "starts"))
   monkeypatch.setattr(report, "HERE", str(tmp_path))
   monkeypatch.setattr(search, "VARIANTS", {
       "a": ("variant a", ("--config.model.stem=conv",)),
@@ -122,3 +123,22 @@ def test_a_variant_may_name_its_own_config_file(variants, monkeypatch):
   monkeypatch.setattr(search, "LONG", {"b": 7})
   assert search.command("b")[3] == "--config=configs/other.py:steps=7"
   assert search.command("a")[3].startswith("--config=configs/joint.py")
+
+
+def test_a_variant_may_start_from_a_pinned_shipped_step(variants,
+                                                        monkeypatch):
+  """"a@500": the parameters of a's checkpoint shipped at step 500, with
+  a's config.json, unpacked once outside git, whatever a has run since."""
+  monkeypatch.setattr(search, "CONFIGS", {"b": ("configs/other.py", "a@500")})
+  parent = search.workdir("a")
+  with pytest.raises(SystemExit, match=r"a@500: .*resume/500 is not there"):
+    search.command("b")
+  os.makedirs(os.path.join(parent, "resume", "500", "state"))
+  os.makedirs(os.path.join(parent, "checkpoints", "900"))
+  with open(os.path.join(parent, "config.json"), "w") as f:
+    f.write("{}")
+  start = os.path.join(search.STARTS, "a_500")
+  assert search.command("b")[3] == (
+      f"--config=configs/other.py:steps={search.STEPS},base={start}")
+  assert os.listdir(os.path.join(start, "checkpoints")) == ["500"]
+  assert os.path.exists(os.path.join(start, "config.json"))

@@ -470,3 +470,53 @@ def test_decoder_alibi_biases_self_attention_by_distance_in_both_paths():
     block.alibi[...] = jnp.zeros_like(block.alibi[...])
   np.testing.assert_allclose(model.decode(img, tokens), base.decode(img, tokens),
                              atol=1e-6)
+
+
+def test_early_fusion_starts_as_a_no_op_reads_only_the_prompt_and_decodes():
+  """fusion_depth: image tokens read the prompt (up to its first <sep>)
+  before the decoder reads them. At initialisation the blocks are the
+  identity (the logits of the model without them, with its parameters);
+  trained, the image tokens depend on the prompt's words and on nothing
+  after the <sep>; KV-cache decoding, with the keys and values computed
+  from the prompt buffer, equals greedy decoding by teacher forcing."""
+  from r3jax.data.tokenizer import SEP, SPECIALS
+  from r3jax.model.decoding import generate, generate_recompute
+  sep = SPECIALS.index(SEP)
+  base_cfg = tiny_config(dec_heads=2, max_len=12)
+  assert base_cfg.sep_id == sep
+  cfg = dataclasses.replace(base_cfg, fusion_depth=2)
+  base, model = make_model(base_cfg), make_model(cfg)
+  nnx.update(model, nnx.state(base, nnx.Param))
+  images, tokens = random_inputs(cfg, batch=3, length=8)
+  tokens = jnp.where(tokens == sep, 4, tokens).at[:, 4].set(sep)
+  np.testing.assert_array_equal(model(images, tokens), base(images, tokens))
+  for block in model.decoder.fusion:  # as if trained
+    for branch in (block.read.out, block.self_attn.out, block.mlp.fc2):
+      branch.kernel[...] = 0.3 * jax.random.normal(
+          jax.random.key(7), branch.kernel.shape)
+  img = model.encode(images)
+  fused = model.decoder.fuse(img, tokens)
+  assert not np.allclose(fused, img, atol=1e-3)
+  after = (tokens[:, 5:] + 1) % cfg.vocab_size
+  later = tokens.at[:, 5:].set(jnp.where(after == sep, 4, after))
+  np.testing.assert_array_equal(model.decoder.fuse(img, later), fused)
+  other = tokens.at[:, 2].set((tokens[:, 2] + 1) % cfg.vocab_size)
+  other = jnp.where(other == sep, 4, other)
+  assert not np.allclose(model.decoder.fuse(img, other), fused, atol=1e-4)
+  np.testing.assert_array_equal(
+      model.decoder.prompt_mask(jnp.array([[1, 5, sep, 6, sep], [1, 5, 6, 7, 8]])),
+      [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+  with pytest.raises(ValueError, match="fusion blocks needs the prompt"):
+    model.cross_kv(img)
+  # Prompts of 3, 4 and 5 tokens, each ending at its <sep>.
+  lens = jnp.array([3, 4, 5])
+  prompt = jnp.where(jnp.arange(5)[None] == lens[:, None] - 1, sep,
+                     jnp.where(tokens[:, :5] == sep, 4, tokens[:, :5]))
+  prompt = jnp.where(jnp.arange(5)[None] < lens[:, None], prompt, 0)
+  kw = dict(max_len=cfg.max_len, eos_id=1, pad_id=0)
+  got = generate(model, images, prompt, lens, prefill_len=3, **kw)
+  want = generate_recompute(model, images, prompt, lens, **kw)
+  np.testing.assert_array_equal(got.tokens, want.tokens)
+  np.testing.assert_array_equal(got.gen_len, want.gen_len)
+  with pytest.raises(ValueError, match="fusion_depth must be an int >= 0"):
+    tiny_config(fusion_depth=-1)

@@ -113,7 +113,7 @@ def test_canonical_relation_questions_keep_their_answers(world):
   asked as "is A left of B ?" and its answer, checked on the scene, stays."""
   from r3jax.world import scene_from_arrays
   from r3jax.world.facts import holds, resolve
-  from r3jax.world.verify import _ref
+  from r3jax.world.verify import parse_ref
   cfg, tok = world.world, world.tokenizer
   seen = set()
   for i in range(len(world.train_source)):
@@ -127,8 +127,9 @@ def test_canonical_relation_questions_keep_their_answers(world):
       assert not {"right", "below", "to"} & set(words)
       rel = "left" if "left" in words else "above"
       k = words.index(rel)
-      ia = resolve(_ref(words[1:k], cfg), scene)
-      ib = resolve(_ref(words[k + (2 if rel == "left" else 1):-1], cfg), scene)
+      ia = resolve(parse_ref(words[1:k], cfg), scene)
+      ib = resolve(parse_ref(words[k + (2 if rel == "left" else 1):-1], cfg),
+                   scene)
       assert ("yes" if holds(scene, ia, rel, ib) else "no") == a, (q, c)
       seen.add(" ".join(w for w in q.split()
                         if w in ("to", "left", "right", "above", "below")))
@@ -141,6 +142,119 @@ def test_canonical_relation_questions_keep_their_answers(world):
     ids = fmt(r, rng)["tokens"].tolist()
     question = tok.decode(ids[1:ids.index(tok.sep_id)]).split()
     assert not {"right", "below"} & set(question)
+
+
+def test_relation_trace_reads_the_answer_off_the_grid(world):
+  """config.data.relation_answers="trace": a relation target is A's and B's
+  grid indices, then the answer; the indices and the relation words alone
+  give the answer, for every phrasing and its canonical form, and the
+  formatter trains exactly that target (other types keep one word)."""
+  from r3jax.world import scene_from_arrays
+  from r3jax.world.config import NUMBERS
+  from r3jax.world.vqa import relation_operands, relation_trace
+  cfg, tok = world.world, world.tokenizer
+  n = 0
+  for i in range(len(world.train_source)):
+    r = world.train_source[i]
+    scene = scene_from_arrays(r["scene"], cfg)
+    for t, q, a in zip(r["vqa_types"], r["vqa_questions"], r["vqa_answers"]):
+      if t != "relation":
+        continue
+      for asked in (q, tasks.canonical_relation(q)):
+        ia, ib = (NUMBERS.index(w) for w in
+                  relation_trace(asked, scene, cfg).split())
+        _, _, swap, _ = relation_operands(asked, cfg)
+        assert ("yes" if (ia > ib if swap else ia < ib) else "no") == a, (
+            asked, a)
+        n += 1
+  assert n >= 60  # 37 questions, each as drawn and canonical
+  fmt = tasks.formatter("vqa", tok, 20, {"relation_answers": "trace",
+                                         "world": cfg})
+  r = next(world.train_source[i] for i in range(len(world.train_source))
+           if "relation" in list(world.train_source[i]["vqa_types"]))
+  scene = scene_from_arrays(r["scene"], cfg)
+  rng = np.random.default_rng(0)
+  seen = set()
+  for _ in range(60):
+    out = fmt(r, rng)
+    ids = out["tokens"].tolist()
+    question = tok.decode(ids[1:ids.index(tok.sep_id)])
+    target = tok.decode([t for t, m in zip(out["targets"].tolist(),
+                                           out["loss_mask"]) if m])
+    k = list(r["vqa_questions"]).index(question)
+    qtype, answer = r["vqa_types"][k], r["vqa_answers"][k]
+    want = (f"{relation_trace(question, scene, cfg)} {answer}"
+            if qtype == "relation" else answer)
+    assert target == want
+    seen.add(qtype)
+  assert "relation" in seen and len(seen) > 1
+  with pytest.raises(ValueError, match="needs the world's settings"):
+    tasks.relation_trace("is the circle left of the square ?", r, None)
+
+
+def test_trace_scorer_takes_the_last_word_and_scores_the_indices(world):
+  from r3jax.world import scene_from_arrays
+  from r3jax.world.vqa import relation_trace
+  cfg = world.world
+  records = [world.train_source[i] for i in range(40)]
+  items = [(i, q, a, {"qtype": t}) for i, r in enumerate(records)
+           for q, a, t in zip(r["vqa_questions"], r["vqa_answers"],
+                              r["vqa_types"])]
+  rel = [k for k, it in enumerate(items) if it[3]["qtype"] == "relation"]
+  assert len(rel) >= 4
+  flip = {"yes": "no", "no": "yes"}
+  preds = []
+  for k, (i, q, a, e) in enumerate(items):
+    if e["qtype"] != "relation":
+      preds.append(a)
+      continue
+    trace = relation_trace(q, scene_from_arrays(records[i]["scene"], cfg),
+                           cfg)
+    j = rel.index(k)
+    if j == 0:  # right indices, wrong answer
+      preds.append(f"{trace} {flip[a]}")
+    elif j == 1:  # wrong indices, right answer
+      preds.append(f"{' '.join(reversed(trace.split()))} {a}")
+    elif j == 2:  # no indices
+      preds.append(a)
+    else:
+      preds.append(f"{trace} {a}")
+  got = world_setup.make_vqa_scorer(cfg, "trace")("vqa", preds, items,
+                                                  records)
+  n = len(rel)
+  assert got["qtype/relation/accuracy"] == pytest.approx((n - 1) / n)
+  assert got["trace/accuracy"] == pytest.approx((n - 2) / n)
+  # item 1 swapped both indices; item 2 wrote none
+  assert got["trace/a"] == got["trace/b"] == pytest.approx((n - 2) / n)
+  # item 0's answer contradicts its indices, item 1's follows from them
+  # (swapped indices give the flipped answer, not the one it wrote), and
+  # item 2 wrote no indices
+  assert got["trace/consistent"] == pytest.approx((n - 3) / n)
+  for k in ("accuracy", "a", "b", "consistent"):
+    assert got[f"qtype/relation/trace/{k}"] == got[f"trace/{k}"]
+  assert got["trace/count"] == n
+  for t in ("color", "count", "existence"):
+    assert got[f"qtype/{t}/accuracy"] == 1.0
+  plain = world_setup.make_vqa_scorer(cfg, "word")("vqa", preds, items,
+                                                   records)
+  assert plain["qtype/relation/accuracy"] == pytest.approx(1 / n)
+  assert "trace/accuracy" not in plain
+
+
+def test_relation_answers_are_checked_by_the_config(tiny):
+  from r3jax import config as config_lib
+  c = tiny()
+  c.data.relation_answers = "chain"
+  with pytest.raises(ValueError, match="relation_answers must be 'word' or "
+                     "'trace', got 'chain'"):
+    config_lib.validate(c)
+  c = tiny()
+  c.data.relation_answers = "trace"
+  config_lib.validate(c)
+  c.world.grid = 5
+  with pytest.raises(ValueError, match=r"grid indices as number words up to "
+                     r"4, .* use config.world.grid <= 4"):
+    config_lib.validate(c)
 
 
 def test_type_weights_are_checked_by_the_config(tiny):

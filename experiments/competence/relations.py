@@ -28,6 +28,11 @@ import sys
 from r3jax.analysis import competence
 from r3jax.data import tasks as tasks_lib
 
+# The written grid indices' scores (relation_answers="trace"; world_setup's
+# VQA scorer).
+TRACE = ("accuracy", "a", "b", "consistent")
+
+
 def phrasing(question: str) -> str:
   """The relation words of a relation question ("to the right of")."""
   words = question.split()
@@ -70,6 +75,7 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256
   from r3jax.world.facts import is_true  # noqa: PLC0415
   from r3jax.train import checkpoint as ckpt_lib  # noqa: PLC0415
   from r3jax.train import loop  # noqa: PLC0415
+  from r3jax.train import world_setup  # noqa: PLC0415
 
   config = competence.eval_config(workdir, split, max_examples)
   mesh, world, setup, _ = loop.build(config)
@@ -85,7 +91,8 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256
   with jax.set_mesh(mesh):
     got = evaluator_lib.Evaluator(
         setup, records, world.tokenizer, tasks, config.final_eval.batch_size,
-        {"vqa": evaluator_lib.score_vqa}).run(params)
+        {"vqa": world_setup.make_vqa_scorer(
+            world.world, config.data.relation_answers)}).run(params)
     captions = loop_.captions(params, images)
   true = clauses = 0
   for caption, r in zip(captions, images):
@@ -99,19 +106,26 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256
   groups = {}
   prefix = "vqa/qtype/"
   for key, v in got.items():
-    if key.startswith(prefix) and key.endswith("/accuracy"):
+    if (key.startswith(prefix) and key.endswith("/accuracy") and
+        "/trace/" not in key):
       name = key[len(prefix):-len("/accuracy")]
-      groups[name] = (v, got[f"{prefix}{name}/count"])
+      # with relation_answers="trace": the written grid indices' scores
+      trace = {k: got[f"{prefix}{name}/trace/{k}"] for k in TRACE
+               if f"{prefix}{name}/trace/{k}" in got}
+      groups[name] = (v, got[f"{prefix}{name}/count"], trace)
   out = {}
-  for name, (acc, n) in groups.items():
-    out[name] = {"accuracy": acc, "count": n}
+  for name, (acc, n, trace) in groups.items():
+    out[name] = {"accuracy": acc, "count": n,
+                 **{f"trace {k}": v for k, v in trace.items()}}
     for union in (name.split(" | ")[0], name.split(":")[0]):
-      u = out.setdefault(union, {"hits": 0.0, "count": 0.0})
-      u["hits"] += acc * n
+      u = out.setdefault(union, {"hits": {}, "count": 0.0})
+      for k, v in {"accuracy": acc, **{f"trace {k}": v for k, v in
+                                       trace.items()}}.items():
+        u["hits"][k] = u["hits"].get(k, 0.0) + v * n
       u["count"] += n
   for u in out.values():
     if "hits" in u:
-      u["accuracy"] = u.pop("hits") / max(u["count"], 1)
+      u.update({k: v / max(u["count"], 1) for k, v in u.pop("hits").items()})
   out = dict(sorted(out.items()))
   out["captions: relation clauses true"] = {
       "accuracy": true / max(clauses, 1), "count": clauses}
@@ -127,7 +141,8 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   out = breakdown(args.workdir, args.split, args.max_examples)
   for name, v in out.items():
-    print(f"{name:32s} {v['accuracy']:.3f}  ({int(v['count'])})")
+    trace = "".join(f"  {k} {v[k]:.3f}" for k in sorted(v) if "trace" in k)
+    print(f"{name:32s} {v['accuracy']:.3f}  ({int(v['count'])}){trace}")
   if args.out:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:

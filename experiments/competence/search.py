@@ -40,22 +40,32 @@ LONG = {"mix_sincos_rf_40k": 40_000, "rf_40k_rel4": 40_000,
 BRANCHES = {"rf_40k_rel4": ("mix_sincos_rf_40k", 19_270),
             "rf_40k_rel4_canon": ("mix_sincos_rf_40k", 19_270)}
 # Variants trained from another config file than configs/joint.py: name ->
-# (config file, the variant whose latest parameters start it, or None).
-CONFIGS = {"rel_only": ("configs/understanding_only.py", "mix_sincos_rf_40k"),
+# (config file, the variant whose latest parameters start it, or
+# "variant@step" for that variant's checkpoint shipped at step, or None).
+AT_19270 = "mix_sincos_rf_40k@19270"
+# Where such pinned starts are unpacked (git-ignored).
+STARTS = os.path.join("runs", "competence_starts")
+CONFIGS = {"rel_only": ("configs/understanding_only.py", AT_19270),
            "rel_only_xy": ("configs/understanding_only.py",
-                           "mix_sincos_rf_40k"),
+                           AT_19270),
            "rel_only_deep": ("configs/understanding_only.py",
-                             "mix_sincos_rf_40k"),
+                             AT_19270),
            "rel_only_deep_xy": ("configs/understanding_only.py",
-                                "mix_sincos_rf_40k"),
+                                AT_19270),
            "rel_only_alibi": ("configs/understanding_only.py",
-                              "mix_sincos_rf_40k"),
+                              AT_19270),
            "rel_only_deep_xy_alibi": ("configs/understanding_only.py",
-                                      "mix_sincos_rf_40k")}
+                                      AT_19270),
+           "rel_only_trace": ("configs/understanding_only.py",
+                              AT_19270),
+           "rel_only_xy_trace": ("configs/understanding_only.py",
+                                 AT_19270),
+           "rel_only_fusion": ("configs/understanding_only.py", AT_19270)}
 CONFIGS["two_scratch"] = CONFIGS["two_scratch_dxa"] = (
     "configs/understanding_only.py", None)
 for _name in ("rel_only", "rel_only_xy", "rel_only_deep", "rel_only_deep_xy",
-              "rel_only_alibi", "rel_only_deep_xy_alibi"):
+              "rel_only_alibi", "rel_only_deep_xy_alibi", "rel_only_trace",
+              "rel_only_xy_trace", "rel_only_fusion"):
   LONG[_name] = 4_000
 LONG["two_scratch"] = LONG["two_scratch_dxa"] = 6_000
 COMMON = ("--config.interference.enabled=False",
@@ -104,6 +114,14 @@ GROW = ("--config.model.dec_depth=4", "--config.model.dec_identity_from=2")
 # starting at 2^(-8h/N)): heads that read the nearest words, so the second
 # object's description can be read apart from the first's.
 ALIBI = ("--config.model.dec_alibi=True",)
+# Relation answers trained after the two objects' grid indices on the
+# question's axis ("zero two yes", config.data.relation_answers): each
+# position is read into a word of its own, which later positions read as
+# an input, before the comparison.
+TRACE = ("--config.data.relation_answers=trace",)
+# Two early-fusion blocks (model.fusion_depth, identity at first): the image
+# tokens read the question, then each other, before the decoder reads them.
+FUSION = ("--config.model.fusion_depth=2",)
 # Two objects in every image (a world of its own, for a learnability test),
 # VQA (relation drawn 4 times as often as each other type) and ITA, 16 and
 # 8 images a step.
@@ -174,6 +192,24 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "layer 2 selects, and ALiBi lets REF_B's words be read apart from "
         "REF_A's",
         REL_ONLY + GROW + XY + ALIBI + PARTIAL),
+    "rel_only_trace": ("rel_only with relation answers trained after the "
+                       "two objects' grid indices (\"zero two yes\"): the "
+                       "start selects object A where its description ends "
+                       "but the answer position reads neither position; "
+                       "written indices make each selection a prediction "
+                       "of its own and hand it to the comparison as a word",
+                       REL_ONLY + TRACE),
+    "rel_only_xy_trace": ("rel_only_trace with rel_only_xy's coordinates: "
+                          "the index an attended object's patches give is "
+                          "then a linear read of the cross-attention values",
+                          REL_ONLY + TRACE + XY + PARTIAL),
+    "rel_only_fusion": ("rel_only with two early-fusion blocks: the "
+                        "object a phrase names can mark itself among the "
+                        "image tokens and compare itself with the other "
+                        "named object there (a relation computed between "
+                        "image tokens, as a relation network does), so the "
+                        "decoder need not select two objects from one query",
+                        REL_ONLY + FUSION + PARTIAL),
     "two_scratch": ("a learnability test of relations from scratch: the "
                     "mix_sincos_rf model (2 decoder blocks) trained on VQA "
                     "and ITA in a world of two objects per image",
@@ -203,12 +239,32 @@ def workdir(name: str) -> str:
   return os.path.join(ROOT, name)
 
 
+def start_dir(start: str) -> str:
+  """The directory a variant's parameters start from: the workdir of
+  variant `start`, or for "variant@step" a directory outside git holding
+  that variant's config.json and its checkpoint shipped at step (so the
+  start stays put while the variant trains on)."""
+  if "@" not in start:
+    return workdir(start)
+  name, step = start.split("@")
+  out = os.path.join(STARTS, f"{name}_{step}")
+  if not os.path.isdir(os.path.join(out, "checkpoints", step)):
+    src = os.path.join(workdir(name), "resume", step)
+    if not os.path.isdir(src):
+      raise SystemExit(f"{start}: {src} is not there (git holds it at the "
+                       "commit that shipped it)")
+    os.makedirs(out, exist_ok=True)
+    shutil.copy(os.path.join(workdir(name), "config.json"), out)
+    shutil.copytree(src, os.path.join(out, "checkpoints", step))
+  return out
+
+
 def command(name: str) -> list[str]:
   if name not in VARIANTS:
     raise SystemExit(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
   path, start = CONFIGS.get(name, ("configs/joint.py", None))
   config = f"{path}:steps={steps(name)}" + (
-      f",base={workdir(start)}" if start else "")
+      f",base={start_dir(start)}" if start else "")
   return [sys.executable, "-m", "r3jax.main", f"--config={config}",
           f"--workdir={workdir(name)}", *COMMON, *VARIANTS[name][1]]
 
@@ -274,8 +330,8 @@ def run(name: str, until: int = 0) -> int:
   os.makedirs(wd, exist_ok=True)
   restore_shipped(wd, name)
   start = CONFIGS.get(name, (None, None))[1]
-  if start:  # its start's checkpoint, shipped for a fresh clone
-    restore_shipped(workdir(start), start)
+  if start and "@" not in start:  # its start's checkpoint, shipped for a
+    restore_shipped(workdir(start), start)  # fresh clone
   start, t0 = last_step(wd) or BRANCHES.get(name, (None, 0))[1], time.time()
   if until and start >= until:
     return 0

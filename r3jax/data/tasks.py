@@ -29,7 +29,9 @@ from r3jax.r3 import data as r3_data
 from r3jax.r3 import grounded
 from r3jax.r3 import real as r3_real
 from r3jax.world.language import REL_WORDS
+from r3jax.world.scene import scene_from_arrays
 from r3jax.world.vqa import QTYPES
+from r3jax.world.vqa import relation_trace as scene_relation_trace
 
 _REL_HEADS = ("left", "right", "above", "below")
 
@@ -97,12 +99,15 @@ register(Task(
 ))
 
 
-def _vqa_sample(r, rng, type_weights=None, relation_questions="as_drawn"):
+def _vqa_sample(r, rng, type_weights=None, relation_questions="as_drawn",
+                relation_answers="word", world=None):
   """One of the record's questions: uniformly, or with probability in
   proportion to its type's weight (config.tasks.vqa.type_weights; types not
   named weigh 1). A record whose questions all weigh 0 is drawn uniformly.
   relation_questions="canonical" (config.data) rewrites a relation question
-  to its canonical phrasing (canonical_relation)."""
+  to its canonical phrasing (canonical_relation); relation_answers="trace"
+  puts the two objects' grid indices before a relation answer ("zero two
+  yes", r3jax.world.vqa.relation_trace; `world` is the WorldConfig)."""
   n = len(r["vqa_questions"])
   if not type_weights:
     i = rng.integers(n)
@@ -112,7 +117,19 @@ def _vqa_sample(r, rng, type_weights=None, relation_questions="as_drawn"):
   question = r["vqa_questions"][i]
   if relation_questions == "canonical" and r["vqa_types"][i] == "relation":
     question = canonical_relation(question)
-  return question, r["vqa_answers"][i]
+  answer = r["vqa_answers"][i]
+  if relation_answers == "trace" and r["vqa_types"][i] == "relation":
+    answer = f"{relation_trace(question, r, world)} {answer}"
+  return question, answer
+
+
+def relation_trace(question: str, record: Record, world) -> str:
+  """r3jax.world.vqa.relation_trace on the record's scene."""
+  if world is None:
+    raise ValueError("relation_answers='trace' needs the world's settings "
+                     "(the synthetic world's records only)")
+  return scene_relation_trace(
+      question, scene_from_arrays(record["scene"], world), world)
 
 
 def relation_span(words: Sequence[str]) -> tuple[int, int] | None:
@@ -150,7 +167,7 @@ register(Task(
         r["vqa_questions"], r["vqa_answers"], r["vqa_types"])],
     fields=("vqa_questions", "vqa_answers"),
     item_types=QTYPES,
-    sample_options=("relation_questions",),
+    sample_options=("relation_questions", "relation_answers", "world"),
 ))
 
 

@@ -116,6 +116,17 @@ class ModelConfig:
   # learned absolute positions: heads that prefer the nearest words, so the
   # words of a phrase can be read apart from an earlier phrase's.
   dec_alibi: bool = False
+  # Early fusion: this many blocks in which the image tokens read the
+  # prompt (the text up to its first <sep>) before the decoder reads them
+  # (decoder.FusionBlock): each block lets the tokens attend to the prompt's
+  # words, then to each other, then an MLP, every output projection zero at
+  # first, so a model that gains the blocks computes what it did without
+  # them. The decoder's cross-attention keys and values then depend on the
+  # prompt: decoding computes them from the prompt buffer.
+  fusion_depth: int = 0
+  # The tokenizers' <sep> id (r3jax.data.tokenizer.SPECIALS): where a
+  # prompt ends, for fusion_depth > 0.
+  sep_id: int = 2
   # A learned [CLS] token before the image tokens, with its own position (P + 1
   # tokens reach the decoder), and the exact (erf) GELU instead of the tanh
   # approximation in the encoder's MLPs: what Hugging Face ViT checkpoints
@@ -162,6 +173,9 @@ class ModelConfig:
     if not isinstance(self.dec_identity_from, int) or self.dec_identity_from < 0:
       raise ValueError(f"dec_identity_from must be an int >= 0, got "
                        f"{self.dec_identity_from!r}.")
+    if not isinstance(self.fusion_depth, int) or self.fusion_depth < 0:
+      raise ValueError(f"fusion_depth must be an int >= 0, got "
+                       f"{self.fusion_depth!r}.")
     if not isinstance(self.dec_alibi, bool):
       raise ValueError(f"ModelConfig.dec_alibi must be a bool, got "
                        f"{self.dec_alibi!r}.")

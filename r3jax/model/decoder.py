@@ -131,6 +131,47 @@ class DecoderBlock(nnx.Module):
     return constrain(x_BxSxD, ACT_BxLxD), cache
 
 
+class FusionBlock(nnx.Module):
+  """Early fusion (ModelConfig.fusion_depth): image tokens read the prompt.
+
+  The prompt's embeddings first attend to each other (bidirectionally, over
+  the prompt only), so that a word carries its phrase; then every image
+  token attends to them, then the image tokens attend to each other, then an
+  MLP. A token of the object a phrase names can so mark itself, and compare
+  itself with the token another phrase names, before the decoder reads the
+  image. The three branches that write to the image tokens start at zero:
+  the block starts as the identity."""
+
+  def __init__(self, width: int, heads: int, mlp: int, *, rngs: nnx.Rngs,
+               dtype: jnp.dtype, ln_vjp: bool = True, attention: str = "auto"):
+    def ln():
+      return LayerNorm(width, rngs=rngs, dtype=dtype, custom_vjp=ln_vjp)
+
+    def attn(out_init=None):
+      return Attention(width, heads, rngs=rngs, dtype=dtype,
+                       implementation=attention, out_init=out_init)
+
+    zeros = nnx.initializers.zeros
+    self.ln_text, self.text_attn = ln(), attn()
+    self.ln_query, self.ln_prompt, self.read = ln(), ln(), attn(zeros)
+    self.ln_self, self.self_attn = ln(), attn(zeros)
+    self.ln_mlp = ln()
+    self.mlp = Mlp(width, mlp, rngs=rngs, dtype=dtype, out_init=zeros)
+
+  def __call__(self, img_BxPxD: jax.Array, text_BxLxD: jax.Array,
+               prompt_BxL: jax.Array) -> jax.Array:
+    keys = prompt_BxL[:, None, None, :]  # B x 1 x 1 x L: attend to prompt
+    text_BxLxD = text_BxLxD + self.text_attn.attend(
+        self.ln_text(text_BxLxD), *self.text_attn.kv(self.ln_text(text_BxLxD)),
+        mask=keys)
+    img_BxPxD = img_BxPxD + self.read.attend(
+        self.ln_query(img_BxPxD), *self.read.kv(self.ln_prompt(text_BxLxD)),
+        mask=keys)
+    img_BxPxD = img_BxPxD + self.self_attn(self.ln_self(img_BxPxD))
+    img_BxPxD = img_BxPxD + self.mlp(self.ln_mlp(img_BxPxD))
+    return constrain(img_BxPxD, ACT_BxLxD)
+
+
 def _write(cache_BxNxTxK: jax.Array, new_BxSxNxK: jax.Array,
            start: int | jax.Array) -> jax.Array:
   """The cache with positions start..start+S-1 replaced by the new entries; a
@@ -168,6 +209,14 @@ class Decoder(nnx.Module):
                            alibi=cfg.dec_alibi)
               for i in range(cfg.dec_depth)]
     self.blocks = scan.stack(blocks) if cfg.scan_layers else nnx.List(blocks)
+    self.sep_id = cfg.sep_id
+    self.fusion = nnx.data(None)
+    if cfg.fusion_depth:
+      self.fusion = nnx.List([
+          FusionBlock(width, cfg.dec_heads, cfg.dec_mlp, rngs=rngs,
+                      dtype=dtype, ln_vjp=cfg.ln_custom_vjp,
+                      attention=cfg.attention)
+          for _ in range(cfg.fusion_depth)])
     self.ln_final = LayerNorm(width, rngs=rngs, dtype=dtype,
                               custom_vjp=cfg.ln_custom_vjp)
     # Zero-initialised head (as in CapPa): training starts from uniform predictions.
@@ -195,11 +244,33 @@ class Decoder(nnx.Module):
     if length > self.max_len:
       raise ValueError(f"{what} {length} exceeds the model's max_len={self.max_len}.")
 
+  def prompt_mask(self, tokens_BxL: jax.Array) -> jax.Array:
+    """B x L bool: the positions up to and including each row's first <sep>
+    (every position's at or before it; position 0 alone in a row without
+    one). Whatever follows, targets or padding, is outside."""
+    sep_BxL = tokens_BxL == self.sep_id
+    before_BxL = jnp.cumsum(sep_BxL, axis=1) - sep_BxL
+    has_B = sep_BxL.any(axis=1, keepdims=True)
+    first = jnp.arange(tokens_BxL.shape[1])[None] == 0
+    return (before_BxL == 0) & (has_B | first)
+
+  def fuse(self, img_BxPxD: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
+    """The image tokens after the fusion blocks have read the prompt in
+    tokens_BxL (unchanged without fusion blocks)."""
+    img_BxPxD = img_BxPxD.astype(self.dtype)
+    if self.fusion is None:
+      return img_BxPxD
+    text_BxLxD = self._embed(tokens_BxL, 0)
+    prompt_BxL = self.prompt_mask(tokens_BxL)
+    for block in self.fusion:
+      img_BxPxD = block(img_BxPxD, text_BxLxD, prompt_BxL)
+    return img_BxPxD
+
   def __call__(self, img_BxPxD: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
     """Teacher forcing at positions 0..L-1."""
     self._check_len(tokens_BxL.shape[1], "Sequence length")
     x_BxLxD = self._embed(tokens_BxL, 0)
-    img_BxPxD = img_BxPxD.astype(self.dtype)
+    img_BxPxD = self.fuse(img_BxPxD, tokens_BxL)
     x_BxLxD = scan.run_blocks(self.blocks, x_BxLxD, img_BxPxD, remat=self.remat,
                               scanned=self.scan_layers)
     return self.head(self.ln_final(x_BxLxD))
@@ -207,8 +278,15 @@ class Decoder(nnx.Module):
   def _layers(self) -> list[DecoderBlock]:
     return scan.layers(self.blocks, self.scan_layers)
 
-  def cross_kv(self, img_BxPxD: jax.Array) -> CrossKV:
-    img_BxPxD = img_BxPxD.astype(self.dtype)
+  def cross_kv(self, img_BxPxD: jax.Array,
+               prompt_BxL: jax.Array | None = None) -> CrossKV:
+    """Per-layer cross-attention k/v; with fusion blocks they depend on the
+    prompt (tokens up to the first <sep>; later tokens are not read)."""
+    if self.fusion is not None and prompt_BxL is None:
+      raise ValueError("a decoder with fusion blocks needs the prompt to "
+                       "compute its cross-attention keys and values")
+    img_BxPxD = (self.fuse(img_BxPxD, prompt_BxL) if prompt_BxL is not None
+                 else img_BxPxD.astype(self.dtype))
     out = []
     for block in self._layers():
       k_BxPxNxK, v_BxPxNxK = block.cross_kv(img_BxPxD)

@@ -51,12 +51,14 @@ def _image_tokens(model: Model, images_or_img: jax.Array) -> jax.Array:
   return model.encode(images_or_img) if images_or_img.ndim == 4 else images_or_img
 
 
-def _cross_kv(model: Model, images_or_img):
+def _cross_kv(model: Model, images_or_img, prompt_BxL: jax.Array):
   """Per-layer cross-attention k/v from images, image tokens, or the k/v
-  themselves (a list of (k, v) pairs, reused across calls)."""
+  themselves (a list of (k, v) pairs, reused across calls; with early
+  fusion they must be those of the same prompts)."""
   if isinstance(images_or_img, (list, tuple)):
     return images_or_img
-  return model.cross_kv(_image_tokens(model, images_or_img))
+  return model.cross_kv(_image_tokens(model, images_or_img),
+                        prompt_BxL if model.cfg.fusion_depth else None)
 
 
 def _check(model: Model, prompt_BxL: jax.Array, max_len: int, prefill_len: int):
@@ -195,7 +197,7 @@ def generate_until(model: Model, images_or_img, prompt_BxL: jax.Array,
   if temperature > 0.0 and rng is None:
     raise ValueError("Sampling with temperature > 0 needs an rng key.")
   prompt_len_B = prompt_len_B.astype(jnp.int32)
-  cross_kv = _cross_kv(model, images_or_img)
+  cross_kv = _cross_kv(model, images_or_img, prompt_BxL)
   place = _place_fn(prompt_len_B, eos_id, pad_id, temperature, top_k, top_p,
                     rng, pause_id)
   if state is None:
@@ -309,7 +311,7 @@ def generate_lookup(model: Model, images_or_img, prompt_BxL: jax.Array,
   _check(model, prompt_BxL, max_len, prefill_len)
   batch = prompt_BxL.shape[0]
   prompt_len_B = prompt_len_B.astype(jnp.int32)
-  cross_kv = _cross_kv(model, images_or_img)
+  cross_kv = _cross_kv(model, images_or_img, prompt_BxL)
   cache = model.init_cache(batch, max_len)
   tokens_BxT = _buffer(prompt_BxL, max_len, pad_id)
   positions_T = jnp.arange(max_len)

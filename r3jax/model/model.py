@@ -69,9 +69,12 @@ class Model(nnx.Module):
       img_IxPxD = jnp.repeat(img_IxPxD, n_txt // n_img, axis=0)
     return self.decode(img_IxPxD, tokens_BxL)
 
-  def cross_kv(self, img_BxPxD: jax.Array) -> CrossKV:
-    """Per-layer cross-attention (k, v), computed once per image."""
-    return self.decoder.cross_kv(img_BxPxD)
+  def cross_kv(self, img_BxPxD: jax.Array,
+               prompt_BxL: jax.Array | None = None) -> CrossKV:
+    """Per-layer cross-attention (k, v), computed once per image, or with
+    early fusion (cfg.fusion_depth) once per prompt: `prompt_BxL` holds it
+    (up to its first <sep>; what follows is not read)."""
+    return self.decoder.cross_kv(img_BxPxD, prompt_BxL)
 
   def init_cache(self, batch: int, max_len: int | None = None) -> Cache:
     """Zeroed per-layer self-attention k/v buffers of length max_len (default

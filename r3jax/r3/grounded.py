@@ -72,7 +72,7 @@ from r3jax.world.config import NUMBERS, WorldConfig
 from r3jax.world.facts import KindCount, Ref, resolve
 from r3jax.world.scene import Scene, scene_from_arrays
 from r3jax.world.language import LISTING_HEADS, REL_WORDS, plural, ref_text
-from r3jax.world.verify import _item, _ref
+from r3jax.world.verify import _item, parse_ref
 
 J = 3  # words per answer at most ("a", "an", "one")
 _NEG = -1e30
@@ -151,11 +151,12 @@ def _relation_slots(at: int, tokens: list[str], subject: Ref | None,
   predicate, offset = tokens, 0
   if tokens[:1] == ["the"]:
     k = tokens.index("is") if "is" in tokens else len(tokens)
-    subject, predicate, offset = _ref(tokens[:k], cfg), tokens[k + 1:], k + 1
+    subject, predicate, offset = (parse_ref(tokens[:k], cfg), tokens[k + 1:],
+                                  k + 1)
   for words in REL_WORDS:
     if tuple(predicate[:len(words)]) != words:
       continue
-    obj = _ref(predicate[len(words):], cfg)
+    obj = parse_ref(predicate[len(words):], cfg)
     if subject is None or obj is None or not (
         _names_one(subject, scene) and _names_one(obj, scene)):
       return [], subject

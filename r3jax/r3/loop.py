@@ -101,8 +101,12 @@ class R3Loop:
 
     @jax.jit
     def kv_fn(params, images):
+      """Cross-attention k/v once per image; with early fusion they depend
+      on each stage's prompt, so the image tokens (decoding computes the
+      k/v from them and the prompt)."""
       model = nnx.merge(graphdef, params)
-      return model.cross_kv(model.encode(images))
+      img = model.encode(images)
+      return img if model.cfg.fusion_depth else model.cross_kv(img)
 
     self._kv_fn = kv_fn
     self._gen_fns = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 from collections.abc import Callable, Mapping
@@ -9,6 +10,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
@@ -24,6 +26,8 @@ from r3jax.model import pretrained
 from r3jax.train import checkpoint as ckpt_lib
 from r3jax.r3 import loop as r3_loop
 from r3jax.r3 import variants as r3_variants
+from r3jax.world.config import NUMBERS
+from r3jax.world.vqa import relation_operands
 
 
 def world_config(config: ml_collections.ConfigDict) -> world_lib.WorldConfig:
@@ -45,7 +49,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int,
       pos_init=m.pos_init, stem_convs=m.stem_convs, cross_pos=m.cross_pos,
       dec_identity_from=(m.dec_identity_from if m.dec_identity_from >= 0
                          else 1_000_000),
-      dec_alibi=m.dec_alibi,
+      dec_alibi=m.dec_alibi, fusion_depth=m.fusion_depth,
       cls_token=m.cls_token, enc_gelu=m.enc_gelu,
       ln_custom_vjp=m.ln_custom_vjp, attention=m.attention,
       **{f"enc_{k}": v for k, v in m.enc_overrides.items()})
@@ -83,6 +87,54 @@ def make_caption_scorer(cfg: world_lib.WorldConfig):
   return score
 
 
+def make_vqa_scorer(cfg: world_lib.WorldConfig, relation_answers: str):
+  """score_vqa; with relation_answers="trace" the answer to a relation
+  question (one with relation words) is its prediction's last word;
+  vqa/trace/accuracy is the share of relation predictions whose grid
+  indices (all but the last word) are right, trace/a and trace/b the
+  shares whose first and second index are, and trace/consistent the share
+  whose answer follows from the indices it wrote; the same per question
+  type under qtype/<type>/trace/."""
+  if relation_answers != "trace":
+    return evaluator_lib.score_vqa
+
+  def score(task, preds, items, records) -> dict:
+    answers, hits = [], collections.defaultdict(list)
+    for p, (i, q, _, extra) in zip(preds, items):
+      if tasks_lib.relation_span(q.split()) is None:  # not a relation
+        answers.append(p)
+        continue
+      words = p.split()
+      answers.append(words[-1] if words else "")
+      want = tasks_lib.relation_trace(q, records[i], cfg).split()
+      got = {"accuracy": words[:-1] == want,
+             "a": words[:1] == want[:1] and len(words) > 2,
+             "b": words[1:2] == want[1:] and len(words) > 2,
+             "consistent": len(words) == 3 and (
+                 words[-1] == _answer_of(q, words[:2], cfg))}
+      for k, v in got.items():
+        hits[f"trace/{k}"].append(v)
+        hits[f"qtype/{extra['qtype']}/trace/{k}"].append(v)
+    out = evaluator_lib.score_vqa(task, answers, items, records)
+    out.update({k: float(np.mean(v)) for k, v in hits.items()})
+    if hits:
+      out["trace/count"] = float(len(hits["trace/accuracy"]))
+    return out
+  return score
+
+
+def _answer_of(question: str, indices: list[str], cfg) -> str | None:
+  """The answer two written grid indices give `question`, None when they
+  are not two distinct indices."""
+  numbers = NUMBERS[:cfg.grid]
+  if len(indices) != 2 or not set(indices) <= set(numbers) or (
+      indices[0] == indices[1]):
+    return None
+  a, b = (numbers.index(w) for w in indices)
+  _, _, swap, _ = relation_operands(question, cfg)
+  return "yes" if (a > b if swap else a < b) else "no"
+
+
 @dataclasses.dataclass
 class World:
   config: ml_collections.ConfigDict
@@ -100,7 +152,8 @@ class World:
   def task_context(self) -> dict[str, Any]:
     """What task formatters need beyond a record (r3jax.data.tasks)."""
     return {"world": self.world, "r3": self.config.r3,
-            "relation_questions": self.config.data.relation_questions}
+            "relation_questions": self.config.data.relation_questions,
+            "relation_answers": self.config.data.relation_answers}
 
   def evaluator(self, setup, eval_cfg) -> Evaluation:
     """Every configured task's evaluation; with an R3 task also the R3 loop
@@ -108,7 +161,9 @@ class World:
     scorers = {name: t.score for name, t in tasks_lib.TASKS.items()
                if t.score is not None}
     scorers.update(caption=make_caption_scorer(self.world),
-                   vqa=evaluator_lib.score_vqa, ita=evaluator_lib.score_ita)
+                   vqa=make_vqa_scorer(self.world,
+                                       self.config.data.relation_answers),
+                   ita=evaluator_lib.score_ita)
     records = self.records(eval_cfg.split, eval_cfg.max_examples)
     tasks = config_lib.evaluated_tasks(self.config)
     return Evaluation(evaluator_lib.Evaluator(

@@ -33,7 +33,7 @@ from r3jax.world.facts import (Invalid, KindCount, Ref, Relation, chain,
 from r3jax.world.language import (LISTING_HEADS, REL_WORDS, _item_text, _join,
                                   _shortest_refs, ref_text)
 from r3jax.world.scene import Scene
-from r3jax.world.verify import _item, _number, _ref, _split
+from r3jax.world.verify import _item, _number, _split, parse_ref
 
 STOP = "no further edit needed"
 _FLIP = {("left", "of"): ("right", "of"), ("right", "of"): ("left", "of"),
@@ -167,11 +167,12 @@ def _relations(tokens, cfg) -> Relations:
     predicate, shared = part, True
     if part[:1] == ["the"]:
       k = part.index("is") if "is" in part else len(part)
-      subject, predicate, shared = _ref(part[:k], cfg), part[k + 1:], False
+      subject, predicate, shared = (parse_ref(part[:k], cfg), part[k + 1:],
+                                    False)
     clause = None
     for words in REL_WORDS:
       if tuple(predicate[:len(words)]) == words:
-        obj = _ref(predicate[len(words):], cfg)
+        obj = parse_ref(predicate[len(words):], cfg)
         if subject is not None and obj is not None:
           clause = Clause(subject, words, obj, shared)
         break

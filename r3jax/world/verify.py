@@ -96,7 +96,8 @@ def _listing(tokens: list[str], cfg: WorldConfig) -> list[Fact]:
   return facts + [KindCount(*k, n) for k, n in counts.items()]
 
 
-def _ref(tokens: list[str], cfg: WorldConfig) -> Ref | None:
+def parse_ref(tokens: list[str], cfg: WorldConfig) -> Ref | None:
+  """The Ref of "the [SIZE] [COLOR] (SHAPE | object)", else None."""
   if not tokens or tokens[0] != "the":
     return None
   words = tokens[1:]
@@ -111,7 +112,7 @@ def _predicate(tokens: list[str], subject: Ref | None, cfg: WorldConfig
                ) -> Relation | None:
   for words, (rel, swap) in REL_WORDS.items():
     if tuple(tokens[:len(words)]) == words:
-      obj = _ref(tokens[len(words):], cfg)
+      obj = parse_ref(tokens[len(words):], cfg)
       if subject is None or obj is None:
         return None
       a, b = (obj, subject) if swap else (subject, obj)
@@ -127,7 +128,7 @@ def _relations(tokens: list[str], cfg: WorldConfig) -> list[Fact]:
     predicate = clause
     if clause[:1] == ["the"]:
       k = clause.index("is") if "is" in clause else len(clause)
-      subject, predicate = _ref(clause[:k], cfg), clause[k + 1:]
+      subject, predicate = parse_ref(clause[:k], cfg), clause[k + 1:]
     facts.append(_predicate(predicate, subject, cfg) or
                  Invalid(" ".join(clause)))
   return facts

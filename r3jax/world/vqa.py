@@ -20,6 +20,7 @@ from r3jax.world.config import NUMBERS, WorldConfig
 from r3jax.world.facts import Ref, holds, unique_refs
 from r3jax.world.language import REL_WORDS, article, plural, ref_text
 from r3jax.world.scene import Scene
+from r3jax.world.verify import parse_ref
 
 QTYPES = ("existence", "count", "color", "shape", "size", "relation")
 _FIELDS = ("size", "color", "shape")
@@ -129,3 +130,46 @@ def vqa(scene: Scene, rng: np.random.Generator, cfg: WorldConfig,
     seen.add(question)
     out.append((qtype, question, answer))
   return out
+
+
+def relation_operands(question: str, cfg: WorldConfig
+                      ) -> tuple[Ref, str, bool, Ref]:
+  """(A, relation, swapped, B) of "is A REL B ?": relation "left" or
+  "above", swapped when REL is "right of" or "below" (REL_WORDS)."""
+  words = question.split()
+  for rel_words, (rel, swap) in sorted(REL_WORDS.items(),
+                                       key=lambda kv: -len(kv[0])):
+    n = len(rel_words)
+    for k in range(1, len(words) - n):
+      if tuple(words[k:k + n]) == rel_words and words[0] == "is" and (
+          words[-1] == "?"):
+        a, b = parse_ref(words[1:k], cfg), parse_ref(words[k + n:-1], cfg)
+        if a is not None and b is not None:
+          return a, rel, swap, b
+  raise ValueError(f"not a relation question: {question!r}")
+
+
+def grid_index(obj, axis: str, cfg: WorldConfig) -> int:
+  """The grid column ("left") or row ("above") an object's centre is in:
+  scenes put objects in distinct rows and columns, and radius + jitter <
+  0.5 keeps a centre inside its cell."""
+  v = obj.x if axis == "left" else obj.y
+  return min(int(v * cfg.grid), cfg.grid - 1)
+
+
+def relation_trace(question: str, scene: Scene, cfg: WorldConfig) -> str:
+  """The two objects' grid indices on the question's axis, as number words
+  from "zero" (the left column, the top row): "is the red circle left of
+  the square ?" -> "zero two" when the circle is in the left column and
+  the square in the right one. The answer follows from the two indices and
+  the relation words alone, so a model that writes them before its answer
+  has read both positions first (config.data.relation_answers="trace")."""
+  a, rel, _, b = relation_operands(question, cfg)
+  idx = []
+  for ref in (a, b):
+    hits = [o for o in scene.objects if ref.matches(o)]
+    if len(hits) != 1:
+      raise ValueError(f"{question!r}: {ref} names {len(hits)} objects of "
+                       "the scene, not one")
+    idx.append(NUMBERS[grid_index(hits[0], rel, cfg)])
+  return " ".join(idx)

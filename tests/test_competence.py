@@ -5,6 +5,7 @@ import json
 import os
 
 import jax
+import numpy as np
 import pytest
 
 from r3jax.analysis import competence
@@ -196,7 +197,8 @@ def test_relation_breakdown_asks_each_question_as_drawn_and_canonical(
   c.model.fusion_depth = fusion
   wd = str(tmp_path / "run")
   loop.train_and_evaluate(c, wd, jax.devices()[:1])
-  got = relations.breakdown(wd, "validation", 8)
+  questions = []
+  got = relations.breakdown(wd, "validation", 8, questions)
   config = competence.eval_config(wd, "validation", 8)
   _, world, _, _ = loop.build(config, jax.devices()[:1])
   recs = world.records("validation", 8)
@@ -205,6 +207,14 @@ def test_relation_breakdown_asks_each_question_as_drawn_and_canonical(
   parts = {k: v for k, v in got.items() if k.startswith("as drawn: ")
            and " | " in k}
   assert sum(v["count"] for v in parts.values()) == n
+  assert len(questions) == 2 * n
+  for form in ("as drawn", "canonical"):
+    mine = [q["correct"] for q in questions if q["group"].startswith(form)]
+    assert np.mean(mine) == pytest.approx(got[form]["accuracy"])
+  out = tmp_path / "a.json"
+  out.write_text(json.dumps({"questions": questions}))
+  same = relations.compare(str(out), str(out))
+  assert (same["n"], same["diff"], same["p"]) == (n, 0.0, 1.0)
   keys = ["accuracy"] + ([f"trace {k}" for k in relations.TRACE]
                          if answers == "trace" else [])
   assert {k for v in got.values() for k in v if "trace" in k} == set(keys[1:])

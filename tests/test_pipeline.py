@@ -108,31 +108,37 @@ def test_type_weights_draw_questions_in_proportion(world):
     tasks.formatter("ita", tok, 44, type_weights={"relation": 2.0})
 
 
+def _relation_questions(world):
+  """(scene, question, answer) of every relation question of the training
+  split."""
+  from r3jax.world import scene_from_arrays
+  for i in range(len(world.train_source)):
+    r = world.train_source[i]
+    scene = scene_from_arrays(r["scene"], world.world)
+    for t, q, a in zip(r["vqa_types"], r["vqa_questions"], r["vqa_answers"]):
+      if t == "relation":
+        yield scene, q, a
+
+
 def test_canonical_relation_questions_keep_their_answers(world):
   """config.data.relation_questions="canonical": every relation question is
   asked as "is A left of B ?" and its answer, checked on the scene, stays."""
-  from r3jax.world import scene_from_arrays
   from r3jax.world.facts import holds, resolve
   from r3jax.world.verify import parse_ref
   cfg, tok = world.world, world.tokenizer
   seen = set()
-  for i in range(len(world.train_source)):
-    r = world.train_source[i]
-    scene = scene_from_arrays(r["scene"], cfg)
-    for t, q, a in zip(r["vqa_types"], r["vqa_questions"], r["vqa_answers"]):
-      if t != "relation":
-        continue
-      c = tasks.canonical_relation(q)
-      words = c.split()
-      assert not {"right", "below", "to"} & set(words)
-      rel = "left" if "left" in words else "above"
-      k = words.index(rel)
-      ia = resolve(parse_ref(words[1:k], cfg), scene)
-      ib = resolve(parse_ref(words[k + (2 if rel == "left" else 1):-1], cfg),
-                   scene)
-      assert ("yes" if holds(scene, ia, rel, ib) else "no") == a, (q, c)
-      seen.add(" ".join(w for w in q.split()
-                        if w in ("to", "left", "right", "above", "below")))
+  for scene, q, a in _relation_questions(world):
+    c = tasks.canonical_relation(q)
+    words = c.split()
+    assert not {"right", "below", "to"} & set(words)
+    rel = "left" if "left" in words else "above"
+    k = words.index(rel)
+    ia = resolve(parse_ref(words[1:k], cfg), scene)
+    ib = resolve(parse_ref(words[k + (2 if rel == "left" else 1):-1], cfg),
+                 scene)
+    assert ("yes" if holds(scene, ia, rel, ib) else "no") == a, (q, c)
+    seen.add(" ".join(w for w in q.split()
+                      if w in ("to", "left", "right", "above", "below")))
   assert len(seen) == 6  # every phrasing met
   fmt = tasks.formatter("vqa", tok, 20, {"relation_questions": "canonical"})
   r = next(world.train_source[i] for i in range(len(world.train_source))
@@ -154,19 +160,14 @@ def test_relation_trace_reads_the_answer_off_the_grid(world):
   from r3jax.world.vqa import relation_operands, relation_trace
   cfg, tok = world.world, world.tokenizer
   n = 0
-  for i in range(len(world.train_source)):
-    r = world.train_source[i]
-    scene = scene_from_arrays(r["scene"], cfg)
-    for t, q, a in zip(r["vqa_types"], r["vqa_questions"], r["vqa_answers"]):
-      if t != "relation":
-        continue
-      for asked in (q, tasks.canonical_relation(q)):
-        ia, ib = (NUMBERS.index(w) for w in
-                  relation_trace(asked, scene, cfg).split())
-        _, _, swap, _ = relation_operands(asked, cfg)
-        assert ("yes" if (ia > ib if swap else ia < ib) else "no") == a, (
-            asked, a)
-        n += 1
+  for scene, q, a in _relation_questions(world):
+    for asked in (q, tasks.canonical_relation(q)):
+      ia, ib = (NUMBERS.index(w) for w in
+                relation_trace(asked, scene, cfg).split())
+      _, _, swap, _ = relation_operands(asked, cfg)
+      assert ("yes" if (ia > ib if swap else ia < ib) else "no") == a, (
+          asked, a)
+      n += 1
   assert n >= 60  # 37 questions, each as drawn and canonical
   fmt = tasks.formatter("vqa", tok, 20, {"relation_answers": "trace",
                                          "world": cfg})

@@ -43,3 +43,19 @@ def test_holm_by_hand():
   assert study.holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])
   assert study.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
   assert study.holm([]) == []
+
+
+def test_mcnemar_is_the_exact_binomial_test_of_the_discordant_answers():
+  a = [True] * 30 + [True] * 9 + [False] * 2 + [False] * 9
+  b = [True] * 30 + [False] * 9 + [True] * 2 + [False] * 9
+  got = study.mcnemar(a, b)
+  assert (got["n"], got["only_a"], got["only_b"]) == (50, 9, 2)
+  assert got["diff"] == pytest.approx(7 / 50)
+  # Two-sided exact: 2 * P(X <= 2), X ~ Bin(11, 1/2) = 2 * 67 / 2048.
+  assert got["p"] == pytest.approx(2 * 67 / 2048)
+  assert got["p"] == pytest.approx(stats.binomtest(9, 11, 0.5).pvalue)
+  assert study.mcnemar([True, False], [True, False])["p"] == 1.0
+  with pytest.raises(ValueError, match="equally long"):
+    study.mcnemar([True], [True, False])
+  assert study.binomial(94, 151, 0.5) == pytest.approx(
+      stats.binomtest(94, 151, 0.5).pvalue)

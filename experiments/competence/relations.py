@@ -3,6 +3,8 @@ phrase, or neither?
 
   python -m experiments.competence.relations WORKDIR [--split validation]
       [--max-examples 256] [--out FILE.json]
+  python -m experiments.competence.relations --compare A.json B.json
+      [--form canonical]
 
 Every relation question of the split's first images is asked as drawn
 (grouped by its phrasing: "left of", "to the left of", "right of", ...) and
@@ -12,6 +14,10 @@ the two objects' positions but ignores the phrase answers the canonical
 forms right and the swapped phrasings ("right of", "below") wrong; one that
 does neither is at 0.5 everywhere. Each group is also split by the true
 answer, which shows a model that answers one word whatever is asked.
+
+--out also keeps every question's prediction, so that --compare can pair
+two runs question by question (an exact McNemar test) and test each
+against chance and against answering "yes" always.
 
 The same images are also captioned (greedy) and every relation clause of
 the captions is checked against the scene ("captions: relation clauses
@@ -61,15 +67,18 @@ def relation_records(records):
   return out
 
 
-def breakdown(workdir: str, split: str = "validation", max_examples: int = 256
-              ) -> dict[str, dict[str, float]]:
+def breakdown(workdir: str, split: str = "validation", max_examples: int = 256,
+              questions: list | None = None) -> dict[str, dict[str, float]]:
   """{group: {"accuracy", "count"}} for the groups of relation_records and
   their unions over the answer ("as drawn: right of") and over phrasings
-  ("as drawn", "canonical")."""
+  ("as drawn", "canonical"). `questions`, when given, receives one row per
+  question asked: {"record", "group", "question", "answer", "prediction",
+  "correct"} (what `compare` pairs)."""
   import jax  # noqa: PLC0415
 
   from r3jax import config as config_lib  # noqa: PLC0415
   from r3jax.eval import evaluator as evaluator_lib  # noqa: PLC0415
+  from r3jax.eval.metrics import normalize  # noqa: PLC0415
   from r3jax.r3 import loop as r3_loop  # noqa: PLC0415
   from r3jax.world import edit, scene_from_arrays  # noqa: PLC0415
   from r3jax.world.facts import is_true  # noqa: PLC0415
@@ -88,12 +97,24 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256
   loop_ = r3_loop.R3Loop(setup, world.tokenizer, world.world, rounds=1,
                          batch_size=config.final_eval.batch_size,
                          caption_len=caption_len, r3_len=caption_len)
+  score = world_setup.make_vqa_scorer(world.world,
+                                      config.data.relation_answers)
   with jax.set_mesh(mesh):
-    got = evaluator_lib.Evaluator(
+    evaluator = evaluator_lib.Evaluator(
         setup, records, world.tokenizer, tasks, config.final_eval.batch_size,
-        {"vqa": world_setup.make_vqa_scorer(
-            world.world, config.data.relation_answers)}).run(params)
+        {"vqa": score})
+    preds, items = evaluator.predictions(params, "vqa"), evaluator.items("vqa")
+    got = {f"vqa/{k}": v for k, v in score("vqa", preds, items,
+                                            records).items()}
     captions = loop_.captions(params, images)
+  if questions is not None:
+    for p, (i, q, a, extra) in zip(preds, items):
+      words = p.split()
+      said = (words[-1] if words else "") if (
+          config.data.relation_answers == "trace") else p
+      questions.append({"record": i, "group": extra["qtype"], "question": q,
+                        "answer": a, "prediction": p,
+                        "correct": normalize(said) == normalize(a)})
   true = clauses = 0
   for caption, r in zip(captions, images):
     scene = scene_from_arrays(r["scene"], world.world)
@@ -132,14 +153,58 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256
   return out
 
 
+def compare(a: str, b: str, form: str = "canonical") -> dict[str, float]:
+  """Two --out files of the same split and images, paired question by
+  question over the relation questions asked in `form` ("canonical" or "as
+  drawn"): r3jax.analysis.study.mcnemar of a against b, and each one's
+  exact binomial p against chance (1/2) and against answering "yes"
+  always."""
+  from r3jax.analysis import study  # noqa: PLC0415
+  rows = []
+  for path in (a, b):
+    with open(path) as f:
+      saved = json.load(f)
+    rows.append({(r["record"], r["group"], r["question"]): r
+                 for r in saved.get("questions", [])
+                 if r["group"].startswith(form + ":")})
+  if not rows[0] or rows[0].keys() != rows[1].keys():
+    raise ValueError(f"{a} and {b} do not hold the same {form!r} questions "
+                     "(run both with --out on the same split and images)")
+  keys = sorted(rows[0])
+  hits = [[rows[k][key]["correct"] for key in keys] for k in (0, 1)]
+  yes = sum(rows[0][key]["answer"] == "yes" for key in keys) / len(keys)
+  out = study.mcnemar(*hits)
+  for name, h in zip(("a", "b"), hits):
+    out[f"{name}_p_chance"] = study.binomial(sum(h), len(h), 0.5)
+    out[f"{name}_p_yes"] = study.binomial(sum(h), len(h), yes)
+  out["always_yes"] = yes
+  return out
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("workdir")
+  p.add_argument("workdir", nargs="?")
   p.add_argument("--split", default="validation")
   p.add_argument("--max-examples", type=int, default=256)
   p.add_argument("--out", default="")
+  p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                 help="pair two --out files question by question instead")
+  p.add_argument("--form", default="canonical",
+                 choices=("canonical", "as drawn"))
   args = p.parse_args(argv)
-  out = breakdown(args.workdir, args.split, args.max_examples)
+  if args.compare:
+    got = compare(*args.compare, form=args.form)
+    print(f"{args.form} relation questions: {got['n']}; a {got['a']:.3f} "
+          f"(p {got['a_p_chance']:.2g} vs 1/2, {got['a_p_yes']:.2g} vs "
+          f"always yes {got['always_yes']:.3f}), b {got['b']:.3f} (p "
+          f"{got['b_p_chance']:.2g}, {got['b_p_yes']:.2g}); a - b "
+          f"{got['diff']:+.3f}, only a right {got['only_a']}, only b right "
+          f"{got['only_b']}, exact McNemar p {got['p']:.2g}")
+    return 0
+  if not args.workdir:
+    p.error("a workdir, or --compare A.json B.json")
+  questions = []
+  out = breakdown(args.workdir, args.split, args.max_examples, questions)
   for name, v in out.items():
     trace = "".join(f"  {k} {v[k]:.3f}" for k in sorted(v) if "trace" in k)
     print(f"{name:32s} {v['accuracy']:.3f}  ({int(v['count'])}){trace}")
@@ -147,8 +212,8 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
       json.dump({"workdir": args.workdir, "split": args.split,
-                 "max_examples": args.max_examples, "groups": out}, f,
-                indent=1)
+                 "max_examples": args.max_examples, "groups": out,
+                 "questions": questions}, f, indent=1)
   return 0
 
 

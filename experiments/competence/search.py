@@ -33,12 +33,13 @@ ROOT = os.path.join("experiments", "competence", "runs")
 STEPS = 12_000
 # Variants on a schedule of their own: name -> steps.
 LONG = {"mix_sincos_rf_40k": 40_000, "rf_40k_rel4": 40_000,
-        "rf_40k_rel4_canon": 40_000}
+        "rf_40k_rel4_canon": 40_000, "rf_40k_rel4_trace": 40_000}
 # Variants that continue another's run from one of its shipped checkpoints
 # (parameters, optimizer state, data position and schedule): name ->
 # (parent, step). Their learning curves start at that step.
 BRANCHES = {"rf_40k_rel4": ("mix_sincos_rf_40k", 19_270),
-            "rf_40k_rel4_canon": ("mix_sincos_rf_40k", 19_270)}
+            "rf_40k_rel4_canon": ("mix_sincos_rf_40k", 19_270),
+            "rf_40k_rel4_trace": ("mix_sincos_rf_40k", 19_270)}
 # Variants trained from another config file than configs/joint.py: name ->
 # (config file, the variant whose latest parameters start it, or
 # "variant@step" for that variant's checkpoint shipped at step, or None).
@@ -163,6 +164,12 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                           "\"is A above B ?\"",
                           CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS +
                           REL4 + CANON),
+    "rf_40k_rel4_trace": ("rf_40k_rel4 with relation answers trained "
+                          "after the two objects' grid indices (as "
+                          "rel_only_trace, here in the whole recipe and in "
+                          "every phrasing)",
+                          CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS +
+                          REL4 + TRACE),
     "rel_only": ("the parameters of mix_sincos_rf_40k at step 19,270 "
                  "(config.init_from: a fresh optimizer and a 4,000-step "
                  "schedule) trained on VQA relation questions alone, in the "

@@ -115,6 +115,31 @@ def paired(results: Sequence[Mapping], arm: str, ref: str, key: str
   return mean, mean - half, mean + half, p, n
 
 
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict[str, float]:
+  """Two models' right (True) / wrong answers to the same questions, in the
+  same order: the accuracy difference a - b and the exact two-sided
+  McNemar p-value (a binomial test of the questions only a got right
+  against those only b got right, at 1/2; 1 when there are none)."""
+  from scipy import stats  # noqa: PLC0415
+  a, b = np.asarray(a, bool), np.asarray(b, bool)
+  if a.shape != b.shape or a.ndim != 1 or not len(a):
+    raise ValueError(f"mcnemar needs two equally long, non-empty answer "
+                     f"lists, got {a.shape} and {b.shape}")
+  only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+  p = (float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+       if only_a + only_b else 1.0)
+  return {"n": len(a), "a": float(a.mean()), "b": float(b.mean()),
+          "diff": float(a.mean() - b.mean()), "only_a": only_a,
+          "only_b": only_b, "p": p}
+
+
+def binomial(k: int, n: int, rate: float) -> float:
+  """Exact two-sided p-value of k right of n against a fixed rate (chance,
+  or a constant answer's accuracy)."""
+  from scipy import stats  # noqa: PLC0415
+  return float(stats.binomtest(k, n, rate).pvalue)
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
   """Holm-Bonferroni adjusted p-values, in the input's order: the k-th
   smallest of m is multiplied by (m - k + 1), made monotone, capped at 1.

@@ -63,6 +63,11 @@ class Evaluator:
   def _put(self, x: np.ndarray) -> jax.Array:
     return sharding.put(x, self._shard)
 
+  def items(self, task: str) -> list[tuple]:
+    """`task`'s items, (record index, question, answer, extra) each, in the
+    order `predictions` decodes them."""
+    return self._tasks[task][0]
+
   def predictions(self, params, task: str) -> list[str]:
     """Greedy decodes of every item of `task`, in item order."""
     items, prompts, lens, fn, records = self._tasks[task]

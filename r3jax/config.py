@@ -94,10 +94,12 @@ def defaults() -> ml_collections.ConfigDict:
       # World VQA relation answers as one word ("word": "yes"), or trained
       # after the two named objects' grid indices on the question's axis
       # ("trace": "zero two yes", columns for left/right, rows for
-      # above/below, r3jax.world.vqa.relation_trace): the model reads each
-      # position into a word of its own before it compares them. Evaluation
-      # then scores a relation answer by its last word, and the indices as
-      # vqa/trace/accuracy.
+      # above/below, r3jax.world.vqa.relation_trace), or each index after
+      # its object's description, copied from the question ("restate": "the
+      # circle zero the square two yes"): the model reads each position
+      # into a word of its own before it compares them. Evaluation then
+      # scores a relation answer by its last word, and the rest as
+      # vqa/trace/accuracy (config.tasks.vqa.max_len must hold it).
       relation_answers="word",
       # "world": the embedded synthetic world. "coco_vqa": COCO Captions
       # (caption and ITA tasks) and VQAv2 (vqa task) built from the official
@@ -423,19 +425,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.relation_questions not in ("as_drawn", "canonical"):
     raise ValueError("config.data.relation_questions must be 'as_drawn' or "
                      f"'canonical', got {config.data.relation_questions!r}")
-  if config.data.relation_answers not in ("word", "trace"):
-    raise ValueError("config.data.relation_answers must be 'word' or "
-                     f"'trace', got {config.data.relation_answers!r}")
-  if config.data.relation_answers == "trace":
+  answers = config.data.relation_answers
+  if answers not in tasks_lib.RELATION_ANSWERS:
+    raise ValueError(f"config.data.relation_answers must be one of "
+                     f"{tasks_lib.RELATION_ANSWERS}, got {answers!r}")
+  if answers != "word":
     if config.data.source != "world":
-      raise ValueError("config.data.relation_answers='trace' needs the "
+      raise ValueError(f"config.data.relation_answers={answers!r} needs the "
                        "synthetic world (config.data.source='world'), got "
                        f"{config.data.source!r}")
     w = config.world
     grid = w.grid or max(3, w.max_objects)  # WorldConfig's default
     if grid > w.max_objects + 1:
       raise ValueError(
-          f"config.data.relation_answers='trace' writes grid indices as "
+          f"config.data.relation_answers={answers!r} writes grid indices as "
           f"number words up to {grid - 1}, but config.world.max_objects="
           f"{w.max_objects} puts numbers only up to {w.max_objects} in the "
           f"vocabulary: use config.world.grid <= {w.max_objects + 1}")

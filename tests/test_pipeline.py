@@ -191,6 +191,26 @@ def test_relation_trace_reads_the_answer_off_the_grid(world):
   assert "relation" in seen and len(seen) > 1
   with pytest.raises(ValueError, match="needs the world's settings"):
     tasks.relation_trace("is the circle left of the square ?", r, None)
+  # "restate": each index after its object's description, as asked.
+  for other, q, a in _relation_questions(world):
+    words = relation_trace(q, other, cfg, restate=True).split()
+    ia, ib = relation_trace(q, other, cfg).split()
+    k = words.index(ia)
+    assert " ".join(words[:k]) + " " in q and words[-1] == ib
+    assert q.startswith("is " + " ".join(words[:k]) + " ")
+    assert q.endswith(" " + " ".join(words[k + 1:-1]) + " ?")
+  fmt = tasks.formatter("vqa", tok, 32, {"relation_answers": "restate",
+                                         "world": cfg})
+  for _ in range(30):
+    out = fmt(r, rng)
+    ids = out["tokens"].tolist()
+    question = tok.decode(ids[1:ids.index(tok.sep_id)])
+    target = tok.decode([t for t, m in zip(out["targets"].tolist(),
+                                           out["loss_mask"]) if m])
+    k = list(r["vqa_questions"]).index(question)
+    if r["vqa_types"][k] == "relation":
+      assert target == (f"{relation_trace(question, scene, cfg, True)} "
+                        f"{r['vqa_answers'][k]}")
 
 
 def test_trace_scorer_takes_the_last_word_and_scores_the_indices(world):
@@ -236,6 +256,23 @@ def test_trace_scorer_takes_the_last_word_and_scores_the_indices(world):
   assert got["trace/count"] == n
   for t in ("color", "count", "existence"):
     assert got[f"qtype/{t}/accuracy"] == 1.0
+  # "restate": the same items with each index after its description
+  restated = []
+  for p, (i, q, a, e) in zip(preds, items):
+    words = p.split()
+    if e["qtype"] == "relation" and len(words) == 3:
+      scene = scene_from_arrays(records[i]["scene"], cfg)
+      full = relation_trace(q, scene, cfg, restate=True).split()
+      k = [j for j, w in enumerate(full) if w == relation_trace(
+          q, scene, cfg).split()[0]][0]
+      full[k], full[-1] = words[0], words[1]
+      p = " ".join([*full, words[2]])
+    restated.append(p)
+  again = world_setup.make_vqa_scorer(cfg, "restate")("vqa", restated, items,
+                                                      records)
+  for k in ("qtype/relation/accuracy", "trace/accuracy", "trace/a",
+            "trace/b", "trace/consistent"):
+    assert again[k] == pytest.approx(got[k]), k
   plain = world_setup.make_vqa_scorer(cfg, "word")("vqa", preds, items,
                                                    records)
   assert plain["qtype/relation/accuracy"] == pytest.approx(1 / n)
@@ -246,8 +283,8 @@ def test_relation_answers_are_checked_by_the_config(tiny):
   from r3jax import config as config_lib
   c = tiny()
   c.data.relation_answers = "chain"
-  with pytest.raises(ValueError, match="relation_answers must be 'word' or "
-                     "'trace', got 'chain'"):
+  with pytest.raises(ValueError, match=r"relation_answers must be one of "
+                     r"\('word', 'trace', 'restate'\), got 'chain'"):
     config_lib.validate(c)
   c = tiny()
   c.data.relation_answers = "trace"

@@ -111,7 +111,7 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256,
     for p, (i, q, a, extra) in zip(preds, items):
       words = p.split()
       said = (words[-1] if words else "") if (
-          config.data.relation_answers == "trace") else p
+          config.data.relation_answers != "word") else p
       questions.append({"record": i, "group": extra["qtype"], "question": q,
                         "answer": a, "prediction": p,
                         "correct": normalize(said) == normalize(a)})

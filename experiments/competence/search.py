@@ -61,12 +61,13 @@ CONFIGS = {"rel_only": ("configs/understanding_only.py", AT_19270),
                               AT_19270),
            "rel_only_xy_trace": ("configs/understanding_only.py",
                                  AT_19270),
-           "rel_only_fusion": ("configs/understanding_only.py", AT_19270)}
+           "rel_only_fusion": ("configs/understanding_only.py", AT_19270),
+           "rel_only_restate": ("configs/understanding_only.py", AT_19270)}
 CONFIGS["two_scratch"] = CONFIGS["two_scratch_dxa"] = (
     "configs/understanding_only.py", None)
 for _name in ("rel_only", "rel_only_xy", "rel_only_deep", "rel_only_deep_xy",
               "rel_only_alibi", "rel_only_deep_xy_alibi", "rel_only_trace",
-              "rel_only_xy_trace", "rel_only_fusion"):
+              "rel_only_xy_trace", "rel_only_fusion", "rel_only_restate"):
   LONG[_name] = 4_000
 LONG["two_scratch"] = LONG["two_scratch_dxa"] = 6_000
 COMMON = ("--config.interference.enabled=False",
@@ -120,6 +121,12 @@ ALIBI = ("--config.model.dec_alibi=True",)
 # position is read into a word of its own, which later positions read as
 # an input, before the comparison.
 TRACE = ("--config.data.relation_answers=trace",)
+# Each index written after its object's description, copied from the
+# question ("the circle zero the square two yes"): the index is then read
+# where the description ends, where the start already selects the object
+# it names (per-head probe); the VQA sequences grow to 32 tokens.
+RESTATE = ("--config.data.relation_answers=restate",
+           "--config.tasks.vqa.max_len=32")
 # Two early-fusion blocks (model.fusion_depth, identity at first): the image
 # tokens read the question, then each other, before the decoder reads them.
 FUSION = ("--config.model.fusion_depth=2",)
@@ -210,6 +217,20 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                           "the index an attended object's patches give is "
                           "then a linear read of the cross-attention values",
                           REL_ONLY + TRACE + XY + PARTIAL),
+    "rel_only_restate": ("rel_only_trace with each index written after its "
+                         "object's description, copied from the question: "
+                         "rel_only_trace's model selects neither object "
+                         "where it writes the first index (the <sep>), "
+                         "while its last block selects object A where A's "
+                         "description ends",
+                         REL_ONLY + RESTATE),
+    "rel_only_restate": ("rel_only_trace with each index written after its "
+                         "object's description, copied from the question: "
+                         "rel_only_trace's model selects neither object "
+                         "where it writes the first index (the <sep>), "
+                         "while its last block selects object A where A's "
+                         "description ends",
+                         REL_ONLY + RESTATE),
     "rel_only_fusion": ("rel_only with two early-fusion blocks: the "
                         "object a phrase names can mark itself among the "
                         "image tokens and compare itself with the other "

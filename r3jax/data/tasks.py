@@ -107,7 +107,9 @@ def _vqa_sample(r, rng, type_weights=None, relation_questions="as_drawn",
   relation_questions="canonical" (config.data) rewrites a relation question
   to its canonical phrasing (canonical_relation); relation_answers="trace"
   puts the two objects' grid indices before a relation answer ("zero two
-  yes", r3jax.world.vqa.relation_trace; `world` is the WorldConfig)."""
+  yes", r3jax.world.vqa.relation_trace; `world` is the WorldConfig), and
+  "restate" each after its object's description ("the circle zero the
+  square two yes")."""
   n = len(r["vqa_questions"])
   if not type_weights:
     i = rng.integers(n)
@@ -118,18 +120,25 @@ def _vqa_sample(r, rng, type_weights=None, relation_questions="as_drawn",
   if relation_questions == "canonical" and r["vqa_types"][i] == "relation":
     question = canonical_relation(question)
   answer = r["vqa_answers"][i]
-  if relation_answers == "trace" and r["vqa_types"][i] == "relation":
-    answer = f"{relation_trace(question, r, world)} {answer}"
+  if relation_answers != "word" and r["vqa_types"][i] == "relation":
+    answer = (f"{relation_trace(question, r, world, relation_answers)} "
+              f"{answer}")
   return question, answer
 
 
-def relation_trace(question: str, record: Record, world) -> str:
-  """r3jax.world.vqa.relation_trace on the record's scene."""
+RELATION_ANSWERS = ("word", "trace", "restate")
+
+
+def relation_trace(question: str, record: Record, world,
+                   relation_answers: str = "trace") -> str:
+  """r3jax.world.vqa.relation_trace on the record's scene, restated with
+  relation_answers="restate"."""
   if world is None:
-    raise ValueError("relation_answers='trace' needs the world's settings "
-                     "(the synthetic world's records only)")
+    raise ValueError(f"relation_answers={relation_answers!r} needs the "
+                     "world's settings (the synthetic world's records only)")
   return scene_relation_trace(
-      question, scene_from_arrays(record["scene"], world), world)
+      question, scene_from_arrays(record["scene"], world), world,
+      restate=relation_answers == "restate")
 
 
 def relation_span(words: Sequence[str]) -> tuple[int, int] | None:

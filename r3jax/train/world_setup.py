@@ -88,14 +88,14 @@ def make_caption_scorer(cfg: world_lib.WorldConfig):
 
 
 def make_vqa_scorer(cfg: world_lib.WorldConfig, relation_answers: str):
-  """score_vqa; with relation_answers="trace" the answer to a relation
-  question (one with relation words) is its prediction's last word;
-  vqa/trace/accuracy is the share of relation predictions whose grid
-  indices (all but the last word) are right, trace/a and trace/b the
-  shares whose first and second index are, and trace/consistent the share
-  whose answer follows from the indices it wrote; the same per question
-  type under qtype/<type>/trace/."""
-  if relation_answers != "trace":
+  """score_vqa; with relation_answers "trace" or "restate" the answer to a
+  relation question (one with relation words) is its prediction's last
+  word; vqa/trace/accuracy is the share of relation predictions whose
+  trace (all but the last word) is right, trace/a and trace/b the shares
+  whose first and second grid index are (at the places the right trace has
+  them), and trace/consistent the share whose answer follows from the
+  indices it wrote; the same per question type under qtype/<type>/trace/."""
+  if relation_answers == "word":
     return evaluator_lib.score_vqa
 
   def score(task, preds, items, records) -> dict:
@@ -106,12 +106,15 @@ def make_vqa_scorer(cfg: world_lib.WorldConfig, relation_answers: str):
         continue
       words = p.split()
       answers.append(words[-1] if words else "")
-      want = tasks_lib.relation_trace(q, records[i], cfg).split()
+      want = tasks_lib.relation_trace(q, records[i], cfg,
+                                      relation_answers).split()
+      ia, ib = (k for k, w in enumerate(want) if w in NUMBERS)
+      shaped = len(words) == len(want) + 1
       got = {"accuracy": words[:-1] == want,
-             "a": words[:1] == want[:1] and len(words) > 2,
-             "b": words[1:2] == want[1:] and len(words) > 2,
-             "consistent": len(words) == 3 and (
-                 words[-1] == _answer_of(q, words[:2], cfg))}
+             "a": shaped and words[ia] == want[ia],
+             "b": shaped and words[ib] == want[ib],
+             "consistent": shaped and (
+                 words[-1] == _answer_of(q, [words[ia], words[ib]], cfg))}
       for k, v in got.items():
         hits[f"trace/{k}"].append(v)
         hits[f"qtype/{extra['qtype']}/trace/{k}"].append(v)

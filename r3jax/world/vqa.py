@@ -132,10 +132,8 @@ def vqa(scene: Scene, rng: np.random.Generator, cfg: WorldConfig,
   return out
 
 
-def relation_operands(question: str, cfg: WorldConfig
-                      ) -> tuple[Ref, str, bool, Ref]:
-  """(A, relation, swapped, B) of "is A REL B ?": relation "left" or
-  "above", swapped when REL is "right of" or "below" (REL_WORDS)."""
+def _relation_parts(question: str, cfg: WorldConfig):
+  """(A's words, B's words, A, relation, swapped, B) of "is A REL B ?"."""
   words = question.split()
   for rel_words, (rel, swap) in sorted(REL_WORDS.items(),
                                        key=lambda kv: -len(kv[0])):
@@ -145,8 +143,15 @@ def relation_operands(question: str, cfg: WorldConfig
           words[-1] == "?"):
         a, b = parse_ref(words[1:k], cfg), parse_ref(words[k + n:-1], cfg)
         if a is not None and b is not None:
-          return a, rel, swap, b
+          return words[1:k], words[k + n:-1], a, rel, swap, b
   raise ValueError(f"not a relation question: {question!r}")
+
+
+def relation_operands(question: str, cfg: WorldConfig
+                      ) -> tuple[Ref, str, bool, Ref]:
+  """(A, relation, swapped, B) of "is A REL B ?": relation "left" or
+  "above", swapped when REL is "right of" or "below" (REL_WORDS)."""
+  return _relation_parts(question, cfg)[2:]
 
 
 def grid_index(obj, axis: str, cfg: WorldConfig) -> int:
@@ -157,14 +162,17 @@ def grid_index(obj, axis: str, cfg: WorldConfig) -> int:
   return min(int(v * cfg.grid), cfg.grid - 1)
 
 
-def relation_trace(question: str, scene: Scene, cfg: WorldConfig) -> str:
+def relation_trace(question: str, scene: Scene, cfg: WorldConfig,
+                   restate: bool = False) -> str:
   """The two objects' grid indices on the question's axis, as number words
   from "zero" (the left column, the top row): "is the red circle left of
   the square ?" -> "zero two" when the circle is in the left column and
-  the square in the right one. The answer follows from the two indices and
-  the relation words alone, so a model that writes them before its answer
-  has read both positions first (config.data.relation_answers="trace")."""
-  a, rel, _, b = relation_operands(question, cfg)
+  the square in the right one; with `restate`, each index after its
+  object's description: "the red circle zero the square two". The answer
+  follows from the two indices and the relation words alone, so a model
+  that writes them before its answer has read both positions first
+  (config.data.relation_answers "trace" and "restate")."""
+  a_words, b_words, a, rel, _, b = _relation_parts(question, cfg)
   idx = []
   for ref in (a, b):
     hits = [o for o in scene.objects if ref.matches(o)]
@@ -172,4 +180,6 @@ def relation_trace(question: str, scene: Scene, cfg: WorldConfig) -> str:
       raise ValueError(f"{question!r}: {ref} names {len(hits)} objects of "
                        "the scene, not one")
     idx.append(NUMBERS[grid_index(hits[0], rel, cfg)])
+  if restate:
+    return " ".join([*a_words, idx[0], *b_words, idx[1]])
   return " ".join(idx)

@@ -62,12 +62,15 @@ CONFIGS = {"rel_only": ("configs/understanding_only.py", AT_19270),
            "rel_only_xy_trace": ("configs/understanding_only.py",
                                  AT_19270),
            "rel_only_fusion": ("configs/understanding_only.py", AT_19270),
-           "rel_only_restate": ("configs/understanding_only.py", AT_19270)}
+           "rel_only_restate": ("configs/understanding_only.py", AT_19270),
+           "rel_only_restate_xy": ("configs/understanding_only.py",
+                                   AT_19270)}
 CONFIGS["two_scratch"] = CONFIGS["two_scratch_dxa"] = (
     "configs/understanding_only.py", None)
 for _name in ("rel_only", "rel_only_xy", "rel_only_deep", "rel_only_deep_xy",
               "rel_only_alibi", "rel_only_deep_xy_alibi", "rel_only_trace",
-              "rel_only_xy_trace", "rel_only_fusion", "rel_only_restate"):
+              "rel_only_xy_trace", "rel_only_fusion", "rel_only_restate",
+              "rel_only_restate_xy"):
   LONG[_name] = 4_000
 LONG["two_scratch"] = LONG["two_scratch_dxa"] = 6_000
 COMMON = ("--config.interference.enabled=False",
@@ -231,6 +234,14 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                          "while its last block selects object A where A's "
                          "description ends",
                          REL_ONLY + RESTATE),
+    "rel_only_restate_xy": ("rel_only_restate with rel_only_xy's "
+                            "coordinates: rel_only_restate copies both "
+                            "descriptions right by step 1,500 but writes "
+                            "the indices it writes most often, whatever the "
+                            "image; the coordinates put each attended "
+                            "object's position in the cross-attention "
+                            "output exactly",
+                            REL_ONLY + RESTATE + XY + PARTIAL),
     "rel_only_fusion": ("rel_only with two early-fusion blocks: the "
                         "object a phrase names can mark itself among the "
                         "image tokens and compare itself with the other "

@@ -142,3 +142,30 @@ def test_a_variant_may_start_from_a_pinned_shipped_step(variants,
       f"--config=configs/other.py:steps={search.STEPS},base={start}")
   assert os.listdir(os.path.join(start, "checkpoints")) == ["500"]
   assert os.path.exists(os.path.join(start, "config.json"))
+
+
+def test_relation_table_pairs_each_run_with_the_reference(variants):
+  """report.relations_section: one column per saved breakdown; runs with
+  written indices show them; every run with per-question predictions is
+  paired with PAIRED_WITH by the exact McNemar test, and the tests are
+  counted."""
+  def saved(name, right, trace=None):
+    questions = [{"record": i, "group": "canonical: left of | yes",
+                  "question": f"q{i}", "answer": "yes", "correct": r}
+                 for i, r in enumerate(right)]
+    group = {"accuracy": sum(right) / len(right), "count": len(right)}
+    if trace:
+      group.update({"trace a": trace[0], "trace b": trace[1]})
+    os.makedirs(os.path.join(str(variants), "diagnosis"), exist_ok=True)
+    with open(os.path.join(str(variants), "diagnosis",
+                           f"relations_{name}.json"), "w") as f:
+      json.dump({"groups": {"canonical: left of": group},
+                 "questions": questions}, f)
+
+  saved(report.PAIRED_WITH, [True] * 5 + [False] * 15)
+  saved("x_100", [True] * 15 + [False] * 5, trace=(0.5, 0.25))
+  text = "\n".join(report.relations_section())
+  assert "1 tests, not corrected" in text
+  # 10 questions right only in x, none only in the reference: p = 2 / 2**10
+  assert "| +0.500 (0.002) |" in text
+  assert "| 0.500 / 0.250 |" in text

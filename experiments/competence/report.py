@@ -128,14 +128,50 @@ def relations_section() -> list[str]:
                 else "" for _, d in runs)] for g in groups]
   yes = [["answers yes when the truth is no (as drawn)",
           *(_yes_when_no(d) for _, d in runs)]]
+  trace = [[f"{g}: written indices A / B",
+            *(_indices(d["groups"].get(g, {})) for _, d in runs)]
+           for g in ("canonical: left of", "canonical: above")]
+  paths = dict(zip((name for name, _ in runs), paths))
+  paired = [[f"canonical, paired with {PAIRED_WITH}: difference (exact "
+             "McNemar p)", *(_paired(paths[name], paths.get(PAIRED_WITH))
+                             for name, _ in runs)]]
+  tests = sum(cell not in ("", "-") for cell in paired[0][1:])
   return ["## Relation accuracy by phrasing", "",
           "`python -m experiments.competence.relations WORKDIR --out "
           "experiments/competence/diagnosis/relations_<run>_<step>.json`: "
           "every relation question of the first 256 validation images asked "
           "as drawn and rewritten to its canonical phrasing (the same "
           "answer); and the relation clauses of the greedy captions of the "
-          "same images, checked against the scene. Accuracy (questions).",
-          "", *_table(head, rows + yes), ""]
+          "same images, checked against the scene. Accuracy (questions). "
+          "Runs trained with written grid indices "
+          "(`data.relation_answers`) are scored by their last word; their "
+          "indices' accuracy is given for each object (chance 1/3). The "
+          f"last row pairs each run's answers to the canonical questions "
+          f"with {PAIRED_WITH}'s (`relations --compare`, the same questions "
+          f"and start): {tests} tests, not corrected for their number.",
+          "", *_table(head, rows + yes + trace + paired), ""]
+
+
+# The relation breakdown the others are paired with: the same start and
+# schedule, word answers, no model change.
+PAIRED_WITH = "rel_only_4000"
+
+
+def _indices(group) -> str:
+  if "trace a" not in group:
+    return ""
+  return f"{group['trace a']:.3f} / {group['trace b']:.3f}"
+
+
+def _paired(path: str, ref: str | None) -> str:
+  from experiments.competence import relations  # noqa: PLC0415
+  if ref is None or path == ref:
+    return "-"
+  try:
+    got = relations.compare(path, ref)
+  except ValueError:  # saved before per-question predictions were kept
+    return ""
+  return f"{got['diff']:+.3f} ({got['p']:.2g})"
 
 
 def _yes_when_no(d) -> str:
@@ -144,6 +180,8 @@ def _yes_when_no(d) -> str:
   parts = [v for g, v in d["groups"].items()
            if g.startswith("as drawn: ") and g.endswith(" | no")]
   n = sum(v["count"] for v in parts)
+  if not n:
+    return ""
   return f"{1 - sum(v['accuracy'] * v['count'] for v in parts) / n:.3f}"
 
 

@@ -101,6 +101,11 @@ def defaults() -> ml_collections.ConfigDict:
       # scores a relation answer by its last word, and the rest as
       # vqa/trace/accuracy (config.tasks.vqa.max_len must hold it).
       relation_answers="word",
+      # The share of world VQA training draws replaced by a position
+      # question about one of the image's objects: "the small red circle ?"
+      # -> its grid column and row ("zero two"); what relation_answers'
+      # indices need, asked about one object at a time.
+      position_questions=0.0,
       # "world": the embedded synthetic world. "coco_vqa": COCO Captions
       # (caption and ITA tasks) and VQAv2 (vqa task) built from the official
       # files in manual_dir (r3jax/train/real_setup.py), at
@@ -442,6 +447,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"number words up to {grid - 1}, but config.world.max_objects="
           f"{w.max_objects} puts numbers only up to {w.max_objects} in the "
           f"vocabulary: use config.world.grid <= {w.max_objects + 1}")
+  if not 0 <= config.data.position_questions <= 1 or (
+      config.data.position_questions and config.data.source != "world"):
+    raise ValueError("config.data.position_questions must be in [0, 1] (and "
+                     "0 off the synthetic world), got "
+                     f"{config.data.position_questions!r}")
   if "ground" in config.tasks:
     need = {"caption": config.tasks.caption.max_len} if (
         "caption" in config.tasks) else {}

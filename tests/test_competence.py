@@ -195,6 +195,7 @@ def test_relation_breakdown_asks_each_question_as_drawn_and_canonical(
   c.interference.enabled = False
   c.data.relation_answers = answers
   c.model.fusion_depth = fusion
+  c.data.position_questions = 0.5 if fusion else 0.0
   wd = str(tmp_path / "run")
   loop.train_and_evaluate(c, wd, jax.devices()[:1])
   questions = []
@@ -204,6 +205,14 @@ def test_relation_breakdown_asks_each_question_as_drawn_and_canonical(
   recs = world.records("validation", 8)
   n = sum(t == "relation" for r in recs for t in r["vqa_types"])
   assert n > 0 and got["as drawn"]["count"] == got["canonical"]["count"] == n
+  from r3jax.world import scene_from_arrays
+  from r3jax.world.vqa import position_questions
+  where = relations.positions(wd, "validation", 8)
+  # One question per nameable object (objects hold distinct cells).
+  assert where["count"] == sum(len({a for _, a in position_questions(
+      scene_from_arrays(r["scene"], world.world), world.world)})
+      for r in recs)
+  assert 0 <= where["both"] <= min(where["column"], where["row"]) <= 1
   parts = {k: v for k, v in got.items() if k.startswith("as drawn: ")
            and " | " in k}
   assert sum(v["count"] for v in parts.values()) == n

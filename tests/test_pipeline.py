@@ -213,6 +213,39 @@ def test_relation_trace_reads_the_answer_off_the_grid(world):
                         f"{r['vqa_answers'][k]}")
 
 
+def test_position_questions_name_one_object_and_its_cell(world):
+  """config.data.position_questions: a share of VQA draws asks for one
+  object's grid column and row by a description that names only it."""
+  from r3jax.world import scene_from_arrays
+  from r3jax.world.config import NUMBERS
+  from r3jax.world.facts import resolve
+  from r3jax.world.verify import parse_ref
+  from r3jax.world.vqa import grid_index, position_questions
+  cfg, tok = world.world, world.tokenizer
+  r = world.train_source[0]
+  scene = scene_from_arrays(r["scene"], cfg)
+  asked = position_questions(scene, cfg)
+  assert {a for _, a in asked} == {
+      f"{NUMBERS[int(o.x * cfg.grid)]} {NUMBERS[int(o.y * cfg.grid)]}"
+      for o in scene.objects if any(
+          resolve(parse_ref(q[:-2].split(), cfg), scene) ==
+          scene.objects.index(o) for q, _ in asked)}
+  for q, a in asked:
+    i = resolve(parse_ref(q.split()[:-1], cfg), scene)
+    o = scene.objects[i]
+    assert a == (f"{NUMBERS[grid_index(o, 'left', cfg)]} "
+                 f"{NUMBERS[grid_index(o, 'above', cfg)]}")
+  rng = np.random.default_rng(0)
+  for share, want in ((1.0, 40), (0.0, 0)):
+    fmt = tasks.formatter("vqa", tok, 20, {"position_questions": share,
+                                           "world": cfg})
+    got = 0
+    for _ in range(40):
+      ids = fmt(r, rng)["tokens"].tolist()
+      got += tok.decode(ids[1:ids.index(tok.sep_id)]) in dict(asked)
+    assert got == want
+
+
 def test_trace_scorer_takes_the_last_word_and_scores_the_indices(world):
   from r3jax.world import scene_from_arrays
   from r3jax.world.vqa import relation_trace
@@ -292,6 +325,11 @@ def test_relation_answers_are_checked_by_the_config(tiny):
   c.world.grid = 5
   with pytest.raises(ValueError, match=r"grid indices as number words up to "
                      r"4, .* use config.world.grid <= 4"):
+    config_lib.validate(c)
+  c = tiny()
+  c.data.position_questions = 1.5
+  with pytest.raises(ValueError, match=r"position_questions must be in "
+                     r"\[0, 1\]"):
     config_lib.validate(c)
 
 

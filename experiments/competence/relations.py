@@ -5,6 +5,7 @@ phrase, or neither?
       [--max-examples 256] [--out FILE.json]
   python -m experiments.competence.relations --compare A.json B.json
       [--form canonical]
+  python -m experiments.competence.relations WORKDIR --positions
 
 Every relation question of the split's first images is asked as drawn
 (grouped by its phrasing: "left of", "to the left of", "right of", ...) and
@@ -153,6 +154,49 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256,
   return out
 
 
+def positions(workdir: str, split: str = "validation",
+              max_examples: int = 256) -> dict[str, float]:
+  """Every position question (r3jax.world.vqa.position_questions: "the red
+  circle ?" -> "zero two") of the split's first images, asked once per
+  object (its shortest description): the share answered with the right
+  column and row, the right column, the right row (chance 1/3 each)."""
+  import jax  # noqa: PLC0415
+
+  from r3jax.eval import evaluator as evaluator_lib  # noqa: PLC0415
+  from r3jax.world import scene_from_arrays  # noqa: PLC0415
+  from r3jax.world.vqa import position_questions  # noqa: PLC0415
+  from r3jax.train import checkpoint as ckpt_lib  # noqa: PLC0415
+  from r3jax.train import loop  # noqa: PLC0415
+
+  config = competence.eval_config(workdir, split, max_examples)
+  mesh, world, setup, _ = loop.build(config)
+  params = ckpt_lib.load_params(workdir, setup.abstract["params"])
+  records = []
+  for r in world.records(split, max_examples):
+    scene = scene_from_arrays(r["scene"], world.world)
+    first = {}
+    for q, a in position_questions(scene, world.world):
+      first.setdefault(a, (q, a))  # one description per object
+    if first:
+      qs, ans = zip(*first.values())
+      records.append({**r, "vqa_questions": list(qs),
+                      "vqa_answers": list(ans),
+                      "vqa_types": ["position"] * len(qs)})
+  with jax.set_mesh(mesh):
+    evaluator = evaluator_lib.Evaluator(
+        setup, records, world.tokenizer, {"vqa": config.tasks.vqa},
+        config.final_eval.batch_size, {"vqa": evaluator_lib.score_vqa})
+    preds, items = evaluator.predictions(params, "vqa"), evaluator.items("vqa")
+  hits = {"both": [], "column": [], "row": []}
+  for p, (_, _, a, _) in zip(preds, items):
+    got, want = p.split(), a.split()
+    hits["both"].append(got == want)
+    hits["column"].append(got[:1] == want[:1])
+    hits["row"].append(got[1:2] == want[1:] and len(got) == 2)
+  return {**{k: sum(v) / len(v) for k, v in hits.items()},
+          "count": len(items)}
+
+
 def compare(a: str, b: str, form: str = "canonical") -> dict[str, float]:
   """Two --out files of the same split and images, paired question by
   question over the relation questions asked in `form` ("canonical" or "as
@@ -191,7 +235,21 @@ def main(argv=None) -> int:
                  help="pair two --out files question by question instead")
   p.add_argument("--form", default="canonical",
                  choices=("canonical", "as drawn"))
+  p.add_argument("--positions", action="store_true",
+                 help="ask each object's position question instead "
+                 "(data.position_questions)")
   args = p.parse_args(argv)
+  if args.positions:
+    got = positions(args.workdir, args.split, args.max_examples)
+    print(f"position questions: {got['count']}; column and row "
+          f"{got['both']:.3f}, column {got['column']:.3f}, row "
+          f"{got['row']:.3f}")
+    if args.out:
+      with open(args.out, "w") as f:
+        json.dump({"workdir": args.workdir, "split": args.split,
+                   "max_examples": args.max_examples, "positions": got}, f,
+                  indent=1)
+    return 0
   if args.compare:
     got = compare(*args.compare, form=args.form)
     print(f"{args.form} relation questions: {got['n']}; a {got['a']:.3f} "

@@ -64,13 +64,15 @@ CONFIGS = {"rel_only": ("configs/understanding_only.py", AT_19270),
            "rel_only_fusion": ("configs/understanding_only.py", AT_19270),
            "rel_only_restate": ("configs/understanding_only.py", AT_19270),
            "rel_only_restate_xy": ("configs/understanding_only.py",
-                                   AT_19270)}
+                                   AT_19270),
+           "rel_only_trace_where": ("configs/understanding_only.py",
+                                    AT_19270)}
 CONFIGS["two_scratch"] = CONFIGS["two_scratch_dxa"] = (
     "configs/understanding_only.py", None)
 for _name in ("rel_only", "rel_only_xy", "rel_only_deep", "rel_only_deep_xy",
               "rel_only_alibi", "rel_only_deep_xy_alibi", "rel_only_trace",
               "rel_only_xy_trace", "rel_only_fusion", "rel_only_restate",
-              "rel_only_restate_xy"):
+              "rel_only_restate_xy", "rel_only_trace_where"):
   LONG[_name] = 4_000
 LONG["two_scratch"] = LONG["two_scratch_dxa"] = 6_000
 COMMON = ("--config.interference.enabled=False",
@@ -130,6 +132,9 @@ TRACE = ("--config.data.relation_answers=trace",)
 # it names (per-head probe); the VQA sequences grow to 32 tokens.
 RESTATE = ("--config.data.relation_answers=restate",
            "--config.tasks.vqa.max_len=32")
+# Half the VQA draws replaced by position questions about one object
+# (data.position_questions).
+WHERE = ("--config.data.position_questions=0.5",)
 # Two early-fusion blocks (model.fusion_depth, identity at first): the image
 # tokens read the question, then each other, before the decoder reads them.
 FUSION = ("--config.model.fusion_depth=2",)
@@ -242,6 +247,13 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                             "object's position in the cross-attention "
                             "output exactly",
                             REL_ONLY + RESTATE + XY + PARTIAL),
+    "rel_only_trace_where": ("rel_only_trace with half its VQA draws "
+                             "asking one object's column and row (\"the "
+                             "red circle ?\" -> \"zero two\"): can the "
+                             "model read the position of an object one "
+                             "description names, the step the indices "
+                             "need, and does it then write them",
+                             REL_ONLY + TRACE + WHERE),
     "rel_only_fusion": ("rel_only with two early-fusion blocks: the "
                         "object a phrase names can mark itself among the "
                         "image tokens and compare itself with the other "

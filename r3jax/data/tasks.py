@@ -31,6 +31,7 @@ from r3jax.r3 import real as r3_real
 from r3jax.world.language import REL_WORDS
 from r3jax.world.scene import scene_from_arrays
 from r3jax.world.vqa import QTYPES
+from r3jax.world.vqa import position_questions as scene_position_questions
 from r3jax.world.vqa import relation_trace as scene_relation_trace
 
 _REL_HEADS = ("left", "right", "above", "below")
@@ -100,7 +101,7 @@ register(Task(
 
 
 def _vqa_sample(r, rng, type_weights=None, relation_questions="as_drawn",
-                relation_answers="word", world=None):
+                relation_answers="word", world=None, position_questions=0.0):
   """One of the record's questions: uniformly, or with probability in
   proportion to its type's weight (config.tasks.vqa.type_weights; types not
   named weigh 1). A record whose questions all weigh 0 is drawn uniformly.
@@ -109,7 +110,17 @@ def _vqa_sample(r, rng, type_weights=None, relation_questions="as_drawn",
   puts the two objects' grid indices before a relation answer ("zero two
   yes", r3jax.world.vqa.relation_trace; `world` is the WorldConfig), and
   "restate" each after its object's description ("the circle zero the
-  square two yes")."""
+  square two yes"). position_questions is the share of draws replaced by a
+  position question about one of the record's objects ("the red circle ?"
+  -> its column and row, "zero two"; r3jax.world.vqa.position_questions)."""
+  if position_questions and rng.random() < position_questions:
+    if world is None:
+      raise ValueError("position_questions need the world's settings (the "
+                       "synthetic world's records only)")
+    options = scene_position_questions(
+        scene_from_arrays(r["scene"], world), world)
+    if options:
+      return options[rng.integers(len(options))]
   n = len(r["vqa_questions"])
   if not type_weights:
     i = rng.integers(n)
@@ -176,7 +187,8 @@ register(Task(
         r["vqa_questions"], r["vqa_answers"], r["vqa_types"])],
     fields=("vqa_questions", "vqa_answers"),
     item_types=QTYPES,
-    sample_options=("relation_questions", "relation_answers", "world"),
+    sample_options=("relation_questions", "relation_answers", "world",
+                    "position_questions"),
 ))
 
 

@@ -156,7 +156,8 @@ class World:
     """What task formatters need beyond a record (r3jax.data.tasks)."""
     return {"world": self.world, "r3": self.config.r3,
             "relation_questions": self.config.data.relation_questions,
-            "relation_answers": self.config.data.relation_answers}
+            "relation_answers": self.config.data.relation_answers,
+            "position_questions": self.config.data.position_questions}
 
   def evaluator(self, setup, eval_cfg) -> Evaluation:
     """Every configured task's evaluation; with an R3 task also the R3 loop

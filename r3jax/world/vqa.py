@@ -183,3 +183,17 @@ def relation_trace(question: str, scene: Scene, cfg: WorldConfig,
   if restate:
     return " ".join([*a_words, idx[0], *b_words, idx[1]])
   return " ".join(idx)
+
+
+def position_questions(scene: Scene, cfg: WorldConfig
+                       ) -> list[tuple[str, str]]:
+  """For every object a description singles out, every such description
+  as a position question and its grid column and row: ("the small red
+  circle ?", "zero two"); config.data.position_questions trains them."""
+  out = []
+  for i, obj in enumerate(scene.objects):
+    where = (f"{NUMBERS[grid_index(obj, 'left', cfg)]} "
+             f"{NUMBERS[grid_index(obj, 'above', cfg)]}")
+    out += [(f"{ref_text(ref)} ?", where)
+            for ref in unique_refs(scene, i, _SUBSETS)]
+  return out

@@ -66,13 +66,16 @@ CONFIGS = {"rel_only": ("configs/understanding_only.py", AT_19270),
            "rel_only_restate_xy": ("configs/understanding_only.py",
                                    AT_19270),
            "rel_only_trace_where": ("configs/understanding_only.py",
-                                    AT_19270)}
+                                    AT_19270),
+           "rel_only_trace_where_xy": ("configs/understanding_only.py",
+                                       AT_19270)}
 CONFIGS["two_scratch"] = CONFIGS["two_scratch_dxa"] = (
     "configs/understanding_only.py", None)
 for _name in ("rel_only", "rel_only_xy", "rel_only_deep", "rel_only_deep_xy",
               "rel_only_alibi", "rel_only_deep_xy_alibi", "rel_only_trace",
               "rel_only_xy_trace", "rel_only_fusion", "rel_only_restate",
-              "rel_only_restate_xy", "rel_only_trace_where"):
+              "rel_only_restate_xy", "rel_only_trace_where",
+              "rel_only_trace_where_xy"):
   LONG[_name] = 4_000
 LONG["two_scratch"] = LONG["two_scratch_dxa"] = 6_000
 COMMON = ("--config.interference.enabled=False",
@@ -254,6 +257,14 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                              "description names, the step the indices "
                              "need, and does it then write them",
                              REL_ONLY + TRACE + WHERE),
+    "rel_only_trace_where_xy": ("rel_only_trace_where with rel_only_xy's "
+                                "coordinates: rel_only_trace_where reads "
+                                "one named object's column at 0.49 after "
+                                "1,000 steps (chance 1/3); with the "
+                                "attended patches' exact centres in the "
+                                "cross-attention values, is that reading "
+                                "what is slow",
+                                REL_ONLY + TRACE + WHERE + XY + PARTIAL),
     "rel_only_fusion": ("rel_only with two early-fusion blocks: the "
                         "object a phrase names can mark itself among the "
                         "image tokens and compare itself with the other "

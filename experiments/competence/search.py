@@ -33,13 +33,15 @@ ROOT = os.path.join("experiments", "competence", "runs")
 STEPS = 12_000
 # Variants on a schedule of their own: name -> steps.
 LONG = {"mix_sincos_rf_40k": 40_000, "rf_40k_rel4": 40_000,
-        "rf_40k_rel4_canon": 40_000, "rf_40k_rel4_trace": 40_000}
+        "rf_40k_rel4_canon": 40_000, "rf_40k_rel4_trace": 40_000,
+        "rf_40k_trace_where": 40_000}
 # Variants that continue another's run from one of its shipped checkpoints
 # (parameters, optimizer state, data position and schedule): name ->
 # (parent, step). Their learning curves start at that step.
 BRANCHES = {"rf_40k_rel4": ("mix_sincos_rf_40k", 19_270),
             "rf_40k_rel4_canon": ("mix_sincos_rf_40k", 19_270),
-            "rf_40k_rel4_trace": ("mix_sincos_rf_40k", 19_270)}
+            "rf_40k_rel4_trace": ("mix_sincos_rf_40k", 19_270),
+            "rf_40k_trace_where": ("rf_40k_rel4_trace", 24_237)}
 # Variants trained from another config file than configs/joint.py: name ->
 # (config file, the variant whose latest parameters start it, or
 # "variant@step" for that variant's checkpoint shipped at step, or None).
@@ -188,6 +190,13 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                           "every phrasing)",
                           CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS +
                           REL4 + TRACE),
+    "rf_40k_trace_where": ("rf_40k_rel4_trace continued from its step "
+                           "24,237 with half the VQA draws asking one "
+                           "object's column and row (as "
+                           "rel_only_trace_where, which answers canonical "
+                           "relation questions at 0.97)",
+                           CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS +
+                           REL4 + TRACE + WHERE),
     "rel_only": ("the parameters of mix_sincos_rf_40k at step 19,270 "
                  "(config.init_from: a fresh optimizer and a 4,000-step "
                  "schedule) trained on VQA relation questions alone, in the "

@@ -120,6 +120,17 @@ def _relation_questions(world):
         yield scene, q, a
 
 
+def _drawn(fmt, tok, record, rng):
+  """One formatted VQA example of `record`: its question, its supervised
+  target text, and the question's index in the record."""
+  out = fmt(record, rng)
+  ids = out["tokens"].tolist()
+  question = tok.decode(ids[1:ids.index(tok.sep_id)])
+  target = tok.decode([t for t, m in zip(out["targets"].tolist(),
+                                         out["loss_mask"]) if m])
+  return question, target, list(record["vqa_questions"]).index(question)
+
+
 def test_canonical_relation_questions_keep_their_answers(world):
   """config.data.relation_questions="canonical": every relation question is
   asked as "is A left of B ?" and its answer, checked on the scene, stays."""
@@ -177,12 +188,7 @@ def test_relation_trace_reads_the_answer_off_the_grid(world):
   rng = np.random.default_rng(0)
   seen = set()
   for _ in range(60):
-    out = fmt(r, rng)
-    ids = out["tokens"].tolist()
-    question = tok.decode(ids[1:ids.index(tok.sep_id)])
-    target = tok.decode([t for t, m in zip(out["targets"].tolist(),
-                                           out["loss_mask"]) if m])
-    k = list(r["vqa_questions"]).index(question)
+    question, target, k = _drawn(fmt, tok, r, rng)
     qtype, answer = r["vqa_types"][k], r["vqa_answers"][k]
     want = (f"{relation_trace(question, scene, cfg)} {answer}"
             if qtype == "relation" else answer)
@@ -202,12 +208,7 @@ def test_relation_trace_reads_the_answer_off_the_grid(world):
   fmt = tasks.formatter("vqa", tok, 32, {"relation_answers": "restate",
                                          "world": cfg})
   for _ in range(30):
-    out = fmt(r, rng)
-    ids = out["tokens"].tolist()
-    question = tok.decode(ids[1:ids.index(tok.sep_id)])
-    target = tok.decode([t for t, m in zip(out["targets"].tolist(),
-                                           out["loss_mask"]) if m])
-    k = list(r["vqa_questions"]).index(question)
+    question, target, k = _drawn(fmt, tok, r, rng)
     if r["vqa_types"][k] == "relation":
       assert target == (f"{relation_trace(question, scene, cfg, True)} "
                         f"{r['vqa_answers'][k]}")

@@ -244,13 +244,6 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                          "while its last block selects object A where A's "
                          "description ends",
                          REL_ONLY + RESTATE),
-    "rel_only_restate": ("rel_only_trace with each index written after its "
-                         "object's description, copied from the question: "
-                         "rel_only_trace's model selects neither object "
-                         "where it writes the first index (the <sep>), "
-                         "while its last block selects object A where A's "
-                         "description ends",
-                         REL_ONLY + RESTATE),
     "rel_only_restate_xy": ("rel_only_restate with rel_only_xy's "
                             "coordinates: rel_only_restate copies both "
                             "descriptions right by step 1,500 but writes "

@@ -110,9 +110,7 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256,
     captions = loop_.captions(params, images)
   if questions is not None:
     for p, (i, q, a, extra) in zip(preds, items):
-      words = p.split()
-      said = (words[-1] if words else "") if (
-          config.data.relation_answers != "word") else p
+      said = world_setup.vqa_answer(p, q, config.data.relation_answers)
       questions.append({"record": i, "group": extra["qtype"], "question": q,
                         "answer": a, "prediction": p,
                         "correct": normalize(said) == normalize(a)})

@@ -30,11 +30,9 @@ from r3jax.r3 import grounded
 from r3jax.r3 import real as r3_real
 from r3jax.world.language import REL_WORDS
 from r3jax.world.scene import scene_from_arrays
-from r3jax.world.vqa import QTYPES
+from r3jax.world.vqa import QTYPES, relation_span
 from r3jax.world.vqa import position_questions as scene_position_questions
 from r3jax.world.vqa import relation_trace as scene_relation_trace
-
-_REL_HEADS = ("left", "right", "above", "below")
 
 Record = Mapping[str, Any]
 
@@ -150,17 +148,6 @@ def relation_trace(question: str, record: Record, world,
   return scene_relation_trace(
       question, scene_from_arrays(record["scene"], world), world,
       restate=relation_answers == "restate")
-
-
-def relation_span(words: Sequence[str]) -> tuple[int, int] | None:
-  """[start, end) of the first relation phrase (a key of REL_WORDS, e.g.
-  "to the right of") in `words`, or None."""
-  i = next((k for k, w in enumerate(words) if w in _REL_HEADS), None)
-  if i is None:
-    return None
-  start = i - 2 if list(words[i - 2:i]) == ["to", "the"] else i
-  end = i + 2 if list(words[i + 1:i + 2]) == ["of"] else i + 1
-  return start, end
 
 
 def canonical_relation(question: str) -> str:

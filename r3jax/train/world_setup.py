@@ -101,11 +101,10 @@ def make_vqa_scorer(cfg: world_lib.WorldConfig, relation_answers: str):
   def score(task, preds, items, records) -> dict:
     answers, hits = [], collections.defaultdict(list)
     for p, (i, q, _, extra) in zip(preds, items):
+      answers.append(vqa_answer(p, q, relation_answers))
       if tasks_lib.relation_span(q.split()) is None:  # not a relation
-        answers.append(p)
         continue
       words = p.split()
-      answers.append(words[-1] if words else "")
       want = tasks_lib.relation_trace(q, records[i], cfg,
                                       relation_answers).split()
       ia, ib = (k for k, w in enumerate(want) if w in NUMBERS)
@@ -124,6 +123,17 @@ def make_vqa_scorer(cfg: world_lib.WorldConfig, relation_answers: str):
       out["trace/count"] = float(len(hits["trace/accuracy"]))
     return out
   return score
+
+
+def vqa_answer(prediction: str, question: str, relation_answers: str) -> str:
+  """The answer a VQA prediction gives: all of it, or with written
+  relation indices (relation_answers "trace" or "restate") its last word
+  for a relation question."""
+  if relation_answers == "word" or tasks_lib.relation_span(
+      question.split()) is None:
+    return prediction
+  words = prediction.split()
+  return words[-1] if words else ""
 
 
 def _answer_of(question: str, indices: list[str], cfg) -> str | None:

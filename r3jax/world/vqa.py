@@ -17,7 +17,7 @@ import itertools
 import numpy as np
 
 from r3jax.world.config import NUMBERS, WorldConfig
-from r3jax.world.facts import Ref, holds, unique_refs
+from r3jax.world.facts import Ref, holds, resolve, unique_refs
 from r3jax.world.language import REL_WORDS, article, plural, ref_text
 from r3jax.world.scene import Scene
 from r3jax.world.verify import parse_ref
@@ -132,18 +132,30 @@ def vqa(scene: Scene, rng: np.random.Generator, cfg: WorldConfig,
   return out
 
 
+_REL_HEADS = ("left", "right", "above", "below")
+
+
+def relation_span(words) -> tuple[int, int] | None:
+  """[start, end) of the first relation phrase (a key of REL_WORDS, e.g.
+  "to the right of") in `words`, or None."""
+  i = next((k for k, w in enumerate(words) if w in _REL_HEADS), None)
+  if i is None:
+    return None
+  start = i - 2 if list(words[i - 2:i]) == ["to", "the"] else i
+  end = i + 2 if list(words[i + 1:i + 2]) == ["of"] else i + 1
+  return start, end
+
+
 def _relation_parts(question: str, cfg: WorldConfig):
   """(A's words, B's words, A, relation, swapped, B) of "is A REL B ?"."""
   words = question.split()
-  for rel_words, (rel, swap) in sorted(REL_WORDS.items(),
-                                       key=lambda kv: -len(kv[0])):
-    n = len(rel_words)
-    for k in range(1, len(words) - n):
-      if tuple(words[k:k + n]) == rel_words and words[0] == "is" and (
-          words[-1] == "?"):
-        a, b = parse_ref(words[1:k], cfg), parse_ref(words[k + n:-1], cfg)
-        if a is not None and b is not None:
-          return words[1:k], words[k + n:-1], a, rel, swap, b
+  span = relation_span(words)
+  if span is not None and words[:1] == ["is"] and words[-1:] == ["?"]:
+    start, end = span
+    rel, swap = REL_WORDS.get(tuple(words[start:end]), (None, None))
+    a, b = parse_ref(words[1:start], cfg), parse_ref(words[end:-1], cfg)
+    if rel is not None and a is not None and b is not None:
+      return words[1:start], words[end:-1], a, rel, swap, b
   raise ValueError(f"not a relation question: {question!r}")
 
 
@@ -175,11 +187,11 @@ def relation_trace(question: str, scene: Scene, cfg: WorldConfig,
   a_words, b_words, a, rel, _, b = _relation_parts(question, cfg)
   idx = []
   for ref in (a, b):
-    hits = [o for o in scene.objects if ref.matches(o)]
-    if len(hits) != 1:
-      raise ValueError(f"{question!r}: {ref} names {len(hits)} objects of "
-                       "the scene, not one")
-    idx.append(NUMBERS[grid_index(hits[0], rel, cfg)])
+    i = resolve(ref, scene)
+    if i is None:
+      raise ValueError(f"{question!r}: {ref} does not name one object of "
+                       "the scene")
+    idx.append(NUMBERS[grid_index(scene.objects[i], rel, cfg)])
   if restate:
     return " ".join([*a_words, idx[0], *b_words, idx[1]])
   return " ".join(idx)

@@ -106,6 +106,14 @@ def defaults() -> ml_collections.ConfigDict:
       # -> its grid column and row ("zero two"); what relation_answers'
       # indices need, asked about one object at a time.
       position_questions=0.0,
+      # World captions trained with each single object of the listing
+      # followed by its grid column and row, as position questions answer
+      # them ("a small red circle zero one"), so that a relation clause
+      # compares two positions already written. Evaluation removes them
+      # before scoring (r3jax.world.vqa.strip_positions) and logs
+      # caption/positions/accuracy; config.tasks.caption.max_len must hold
+      # up to 6 more words.
+      caption_positions=False,
       # "world": the embedded synthetic world. "coco_vqa": COCO Captions
       # (caption and ITA tasks) and VQAv2 (vqa task) built from the official
       # files in manual_dir (r3jax/train/real_setup.py), at
@@ -434,24 +442,35 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if answers not in tasks_lib.RELATION_ANSWERS:
     raise ValueError(f"config.data.relation_answers must be one of "
                      f"{tasks_lib.RELATION_ANSWERS}, got {answers!r}")
-  if answers != "word":
-    if config.data.source != "world":
-      raise ValueError(f"config.data.relation_answers={answers!r} needs the "
-                       "synthetic world (config.data.source='world'), got "
-                       f"{config.data.source!r}")
-    w = config.world
-    grid = w.grid or max(3, w.max_objects)  # WorldConfig's default
-    if grid > w.max_objects + 1:
-      raise ValueError(
-          f"config.data.relation_answers={answers!r} writes grid indices as "
-          f"number words up to {grid - 1}, but config.world.max_objects="
-          f"{w.max_objects} puts numbers only up to {w.max_objects} in the "
-          f"vocabulary: use config.world.grid <= {w.max_objects + 1}")
+  if answers != "word" and config.data.source != "world":
+    raise ValueError(f"config.data.relation_answers={answers!r} needs the "
+                     "synthetic world (config.data.source='world'), got "
+                     f"{config.data.source!r}")
+  writers = [k for k, on in (
+      (f"relation_answers={answers!r}", answers != "word"),
+      ("position_questions", config.data.position_questions),
+      ("caption_positions", config.data.caption_positions)) if on]
+  w = config.world
+  grid = w.grid or max(3, w.max_objects)  # WorldConfig's default
+  if writers and grid > w.max_objects + 1:
+    raise ValueError(
+        f"config.data.{writers[0]} writes grid indices as "
+        f"number words up to {grid - 1}, but config.world.max_objects="
+        f"{w.max_objects} puts numbers only up to {w.max_objects} in the "
+        f"vocabulary: use config.world.grid <= {w.max_objects + 1}")
   if not 0 <= config.data.position_questions <= 1 or (
       config.data.position_questions and config.data.source != "world"):
     raise ValueError("config.data.position_questions must be in [0, 1] (and "
                      "0 off the synthetic world), got "
                      f"{config.data.position_questions!r}")
+  if config.data.caption_positions and (
+      config.data.source != "world" or
+      set(r3_variants.R3_TASKS) & set(config.tasks)):
+    raise ValueError(
+        "config.data.caption_positions writes grid indices into world "
+        "captions: it needs config.data.source='world' and no R3 task "
+        "(whose drafts would carry them), got source "
+        f"{config.data.source!r} and tasks {sorted(config.tasks)}")
   if "ground" in config.tasks:
     need = {"caption": config.tasks.caption.max_len} if (
         "caption" in config.tasks) else {}

@@ -247,6 +247,65 @@ def test_position_questions_name_one_object_and_its_cell(world):
     assert got == want
 
 
+def test_caption_positions_follow_each_single_object_and_strip_off(world):
+  """config.data.caption_positions: the caption task trains each single
+  object of the listing followed by its grid column and row; stripping the
+  indices gives back the reference, and the scorer measures them."""
+  from r3jax.world import scene_from_arrays
+  from r3jax.world.config import NUMBERS
+  from r3jax.world.facts import Ref, resolve
+  from r3jax.world.vqa import (caption_positions, grid_index,
+                               positions_right, strip_positions)
+  cfg, tok = world.world, world.tokenizer
+  seen = 0
+  for r in (world.train_source[i] for i in range(30)):
+    scene = scene_from_arrays(r["scene"], cfg)
+    for c in r["captions"]:
+      p = caption_positions(c, scene, cfg)
+      assert strip_positions(p, cfg) == strip_positions(c, cfg) == c
+      right, written = positions_right(p, scene, cfg)
+      assert right == written
+      words = p.split()
+      for k, w in enumerate(words[:-2]):
+        if w in ("a", "an") and words[k + 3] in cfg.shapes:
+          i = resolve(Ref(*words[k + 1:k + 4]), scene)
+          assert words[k + 4:k + 6] == [
+              NUMBERS[grid_index(scene.objects[i], "left", cfg)],
+              NUMBERS[grid_index(scene.objects[i], "above", cfg)]]
+          seen += 1
+  assert seen >= 30
+  # A wrong index is counted wrong; one object with a wrong cell.
+  r = world.train_source[0]
+  scene = scene_from_arrays(r["scene"], cfg)
+  words = caption_positions(r["captions"][0], scene, cfg).split()
+  k = next(k for k, w in enumerate(words) if w in cfg.shapes) + 1
+  words[k] = NUMBERS[(NUMBERS.index(words[k]) + 1) % cfg.grid]
+  right, written = positions_right(" ".join(words), scene, cfg)
+  assert (right, written) == (written - 1, written) and written >= 1
+  rng = np.random.default_rng(0)
+  for on in (True, False):
+    fmt = tasks.formatter("caption", tok, 48, {"caption_positions": on,
+                                               "world": cfg})
+    ex = fmt(r, rng)
+    ids = ex["targets"][ex["loss_mask"] > 0].tolist()
+    assert ids[-1] == tok.eos_id
+    text = tok.decode(ids[:-1])
+    assert (text == caption_positions(strip_positions(text, cfg), scene, cfg)
+            if on else text in r["captions"])
+    assert strip_positions(text, cfg) in r["captions"]
+  # The scorer scores the captions without the indices, and the indices.
+  records = [world.train_source[i] for i in range(8)]
+  items = [(i, None, rr["captions"], {}) for i, rr in enumerate(records)]
+  score = world_setup.make_caption_scorer(cfg, positions=True)
+  preds = [caption_positions(rr["captions"][0], scene_from_arrays(
+      rr["scene"], cfg), cfg) for rr in records]
+  got = score("caption", preds, items, records)
+  assert got["f1"] == got["v_strict"] == got["positions/accuracy"] == 1.0
+  plain = world_setup.make_caption_scorer(cfg)("caption", preds, items,
+                                               records)
+  assert plain["f1"] < 1.0 and "positions/accuracy" not in plain
+
+
 def test_trace_scorer_takes_the_last_word_and_scores_the_indices(world):
   from r3jax.world import scene_from_arrays
   from r3jax.world.vqa import relation_trace
@@ -331,6 +390,14 @@ def test_relation_answers_are_checked_by_the_config(tiny):
   c.data.position_questions = 1.5
   with pytest.raises(ValueError, match=r"position_questions must be in "
                      r"\[0, 1\]"):
+    config_lib.validate(c)
+  c = tiny()
+  c.data.caption_positions = True
+  config_lib.validate(c)
+  c = tiny(("caption", "reflect", "refine"))
+  c.data.caption_positions = True
+  with pytest.raises(ValueError, match=r"caption_positions writes grid "
+                     r"indices .*source='world' and no R3 task"):
     config_lib.validate(c)
 
 

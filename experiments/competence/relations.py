@@ -83,6 +83,7 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256,
   from r3jax.r3 import loop as r3_loop  # noqa: PLC0415
   from r3jax.world import edit, scene_from_arrays  # noqa: PLC0415
   from r3jax.world.facts import is_true  # noqa: PLC0415
+  from r3jax.world.vqa import strip_positions  # noqa: PLC0415
   from r3jax.train import checkpoint as ckpt_lib  # noqa: PLC0415
   from r3jax.train import loop  # noqa: PLC0415
   from r3jax.train import world_setup  # noqa: PLC0415
@@ -108,6 +109,8 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256,
     got = {f"vqa/{k}": v for k, v in score("vqa", preds, items,
                                             records).items()}
     captions = loop_.captions(params, images)
+  if config.data.caption_positions:  # scored without the written indices
+    captions = [strip_positions(c, world.world) for c in captions]
   if questions is not None:
     for p, (i, q, a, extra) in zip(preds, items):
       said = world_setup.vqa_answer(p, q, config.data.relation_answers)

@@ -34,14 +34,15 @@ STEPS = 12_000
 # Variants on a schedule of their own: name -> steps.
 LONG = {"mix_sincos_rf_40k": 40_000, "rf_40k_rel4": 40_000,
         "rf_40k_rel4_canon": 40_000, "rf_40k_rel4_trace": 40_000,
-        "rf_40k_trace_where": 40_000}
+        "rf_40k_trace_where": 40_000, "rf_40k_where_captions": 40_000}
 # Variants that continue another's run from one of its shipped checkpoints
 # (parameters, optimizer state, data position and schedule): name ->
 # (parent, step). Their learning curves start at that step.
 BRANCHES = {"rf_40k_rel4": ("mix_sincos_rf_40k", 19_270),
             "rf_40k_rel4_canon": ("mix_sincos_rf_40k", 19_270),
             "rf_40k_rel4_trace": ("mix_sincos_rf_40k", 19_270),
-            "rf_40k_trace_where": ("rf_40k_rel4_trace", 24_237)}
+            "rf_40k_trace_where": ("rf_40k_rel4_trace", 24_237),
+            "rf_40k_where_captions": ("rf_40k_trace_where", 27_609)}
 # Variants trained from another config file than configs/joint.py: name ->
 # (config file, the variant whose latest parameters start it, or
 # "variant@step" for that variant's checkpoint shipped at step, or None).
@@ -140,6 +141,11 @@ RESTATE = ("--config.data.relation_answers=restate",
 # Half the VQA draws replaced by position questions about one object
 # (data.position_questions).
 WHERE = ("--config.data.position_questions=0.5",)
+# Captions trained with each single object of the listing followed by its
+# column and row, as position questions answer them (data.caption_positions;
+# up to 42 words, so 48 tokens).
+CAPTION_WHERE = ("--config.data.caption_positions=True",
+                 "--config.tasks.caption.max_len=48")
 # Two early-fusion blocks (model.fusion_depth, identity at first): the image
 # tokens read the question, then each other, before the decoder reads them.
 FUSION = ("--config.model.fusion_depth=2",)
@@ -197,6 +203,14 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                            "relation questions at 0.97)",
                            CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS +
                            REL4 + TRACE + WHERE),
+    "rf_40k_where_captions": ("rf_40k_trace_where continued from its step "
+                              "27,609 with the listed objects' columns and "
+                              "rows written in the captions: its VQA "
+                              "answers relation questions from written "
+                              "positions, its captions' relation clauses "
+                              "are at chance",
+                              CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS +
+                              REL4 + TRACE + WHERE + CAPTION_WHERE),
     "rel_only": ("the parameters of mix_sincos_rf_40k at step 19,270 "
                  "(config.init_from: a fresh optimizer and a 4,000-step "
                  "schedule) trained on VQA relation questions alone, in the "

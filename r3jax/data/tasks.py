@@ -31,6 +31,7 @@ from r3jax.r3 import real as r3_real
 from r3jax.world.language import REL_WORDS
 from r3jax.world.scene import scene_from_arrays
 from r3jax.world.vqa import QTYPES, relation_span
+from r3jax.world.vqa import caption_positions as scene_caption_positions
 from r3jax.world.vqa import position_questions as scene_position_questions
 from r3jax.world.vqa import relation_trace as scene_relation_trace
 
@@ -89,12 +90,26 @@ def unregister(name: str) -> None:
   TASKS.pop(name, None)
 
 
+def _caption_sample(r, rng, caption_positions=False, world=None):
+  """One of the record's captions; with caption_positions (config.data)
+  each single object it lists followed by its grid column and row
+  (r3jax.world.vqa.caption_positions; `world` is the WorldConfig)."""
+  caption = r["captions"][rng.integers(len(r["captions"]))]
+  if not caption_positions:
+    return None, caption
+  if world is None:
+    raise ValueError("caption_positions need the world's settings (the "
+                     "synthetic world's records only)")
+  return None, scene_caption_positions(
+      caption, scene_from_arrays(r["scene"], world), world)
+
+
 register(Task(
     "caption",
-    sample=lambda r, rng: (None, r["captions"][rng.integers(
-        len(r["captions"]))]),
+    sample=_caption_sample,
     eval_items=lambda r: [(None, list(r["captions"]), {})],
     fields=("captions",),
+    sample_options=("caption_positions", "world"),
 ))
 
 

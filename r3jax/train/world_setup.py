@@ -27,7 +27,7 @@ from r3jax.train import checkpoint as ckpt_lib
 from r3jax.r3 import loop as r3_loop
 from r3jax.r3 import variants as r3_variants
 from r3jax.world.config import NUMBERS
-from r3jax.world.vqa import relation_operands
+from r3jax.world.vqa import positions_right, relation_operands, strip_positions
 
 
 def world_config(config: ml_collections.ConfigDict) -> world_lib.WorldConfig:
@@ -76,12 +76,23 @@ def initial_state(config: ml_collections.ConfigDict, setup, init_state):
   return state
 
 
-def make_caption_scorer(cfg: world_lib.WorldConfig):
+def make_caption_scorer(cfg: world_lib.WorldConfig, positions: bool = False):
+  """The verifier's and the text metrics' scores of the captions; with
+  `positions` (config.data.caption_positions) on the captions without their
+  written grid indices, and caption/positions/accuracy: the share of listed
+  single objects followed by their right column and row."""
   def score(task, preds, items, records) -> dict:
     refs = [r for _, _, r, _ in items]
-    out = metrics_lib.caption_metrics(preds, refs)
-    verdicts = [world_lib.verify(p, world_lib.scene_from_arrays(
-        records[i]["scene"], cfg), cfg) for p, (i, *_) in zip(preds, items)]
+    scenes = [world_lib.scene_from_arrays(records[i]["scene"], cfg)
+              for i, *_ in items]
+    out = {}
+    if positions:
+      counts = [positions_right(p, s, cfg) for p, s in zip(preds, scenes)]
+      out["positions/accuracy"] = (sum(r for r, _ in counts) /
+                                   max(sum(w for _, w in counts), 1))
+      preds = [strip_positions(p, cfg) for p in preds]
+    out.update(metrics_lib.caption_metrics(preds, refs))
+    verdicts = [world_lib.verify(p, s, cfg) for p, s in zip(preds, scenes)]
     out.update(metrics_lib.mean_caption_scores(verdicts))
     return out
   return score
@@ -167,14 +178,16 @@ class World:
     return {"world": self.world, "r3": self.config.r3,
             "relation_questions": self.config.data.relation_questions,
             "relation_answers": self.config.data.relation_answers,
-            "position_questions": self.config.data.position_questions}
+            "position_questions": self.config.data.position_questions,
+            "caption_positions": self.config.data.caption_positions}
 
   def evaluator(self, setup, eval_cfg) -> Evaluation:
     """Every configured task's evaluation; with an R3 task also the R3 loop
     (per-round scores under r3/...) on the same records."""
     scorers = {name: t.score for name, t in tasks_lib.TASKS.items()
                if t.score is not None}
-    scorers.update(caption=make_caption_scorer(self.world),
+    scorers.update(caption=make_caption_scorer(
+                       self.world, self.config.data.caption_positions),
                    vqa=make_vqa_scorer(self.world,
                                        self.config.data.relation_answers),
                    ita=evaluator_lib.score_ita)

@@ -209,3 +209,71 @@ def position_questions(scene: Scene, cfg: WorldConfig
     out += [(f"{ref_text(ref)} ?", where)
             for ref in unique_refs(scene, i, _SUBSETS)]
   return out
+
+
+def _where(obj, cfg: WorldConfig) -> list[str]:
+  return [NUMBERS[grid_index(obj, "left", cfg)],
+          NUMBERS[grid_index(obj, "above", cfg)]]
+
+
+def _listed(words: list[str], k: int, cfg: WorldConfig) -> Ref | None:
+  """The object a caption's listing item ending at words[k] names, when it
+  is one object ("a small red circle"), else None."""
+  if k < 3 or words[k] not in cfg.shapes or words[k - 3] not in ("a", "an"):
+    return None
+  return Ref(words[k - 2], words[k - 1], words[k])
+
+
+def caption_positions(caption: str, scene: Scene, cfg: WorldConfig) -> str:
+  """The caption with each single object of its listing followed by its
+  grid column and row, as a position question answers them: "there are two
+  objects : a small red circle zero one and a large blue square two zero .
+  the circle is left of the square" (config.data.caption_positions). A
+  relation clause can then read both positions from words already written."""
+  words, out = caption.split(), []
+  for k, w in enumerate(words):
+    out.append(w)
+    ref = _listed(words, k, cfg)
+    if ref is not None:
+      i = resolve(ref, scene)
+      if i is None:
+        raise ValueError(f"{caption!r}: {ref} does not name one object of "
+                         "the scene")
+      out += _where(scene.objects[i], cfg)
+  return " ".join(out)
+
+
+def _is_position(words: list[str], k: int, cfg: WorldConfig) -> bool:
+  """Whether words[k] is a written grid index: a number word after a shape
+  noun (or after such an index), where no caption of the grammar has one."""
+  nouns = {*cfg.shapes, *map(plural, cfg.shapes)}
+  j = k
+  while j > 0 and words[j] in NUMBERS[:cfg.grid]:
+    j -= 1
+    if words[j] in nouns:
+      return True
+  return False
+
+
+def strip_positions(caption: str, cfg: WorldConfig) -> str:
+  """The caption without the grid indices caption_positions writes (and
+  without any number word a model writes after a shape noun)."""
+  words = caption.split()
+  return " ".join(w for k, w in enumerate(words)
+                  if not _is_position(words, k, cfg))
+
+
+def positions_right(caption: str, scene: Scene, cfg: WorldConfig
+                    ) -> tuple[int, int]:
+  """(right, written): of the caption's listing items that name one object
+  of the scene, how many are followed by that object's column and row."""
+  words, right, written = caption.split(), 0, 0
+  for k in range(len(words)):
+    ref = _listed(words, k, cfg)
+    if ref is None:
+      continue
+    written += 1
+    i = resolve(ref, scene)
+    right += i is not None and words[k + 1:k + 3] == _where(
+        scene.objects[i], cfg)
+  return right, written

@@ -117,10 +117,11 @@ def bench_config(size: str = "default", batch: int | None = None,
 def model_config(c):
   """The r3jax ModelConfig of config `c`, the vocabulary the world's."""
   from r3jax.data.tokenizer import WordTokenizer  # noqa: PLC0415
-  from r3jax.train import world_setup  # noqa: PLC0415
+  from r3jax import config as config_lib  # noqa: PLC0415
+  from r3jax.run import world_setup  # noqa: PLC0415
   wcfg = world_setup.world_config(c)
   vocab = WordTokenizer.from_world(wcfg).vocab_size
-  return world_setup.model_config(c, vocab, wcfg.image_size)
+  return config_lib.model_config(c, vocab, wcfg.image_size)
 
 
 def random_batch(c, vocab: int, seed: int = 0, shared: bool = False
@@ -144,10 +145,10 @@ def random_batch(c, vocab: int, seed: int = 0, shared: bool = False
 
 def train_step(c, mcfg, devices=None):
   """(mesh, setup, init_state, update) of r3jax's plain jitted train step
-  (r3jax.train.loop's, interference off) for ModelConfig `mcfg`."""
+  (r3jax.run.loop's, interference off) for ModelConfig `mcfg`."""
   from r3jax import sharding  # noqa: PLC0415
   from r3jax.model import Model  # noqa: PLC0415
-  from r3jax.train import loop  # noqa: PLC0415
+  from r3jax.run import loop  # noqa: PLC0415
   make_model = lambda rngs: Model(mcfg, rngs=rngs)  # noqa: E731
   mesh = sharding.make_mesh(c.mesh, devices)
   setup, init = loop.make_setup(c, mesh, make_model, None)

@@ -38,7 +38,6 @@ from r3jax.model import Model  # noqa: E402
 from r3jax.train import optim  # noqa: E402
 from r3jax.train import state as state_lib  # noqa: E402
 from r3jax.train import step as step_lib  # noqa: E402
-from r3jax.train import world_setup  # noqa: E402
 
 VOCAB = 64
 
@@ -65,7 +64,7 @@ def _variant(c, mesh, method=None, layout="split", halves=False,
   c.interference.halves = halves
   if method:
     c.interference.method = method
-  mcfg = world_setup.model_config(c, VOCAB, c.world.image_size)
+  mcfg = config_lib.model_config(c, VOCAB, c.world.image_size)
   make_model = lambda rngs: Model(mcfg, rngs=rngs)  # noqa: E731
   instrument = None
   if instrumented:
@@ -76,10 +75,12 @@ def _variant(c, mesh, method=None, layout="split", halves=False,
   setup, init = state_lib.create(
       make_model, tx, mesh, c.sharding_rules, 0,
       aux_init=instrument.init_state if instrument else None)
-  update = step_lib.make_update(
-      setup, {k: t.weight for k, t in c.tasks.items()},
-      optim.schedule(c.optim, c.total_steps), layout=layout,
-      instrument=instrument)
+  schedule = optim.schedule(c.optim, c.total_steps)
+  if instrument is not None:
+    update = interference_step.make_update(setup, instrument, schedule, 0)
+  else:
+    update = step_lib.make_update(setup, step_lib.weighted_sum(
+        setup, {k: t.weight for k, t in c.tasks.items()}, layout), schedule)
   return init, update
 
 

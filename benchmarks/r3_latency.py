@@ -49,7 +49,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from r3jax import config as config_lib  # noqa: E402
 from r3jax.r3 import loop as r3_loop  # noqa: E402
 from r3jax.train import checkpoint as ckpt_lib  # noqa: E402
-from r3jax.train import loop as train_loop  # noqa: E402
+from r3jax.run import loop as train_loop  # noqa: E402
 from r3jax.world import available_corruptions, corrupt, scene_from_arrays  # noqa: E402
 
 

@@ -23,7 +23,7 @@ The script checks the parameter counts differ by exactly that.
 (a) train: the same split-layout batch (configs/joint.py's tasks, --batch per
 task), loss = per-task token cross-entropy on the masked targets, summed with
 the task weights, global-norm clipping and AdamW: r3jax's plain jitted step
-(r3jax.train.loop.make_update, interference off) against loss.backward() +
+(r3jax.run.loop.make_update, interference off) against loss.backward() +
 clip_grad_norm_ + torch.optim.AdamW (decay on matrices only). Figure:
 examples/s. (b) generate: greedy with KV caches from a one-token prompt,
 exactly --gen-tokens new tokens (eos never stops r3jax; min_new_tokens for

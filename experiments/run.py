@@ -197,9 +197,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           devices=None) -> dict[str, Any]:
   """What r3jax.main runs for `config` (the library functions)."""
   if config.rl.enabled:
-    from r3jax.r3 import tree_rl  # noqa: PLC0415
-    return tree_rl.train(config, workdir, devices)
-  from r3jax.train import loop  # noqa: PLC0415
+    from r3jax.run import rl  # noqa: PLC0415
+    return rl.train(config, workdir, devices)
+  from r3jax.run import loop  # noqa: PLC0415
   return loop.train_and_evaluate(config, workdir, devices)
 
 

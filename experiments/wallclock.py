@@ -30,7 +30,7 @@ import jax
 import ml_collections
 
 from r3jax.data import pipeline
-from r3jax.train import loop
+from r3jax.run import loop
 
 
 def plain(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -18,8 +18,11 @@ from typing import Any
 import ml_collections
 
 from r3jax import config_checks as checks
+from r3jax.data import pipeline
 from r3jax.data import tasks as tasks_lib
 from r3jax.interference import groups as interference_groups
+from r3jax.model import ModelConfig
+from r3jax.train import nonfinite as nonfinite_lib
 from r3jax.r3 import variants as r3_variants
 from r3jax.world.corrupt import CORRUPTIONS
 
@@ -116,7 +119,7 @@ def defaults() -> ml_collections.ConfigDict:
       caption_positions=False,
       # "world": the embedded synthetic world. "coco_vqa": COCO Captions
       # (caption and ITA tasks) and VQAv2 (vqa task) built from the official
-      # files in manual_dir (r3jax/train/real_setup.py), at
+      # files in manual_dir (r3jax/run/real_setup.py), at
       # config.world.image_size, with a SentencePiece vocabulary of
       # vocab_size trained on their training text.
       source="world",
@@ -410,21 +413,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
       config.model.encoder_init):
     raise ValueError(f"config.model.encoder_init={config.model.encoder_init!r}"
                      " does not exist")
-  if config.model.attention not in ("auto", "xla", "cudnn"):
-    raise ValueError(f"config.model.attention must be 'auto', 'xla' or "
-                     f"'cudnn', got {config.model.attention!r}")
   if config.model.attention == "cudnn":
     import jax  # noqa: PLC0415 (jax reads XLA_FLAGS when first imported)
     if jax.default_backend() != "gpu":
       raise ValueError("config.model.attention='cudnn' needs a GPU; this "
                        f"run's backend is {jax.default_backend()!r} (use "
                        "'auto' or 'xla')")
-  if config.model.enc_gelu not in ("tanh", "erf"):
-    raise ValueError(f"config.model.enc_gelu must be 'tanh' or 'erf', got "
-                     f"{config.model.enc_gelu!r}")
-  if config.nonfinite not in ("stop", "skip"):
-    raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got "
-                     f"{config.nonfinite!r}")
+  if config.nonfinite not in nonfinite_lib.MODES:
+    raise ValueError(f"config.nonfinite must be one of {nonfinite_lib.MODES}, "
+                     f"got {config.nonfinite!r}")
   r3 = config.r3
   bad = sorted(set(r3.corruptions) - set(CORRUPTIONS))
   if bad or not r3.corruptions:
@@ -536,9 +533,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        "after branch steps: config.ckpt_every_steps and "
                        "config.total_steps must be even, got "
                        f"{config.ckpt_every_steps}, {config.total_steps}")
-  if config.data.layout not in ("split", "shared"):
-    raise ValueError(f"config.data.layout must be 'split' or 'shared', got "
-                     f"{config.data.layout!r}")
+  pipeline.check_layout(config.data.layout)
   for name, t in config.tasks.items():
     if t.weight < 0:
       raise ValueError(f"config.tasks.{name}.weight must be >= 0, got {t.weight}")
@@ -551,6 +546,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                  **dict(config.interference.method_args))
   except (TypeError, ValueError) as e:
     raise ValueError(f"config.interference: {e}") from None
+  # The model's fields are checked by their owner, ModelConfig.
+  try:
+    model_config(config, 1, config.world.image_size)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config.model: {e}") from None
 
 
 def mesh_shape(mesh: Mapping[str, int], num_devices: int) -> dict[str, int]:
@@ -669,6 +669,25 @@ def evaluated_tasks(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       known[name].max_len = max_len
   out.update({n: known[n].to_dict() for n in c.eval_tasks if n not in out})
   return ml_collections.ConfigDict(out)
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int,
+                 image_size: int) -> ModelConfig:
+  m = config.model
+  return ModelConfig.from_names(
+      f"{m.encoder}/{m.patch_size}",
+      decoder=dict(width=m.dec_width, depth=m.dec_depth, heads=m.dec_heads,
+                   mlp=m.dec_mlp),
+      vocab_size=vocab_size, image_size=image_size,
+      max_len=decoder_len(config),
+      dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers, stem=m.stem,
+      pos_init=m.pos_init, stem_convs=m.stem_convs, cross_pos=m.cross_pos,
+      dec_identity_from=(m.dec_identity_from if m.dec_identity_from >= 0
+                         else 1_000_000),
+      dec_alibi=m.dec_alibi, fusion_depth=m.fusion_depth,
+      cls_token=m.cls_token, enc_gelu=m.enc_gelu,
+      ln_custom_vjp=m.ln_custom_vjp, attention=m.attention,
+      **{f"enc_{k}": v for k, v in m.enc_overrides.items()})
 
 
 def decoder_len(c: ml_collections.ConfigDict) -> int:

@@ -19,7 +19,7 @@ is read or generated on disk: the state is r3jax.train.state's abstract state
 (ShapeDtypeStructs carrying their shardings), the vocabulary comes from the
 world config (what the dataset build writes) and the batch shapes from
 formatting one generated record. The step compiled is the run's own
-(r3jax.train.loop.make_update: plain or instrumented, donated state).
+(r3jax.run.loop.make_update: plain or instrumented, donated state).
 
 Per-device figures come from the compiled executable's memory analysis
 ("total" counts arguments, outputs, temporaries and code as if all were live
@@ -49,9 +49,9 @@ from r3jax.data import pipeline
 from r3jax.data import world_tfds
 from r3jax.data.tokenizer import WordTokenizer
 from r3jax.model import Model
-from r3jax.train import loop
+from r3jax.run import loop
 from r3jax.train import state as state_lib
-from r3jax.train import world_setup
+from r3jax.run import world_setup
 from r3jax.world import generate_example
 
 # By default parameters of 1 MiB or more must be split over some mesh axis.
@@ -124,14 +124,14 @@ class Step:
 
 def abstract_step(config: ml_collections.ConfigDict,
                   devices: Sequence[jax.Device]) -> Step:
-  """r3jax.train.loop.build's setup and the run's update step, with abstract
+  """r3jax.run.loop.build's setup and the run's update step, with abstract
   state and batch. Builds no dataset (build() does, to read the vocabulary
   it writes): the vocabulary comes from the world config instead."""
   config_lib.validate(config)
   mesh = sharding.make_mesh(config.mesh, devices)
   wcfg = world_setup.world_config(config)
   tokenizer = WordTokenizer.from_world(wcfg)
-  mcfg = world_setup.model_config(config, tokenizer.vocab_size, wcfg.image_size)
+  mcfg = config_lib.model_config(config, tokenizer.vocab_size, wcfg.image_size)
   make_model = lambda rngs: Model(mcfg, rngs=rngs)  # noqa: E731
   world = world_setup.World(config, wcfg, None, tokenizer, None, make_model)
   instrument = loop.make_instrument(config, make_model)

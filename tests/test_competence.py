@@ -10,7 +10,7 @@ import pytest
 
 from r3jax.analysis import competence
 from r3jax.train import checkpoint as ckpt_lib
-from r3jax.train import loop
+from r3jax.run import loop
 
 from experiments import report
 from experiments.competence import __main__ as command

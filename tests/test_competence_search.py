@@ -3,7 +3,6 @@ checkpoints and the learning-curve report."""
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest

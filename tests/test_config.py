@@ -15,7 +15,6 @@ import pytest
 from r3jax import config as config_lib
 from r3jax import sharding
 from r3jax.data import pipeline
-from r3jax.train import world_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,7 +66,14 @@ def test_unknown_key_names_it_and_suggests():
      r"config.eval_tasks: unknown tasks \['captions'\]"),
     (lambda c: c.data.split_sizes.update(dict(dev=3)), "unknown split 'dev'"),
     (lambda c: c.model.update(dict(attention="flash")),
-     "config.model.attention must be 'auto', 'xla' or 'cudnn'"),
+     r"config.model: attention must be one of \('auto', 'xla', 'cudnn'\), "
+     "got 'flash'"),
+    (lambda c: c.model.update(dict(enc_gelu="relu")),
+     "config.model: enc_gelu must be 'tanh' or 'erf', got 'relu'"),
+    (lambda c: c.data.update(dict(layout="mixed")),
+     r"config.data.layout must be one of \('split', 'shared'\), got 'mixed'"),
+    (lambda c: c.update(dict(nonfinite="ignore")),
+     r"config.nonfinite must be one of \('stop', 'skip'\), got 'ignore'"),
 ])
 def test_bad_values(edit, message):
   c = config_lib.defaults()
@@ -91,7 +97,7 @@ def test_cudnn_attention_needs_a_gpu():
 
 def test_eval_tasks_are_scored_beside_the_trained_ones(tmp_path):
   from conftest import tiny_config
-  from r3jax.train import loop
+  from r3jax.run import loop
   c = tiny_config(("caption",))
   c.eval_tasks = ["caption", "ita"]
   c.total_steps, c.final_eval.max_examples = 1, 4
@@ -364,7 +370,7 @@ def test_mesh_and_batches_must_fit_the_devices(tiny):
 
 
 def test_build_rejects_a_misfit_before_building_anything(tiny, monkeypatch):
-  from r3jax.train import loop
+  from r3jax.run import loop
 
   def unreachable(*args, **kwargs):
     raise AssertionError("build went past its checks")
@@ -413,7 +419,7 @@ def test_real_data_configs_train_vit_b16(name):
   """The real-data recipe's encoder is ViT-B/16 itself: none of the joint
   recipe's narrow-encoder overrides survive."""
   c = importlib.import_module(f"configs.{name}").get_config()
-  cfg = world_setup.model_config(c, 1000, c.world.image_size)
+  cfg = config_lib.model_config(c, 1000, c.world.image_size)
   assert (cfg.enc_width, cfg.enc_depth, cfg.enc_heads, cfg.enc_mlp) == (
       768, 12, 12, 3072)
   assert (cfg.patch_size, c.world.image_size, c.model.dec_depth) == (16, 224, 6)

@@ -6,7 +6,7 @@ import numpy as np
 from r3jax.data import tasks
 from r3jax.eval import evaluator as evaluator_lib
 from r3jax.model import make_generate_fn
-from r3jax.train import loop, world_setup
+from r3jax.run import loop, world_setup
 
 
 def test_sharded_padded_predictions_equal_one_by_one(tiny):

@@ -16,7 +16,7 @@ from r3jax.data import tasks
 from r3jax.interference import methods
 from r3jax.r3 import rewards
 from r3jax.r3 import variants
-from r3jax.train import loop
+from r3jax.run import loop
 from r3jax.world.config import NUMBERS
 
 
@@ -122,7 +122,7 @@ def num_objects():
 
 
 def test_a_new_world_task(tiny, tmp_path, num_objects):
-  from r3jax.train import world_setup
+  from r3jax.run import world_setup
   c = tiny(("caption", "vqa", "num_objects"))
   c.total_steps = 2
   c.interference.enabled = False
@@ -159,7 +159,7 @@ def reflect_then_direct():
 
 
 def test_a_new_r3_variant(tiny, tmp_path, reflect_then_direct, monkeypatch):
-  from r3jax.train import world_setup
+  from r3jax.run import source
   c = tiny(("caption", "reflect", "refine_direct"))
   c.total_steps = 2
   c.interference.enabled = False
@@ -173,7 +173,7 @@ def test_a_new_r3_variant(tiny, tmp_path, reflect_then_direct, monkeypatch):
   # A round: rows whose reflection names an edit decode their refined
   # caption from <refine> DRAFT <sep>, not after the reflection.
   _, world, setup, init = loop.build(c, jax.devices()[:1])
-  lp = world_setup.r3_loop_for(c, setup, world.tokenizer, world.world, 8)
+  lp = source.r3_loop_for(c, setup, world.tokenizer, world.world, 8)
   tok = world.tokenizer
   draft = tok.encode("a red circle")
   prompts = [[tok.task_id("reflect")] + draft + [tok.sep_id]] * 2
@@ -189,3 +189,30 @@ def test_a_new_r3_variant(tiny, tmp_path, reflect_then_direct, monkeypatch):
   assert seen == [[tok.task_id("refine")] + draft + [tok.sep_id]]
   assert outs == [edit + [tok.sep_id] + tok.encode("a blue circle") +
                   [tok.eos_id], stop]
+
+
+def test_a_task_loss_term_joins_its_cross_entropy():
+  """Task.loss: a term beside the task's token cross-entropy, normalised
+  with its tokens (how the R3 tasks add the consistency and grounded
+  losses, r3jax/r3/tasks.py)."""
+  from r3jax.train import losses
+  logits = jax.random.normal(jax.random.key(0), (2, 5, 11))
+  b = {"targets": jnp.array([[1, 2, 3, 0, 0], [4, 5, 0, 0, 0]]),
+       "loss_mask": jnp.array([[1., 1, 1, 0, 0], [1, 1, 0, 0, 0]])}
+
+  def term(logits_BxLxV, sub):
+    # the squared logit mass of the masked positions, counted as 2 tokens
+    mass = jnp.sum(jnp.square(logits_BxLxV) * sub["loss_mask"][..., None])
+    return 0.01 * mass, jnp.float32(1.0), jnp.float32(2.0)
+
+  tasks.register(tasks.Task("penalised", sample=lambda r, rng: ("q", "a"),
+                            eval_items=None, loss=term))
+  try:
+    plain, plain_acc = losses.token_xent(logits, b, "caption")
+    got, acc = losses.token_xent(logits, b, "penalised")
+  finally:
+    tasks.unregister("penalised")
+  n = 5.0
+  extra, _, _ = term(logits, b)
+  np.testing.assert_allclose(got, (plain * n + extra) / (n + 2), rtol=1e-6)
+  np.testing.assert_allclose(acc, (plain_acc * n + 1) / (n + 2), rtol=1e-6)

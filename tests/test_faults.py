@@ -19,7 +19,7 @@ import pytest
 from conftest import ROOT, committed_steps, main_command
 from r3jax.data import pipeline
 from r3jax.train import checkpoint as ckpt_lib
-from r3jax.train import loop
+from r3jax.run import loop
 from r3jax.train import metrics as metrics_lib
 from r3jax.train import nonfinite
 from r3jax.train import preemption

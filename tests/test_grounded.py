@@ -9,7 +9,8 @@ from r3jax.data import pipeline
 from r3jax.data import tasks as tasks_lib
 from r3jax.r3 import grounded
 from r3jax.r3.drafts import DraftStore
-from r3jax.train import losses, world_setup
+from r3jax.run import world_setup
+from r3jax.train import losses
 from r3jax.world import WorldConfig, scene_from_arrays
 from r3jax.world.scene import Object, Scene
 
@@ -98,7 +99,7 @@ def test_equal_to_hand_computed_values_and_monotone():
   # The same through the task loss: the sum over slots, one slot counted.
   loss, _, n = losses.sub_batch_sums(logits, {
       **b, "targets": jnp.zeros((2, 3), jnp.int32),
-      "loss_mask": jnp.zeros((2, 3))})
+      "loss_mask": jnp.zeros((2, 3))}, "ground")
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   assert float(n) == 1.0
   # Monotone in the disagreement: the caption moves away from the teacher.
@@ -201,7 +202,7 @@ def test_ground_batches_group_rows_by_image(world):
   logits = jax.random.normal(jax.random.key(0), (t.batch_size, t.max_len,
                                                   len(tok.tokens)))
   batch = {k2: jnp.asarray(v) for k2, v in b.items()}
-  loss, correct, n = losses.sub_batch_sums(logits, batch)
+  loss, correct, n = losses.sub_batch_sums(logits, batch, "ground")
   assert float(n) == float(weights.sum()) > 0 and 0 <= float(correct) <= n
   assert np.isfinite(float(loss)) and float(loss) > 0
   # Each image's caption row is the student of its own question rows only:
@@ -253,7 +254,7 @@ def test_a_run_trains_on_its_own_drafts_and_refined_captions(tiny, tmp_path):
   """caption + VQA + R3 + ground through the instrumented step: from window
   1 (step 3 on) ground's captions are the model's own, in the refine format
   where its round edited; the loss and the slot agreement are logged."""
-  from r3jax.train import loop
+  from r3jax.run import loop
   c = tiny(("caption", "vqa", "reflect", "refine", "ground"))
   c.r3.update(onpolicy_every=2, onpolicy_frac=1.0, ground_refined=1.0)
   c.tasks.ground.max_len = c.tasks.refine.max_len

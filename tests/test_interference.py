@@ -12,10 +12,10 @@ from r3jax.interference import gram as gram_lib
 from r3jax.interference import grads as grads_lib
 from r3jax.interference import groups as groups_lib
 from r3jax.interference import step as interference_step
-from r3jax.train import loop
+from r3jax.run import loop
 from r3jax.train import losses as losses_lib
 from r3jax.train import state as state_lib
-from r3jax.train import world_setup
+from r3jax.run import world_setup
 
 TASKS = ("a", "b")
 
@@ -154,7 +154,7 @@ def test_split_gradients_sum_to_the_joint_gradient(tiny, per_image):
                                            key == "image" else rows])
             for key, v in b.items()}
     want_a = jax.jit(jax.grad(lambda p: grads_lib.task_loss(
-        setup.model, half)(p)[0]))(state["params"])
+        setup.model, half, "vqa")(p)[0]))(state["params"])
     got_a = tg.halves[2 * tg.tasks.index("vqa")]
     for a, b in zip(jax.tree.leaves(want_a), jax.tree.leaves(got_a)):
       np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
@@ -175,7 +175,7 @@ def test_shared_input_gradients_equal_separate_grads(tiny):
         state["params"], batch)
     for t, got in zip(tg.tasks, tg.grads):
       want = jax.jit(jax.grad(lambda p, t=t: grads_lib.task_loss(
-          setup.model, batch[t])(p)[0]))(state["params"])
+          setup.model, batch[t], t)(p)[0]))(state["params"])
       for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
     assert tg.feature_grads[0].shape[0] == 4

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT, committed_steps, main_command
 from r3jax import distributed
-from r3jax.train import loop
+from r3jax.run import loop
 from r3jax.train import metrics as metrics_lib
 from r3jax.train.checkpoint import Checkpointer
 

@@ -21,7 +21,7 @@ from experiments import report
 from r3jax.analysis import interference as analysis
 from r3jax.analysis import rounds, study
 from r3jax.r3 import loop as r3_loop
-from r3jax.train import loop
+from r3jax.run import loop
 from r3jax.train import metrics as metrics_lib
 from test_r3_loop import _oracle
 

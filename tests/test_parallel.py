@@ -13,7 +13,7 @@ from conftest import aot_script, tiny_config
 from r3jax import config as config_lib
 from r3jax import sharding
 from r3jax.data import pipeline
-from r3jax.train import loop
+from r3jax.run import loop
 
 STEPS = 3
 MESHES = {"single": {}, "data": dict(data=8), "fsdp": dict(fsdp=8),

@@ -6,7 +6,7 @@ import pytest
 
 from r3jax import sharding
 from r3jax.data import pipeline, tasks, world_tfds
-from r3jax.train import world_setup
+from r3jax.run import world_setup
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,12 @@ import scipy.special
 from flax import nnx
 
 from conftest import tiny_config
+from r3jax import config as config_lib
 from r3jax.model import ModelConfig
 from r3jax.model import pretrained
 from r3jax.model.vit import Encoder
-from r3jax.train import loop
-from r3jax.train import world_setup
+from r3jax.run import loop
+from r3jax.run import source
 
 WIDTH, DEPTH, HEADS, MLP, PATCH = 32, 2, 4, 64, 8
 
@@ -318,8 +319,8 @@ def test_encoder_init_sets_the_initial_state(tmp_path, scan_layers):
   fresh = init_state()
   c.model.encoder_init = path
   _, _, setup, init_state = loop.build(c, jax.devices()[:1])
-  state = world_setup.initial_state(c, setup, init_state)
-  mcfg = world_setup.model_config(c, 1, c.world.image_size)
+  state = source.initial_state(c, setup, init_state)
+  mcfg = config_lib.model_config(c, 1, c.world.image_size)
   want = pretrained.load_encoder(path, mcfg)
   got = state["params"]["encoder"]
   if scan_layers:

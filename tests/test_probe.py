@@ -8,7 +8,7 @@ from flax import nnx
 
 from r3jax.analysis import probe
 from r3jax.data import world_tfds
-from r3jax.train import world_setup
+from r3jax.run import world_setup
 from r3jax.world import scene_from_arrays
 
 
@@ -82,7 +82,7 @@ def test_diagnosis_of_a_run_has_per_head_shares_that_average_to_the_layer(
   every share is in [0, 1], and the table prints a row per position and
   layer for the heads."""
   from conftest import tiny_config
-  from r3jax.train import loop
+  from r3jax.run import loop
   c = tiny_config()
   c.total_steps, c.interference.enabled = 2, False
   c.model.cross_pos = "xy"

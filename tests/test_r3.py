@@ -9,7 +9,7 @@ from r3jax import config as config_lib
 from r3jax.data import tasks as tasks_lib
 from r3jax.r3 import consistency
 from r3jax.r3 import data as r3_data
-from r3jax.train import world_setup
+from r3jax.run import world_setup
 from r3jax.world import CORRUPTIONS, edit, scene_from_arrays, verify
 
 

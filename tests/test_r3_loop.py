@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from r3jax.r3 import loop as r3_loop
-from r3jax.train import loop as train_loop
+from r3jax.run import loop as train_loop
 from r3jax.world import available_corruptions, corrupt, edit, scene_from_arrays
 
 

@@ -12,8 +12,8 @@ import fake_coco
 from r3jax import config as config_lib
 from r3jax.data import pipeline
 from r3jax.r3 import real as r3_real
-from r3jax.train import loop
-from r3jax.train import real_setup
+from r3jax.run import loop
+from r3jax.run import real_setup
 
 
 @pytest.fixture(scope="module")

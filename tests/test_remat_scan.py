@@ -18,7 +18,7 @@ from r3jax.model import (REMAT_POLICIES, Model, ModelConfig, pyloop_to_scan,
 from r3jax.model import scan
 from r3jax.model.decoder import DecoderBlock
 from r3jax.model.decoding import generate, generate_lookup
-from r3jax.train import loop
+from r3jax.run import loop
 
 # test_decoding's sizes, so that eager initialisation reuses its compiled ops.
 CFG = ModelConfig(vocab_size=11, image_size=16, patch_size=8, enc_width=32,

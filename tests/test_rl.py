@@ -8,7 +8,7 @@ import pytest
 from r3jax.r3 import grounded, grpo
 from r3jax.r3 import rewards as rw
 from r3jax.r3 import tree_rl
-from r3jax.train import loop as train_loop
+from r3jax.run import loop as train_loop
 from r3jax.train import optim
 from r3jax.world import edit
 from r3jax.world.scene import Object, Scene

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from r3jax.data import pipeline
-from r3jax.train import loop
+from r3jax.run import loop
 from r3jax.train.checkpoint import Checkpointer
 from r3jax.train import metrics as metrics_lib
 

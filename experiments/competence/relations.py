@@ -85,8 +85,8 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256,
   from r3jax.world.facts import is_true  # noqa: PLC0415
   from r3jax.world.vqa import strip_positions  # noqa: PLC0415
   from r3jax.train import checkpoint as ckpt_lib  # noqa: PLC0415
-  from r3jax.train import loop  # noqa: PLC0415
-  from r3jax.train import world_setup  # noqa: PLC0415
+  from r3jax.run import loop  # noqa: PLC0415
+  from r3jax.run import world_setup  # noqa: PLC0415
 
   config = competence.eval_config(workdir, split, max_examples)
   mesh, world, setup, _ = loop.build(config)
@@ -167,7 +167,7 @@ def positions(workdir: str, split: str = "validation",
   from r3jax.world import scene_from_arrays  # noqa: PLC0415
   from r3jax.world.vqa import position_questions  # noqa: PLC0415
   from r3jax.train import checkpoint as ckpt_lib  # noqa: PLC0415
-  from r3jax.train import loop  # noqa: PLC0415
+  from r3jax.run import loop  # noqa: PLC0415
 
   config = competence.eval_config(workdir, split, max_examples)
   mesh, world, setup, _ = loop.build(config)

@@ -184,7 +184,7 @@ def evaluate(workdir: str, split: str = "test", max_examples: int = -1,
   import ml_collections  # noqa: PLC0415
 
   from r3jax.train import checkpoint as ckpt_lib  # noqa: PLC0415
-  from r3jax.train import loop  # noqa: PLC0415
+  from r3jax.run import loop  # noqa: PLC0415
 
   config = eval_config(workdir, split, max_examples, data_dir)
   mesh, world, setup, _ = loop.build(config, devices)

@@ -190,7 +190,7 @@ def relation_diagnosis(workdir: str, n_images: int = 2000,
   """The three measurements above for `workdir`'s latest parameters."""
   from r3jax import config as config_lib  # noqa: PLC0415
   from r3jax.train import checkpoint as ckpt_lib  # noqa: PLC0415
-  from r3jax.train import loop  # noqa: PLC0415
+  from r3jax.run import loop  # noqa: PLC0415
   from r3jax.data import world_tfds  # noqa: PLC0415
 
   config = config_lib.load_saved(os.path.join(workdir, "config.json"))

@@ -72,10 +72,11 @@ def _rows(workdir: str) -> list[dict[str, Any]]:
 
 
 def _world(workdir: str):
-  """(config, World) of the run, its dataset re-opened from config.json."""
-  from r3jax.train import world_setup  # noqa: PLC0415 (builds TF datasets)
+  """(config, data source) of the run, its dataset re-opened from
+  config.json."""
+  from r3jax.run import loop  # noqa: PLC0415 (builds TF datasets)
   config = config_lib.load_saved(os.path.join(workdir, "config.json"))
-  return config, world_setup.load(config)
+  return config, loop.load_source(config)
 
 
 def examples(workdir: str, n: int | None = None) -> list[dict[str, Any]]:
@@ -102,7 +103,7 @@ def rescore(workdir: str) -> dict[str, float]:
   the code that scores a live run: a statistic added after a run was made
   can be read off its examples. Token counts and times are not saved (0)."""
   from r3jax.r3 import loop as r3_loop  # noqa: PLC0415 (imports jax)
-  from r3jax.train import world_setup  # noqa: PLC0415
+  from r3jax.run import source  # noqa: PLC0415
   rows = _rows(workdir)
   config, world = _world(workdir)
   if [r["index"] for r in rows] != list(range(len(rows))):
@@ -111,7 +112,7 @@ def rescore(workdir: str) -> dict[str, float]:
   records = world.records(config.final_eval.split, len(rows))
   scorer = r3_loop.Scorer(
       world.world if config.data.source == "world" else None,
-      config.r3.rounds, world_setup.r3_direct(config))
+      config.r3.rounds, source.r3_direct(config))
   return scorer.scores(r3_loop.trajectories(rows), records)
 
 

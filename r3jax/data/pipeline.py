@@ -225,6 +225,17 @@ def abstract_batch(tasks_cfg: Mapping[str, Any], tokenizer,
   return out
 
 
+# How the tasks' batches share images: "split", each task its own images;
+# "shared", one stream of images for every task.
+LAYOUTS = ("split", "shared")
+
+
+def check_layout(layout: str) -> None:
+  if layout not in LAYOUTS:
+    raise ValueError(f"config.data.layout must be one of {LAYOUTS}, got "
+                     f"{layout!r}")
+
+
 class TrainData:
   """Iterator over {task: {image, tokens, targets, loss_mask}} global arrays.
 
@@ -242,6 +253,7 @@ class TrainData:
                              prefetch_buffer_size=prefetch)
     _check_batch_sizes(tasks_cfg, mesh)
     self._iters = {}
+    check_layout(layout)
     if layout == "shared":
       sizes = {name: t.batch_size for name, t in tasks_cfg.items()}
       if len(set(sizes.values())) != 1:
@@ -257,9 +269,6 @@ class TrainData:
                           seed, jax.process_index(), jax.process_count(),
                           context, _per_image(t), _type_weights(t))
         self._iters[name] = ds.to_iter_dataset(opts).__iter__()
-    else:
-      raise ValueError(f"config.data.layout must be 'split' or 'shared', got "
-                       f"{layout!r}")
 
   def __iter__(self):
     return self

@@ -25,9 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from r3jax.r3 import data as r3_data
-from r3jax.r3 import grounded
-from r3jax.r3 import real as r3_real
 from r3jax.world.language import REL_WORDS
 from r3jax.world.scene import scene_from_arrays
 from r3jax.world.vqa import QTYPES, relation_span
@@ -72,6 +69,10 @@ class Task:
   # built-ins gets one after the words (WordTokenizer.with_tasks). False:
   # its formatter uses another task's token.
   own_token: bool = True
+  # A loss term added to the task's token cross-entropy: (logits, sub-batch)
+  # -> (loss sum, correct-count sum, count), normalised with the tokens'
+  # (r3jax.train.losses); None: cross-entropy alone.
+  loss: Callable | None = None
 
 
 TASKS: dict[str, Task] = {}
@@ -88,6 +89,15 @@ def register(task: Task) -> Task:
 
 def unregister(name: str) -> None:
   TASKS.pop(name, None)
+
+
+def get(name: str) -> Task:
+  """The registered task `name`; the R3 tasks register when r3jax.r3 is
+  imported (r3jax.config imports it)."""
+  if name not in TASKS:
+    raise KeyError(f"task {name!r} is not registered (known: {sorted(TASKS)}"
+                   "; the R3 tasks register when r3jax.r3 is imported)")
+  return TASKS[name]
 
 
 def _caption_sample(r, rng, caption_positions=False, world=None):
@@ -208,27 +218,6 @@ register(Task(
 ))
 
 
-def _r3_formatter(name, tokenizer, max_len, context):
-  """The world's R3 sequences (verifier targets), or on real captions (no
-  world in the context) those of r3jax.r3.real (nearest-reference targets)."""
-  if context.get("world") is None:
-    return r3_real.formatter(name, tokenizer, max_len, context["r3"],
-                             context["pool"], context.get("drafts"))
-  return r3_data.formatter(name, tokenizer, max_len, context["world"],
-                           context["r3"], context.get("drafts"))
-
-
-for _name in ("reflect", "refine", "refine_direct"):
-  register(Task(_name, sample=None, eval_items=None,
-                formatter=functools.partial(_r3_formatter, _name),
-                fields=("captions",), own_token=_name != "refine_direct"))
-
-
-register(Task("ground", sample=None, eval_items=None,
-              formatter=grounded.formatter, fields=("captions",),
-              grouped=True, own_token=False))
-
-
 def formatter(name: str, tokenizer, max_len: int,
               context: Mapping[str, Any] | None = None,
               type_weights: Mapping[str, float] | None = None):
@@ -237,7 +226,7 @@ def formatter(name: str, tokenizer, max_len: int,
   type_weights, the draw weights of a record's items by type
   (config.tasks.<task>.type_weights). A bad record is a ValueError naming it
   (see the module doc)."""
-  task = TASKS[name]
+  task = get(name)
   if type_weights and not task.item_types:
     raise ValueError(f"config.tasks.{name}.type_weights: the {name} task's "
                      "items have no types to weigh")

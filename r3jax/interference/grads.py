@@ -27,10 +27,6 @@ import jax.numpy as jnp
 
 from r3jax.train import losses as losses_lib
 
-# Top-level parameter subtrees that Model.encode uses: the shared trunk.
-TRUNK_KEYS = ("encoder", "img_proj")
-
-
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["losses", "accs", "grads", "halves", "frac_a", "feature_grads"],
@@ -47,11 +43,12 @@ class TaskGrads:
   feature_grads: list[jax.Array] | None = None  # T cotangents at shared features
 
 
-def task_loss(model_fn, b):
-  """params -> (mean token cross-entropy, token accuracy) on sub-batch b."""
+def task_loss(model_fn, b, task: str):
+  """params -> (mean token cross-entropy, token accuracy) on sub-batch b of
+  `task`."""
   def loss(params):
     logits = model_fn(params)(b["image"], b["tokens"])
-    return losses_lib.token_xent(logits, b)
+    return losses_lib.token_xent(logits, b, task)
   return loss
 
 
@@ -63,7 +60,7 @@ def split(model_fn: Callable, params, batch: Mapping[str, Mapping[str, Any]],
   for name in tasks:
     b = batch[name]
     if not halves:
-      (loss, acc), g = jax.value_and_grad(task_loss(model_fn, b),
+      (loss, acc), g = jax.value_and_grad(task_loss(model_fn, b, name),
                                           has_aux=True)(params)
       out.losses.append(loss)
       out.accs.append(acc)
@@ -87,9 +84,9 @@ def split(model_fn: Callable, params, batch: Mapping[str, Mapping[str, Any]],
       return x.reshape(n_img // 2 * k, 2, *x.shape[3:])
     pairs = jax.tree.map(pair, b)
 
-    def sums(params, h):
+    def sums(params, h, name=name):
       logits = model_fn(params)(h["image"], h["tokens"])
-      loss, correct, n = losses_lib.sub_batch_sums(logits, h)
+      loss, correct, n = losses_lib.sub_batch_sums(logits, h, name)
       return loss, (correct, n)
 
     (xent_2, (correct_2, n_2)), g_2 = jax.vmap(
@@ -107,33 +104,10 @@ def split(model_fn: Callable, params, batch: Mapping[str, Mapping[str, Any]],
   return out
 
 
-def _trunk_split(params):
-  trunk = {k: v for k, v in params.items() if k in TRUNK_KEYS}
-  head = {k: v for k, v in params.items() if k not in TRUNK_KEYS}
-  return trunk, head
-
-
-def _shared_forward(model_fn, params, batch):
-  """Trunk features, the trunk VJP and one (loss, acc) closure per task."""
-  tasks = tuple(batch)
-  trunk, head = _trunk_split(params)
-  images = batch[tasks[0]]["image"]
-  feats, trunk_vjp = jax.vjp(
-      lambda t: model_fn({**head, **t}).encode(images), trunk)
-
-  def head_loss(b):
-    def loss(h, f):
-      logits = model_fn({**h, **trunk}).decode(f, b["tokens"])
-      return losses_lib.token_xent(logits, b)
-    return loss
-
-  return tasks, head, feats, trunk_vjp, [head_loss(batch[t]) for t in tasks]
-
-
 def shared(model_fn: Callable, params, batch: Mapping[str, Mapping[str, Any]]
            ) -> TaskGrads:
-  tasks, head, feats, trunk_vjp, loss_fns = _shared_forward(model_fn, params,
-                                                            batch)
+  tasks, head, feats, trunk_vjp, loss_fns = losses_lib.shared_forward(
+      model_fn, params, batch)
   out = TaskGrads(tasks, [], [], [], feature_grads=[])
   head_grads = []
   for loss in loss_fns:
@@ -147,22 +121,3 @@ def shared(model_fn: Callable, params, batch: Mapping[str, Mapping[str, Any]]
   for i, g_head in enumerate(head_grads):
     out.grads.append({**g_head, **jax.tree.map(lambda x, i=i: x[i], g_trunk_T)})
   return out
-
-
-def shared_joint(model_fn: Callable, params, batch, weights: Mapping[str, float]):
-  """The plain step's gradient for the shared layout: one trunk forward and one
-  backward of the weighted sum. Returns (total, losses, accs, grads)."""
-  tasks, head, feats, trunk_vjp, loss_fns = _shared_forward(model_fn, params,
-                                                            batch)
-
-  def total(h, f):
-    las = [fn(h, f) for fn in loss_fns]
-    tot = sum(weights[t] * la[0] for t, la in zip(tasks, las))
-    return tot, las
-
-  (tot, las), (g_head, g_feats) = jax.value_and_grad(
-      total, argnums=(0, 1), has_aux=True)(head, feats)
-  (g_trunk,) = trunk_vjp(g_feats)
-  losses = {t: la[0] for t, la in zip(tasks, las)}
-  accs = {t: la[1] for t, la in zip(tasks, las)}
-  return tot, losses, accs, {**g_head, **g_trunk}

@@ -1,9 +1,10 @@
 """The instrumented update and the lookahead transference probe.
 
-update(state, batch) -> (state, measurements), like the plain step, but the
-update direction is sum_i w_i g_i with w from the configured aggregation
-method, and the measurements add the interference statistics (r3jax/interference/
-gram.py), the applied task weights and the update alignment. With
+update(state, batch) -> (state, measurements), like the plain step
+(r3jax.train.step.make_update), but the update direction is sum_i w_i g_i
+with w from the configured aggregation method, and the measurements add the
+interference statistics (r3jax/interference/gram.py), the applied task
+weights and the update alignment. With
 "weighted_sum" the update equals the plain step's (tests check it).
 """
 
@@ -17,11 +18,12 @@ import ml_collections
 import optax
 
 from r3jax import sharding
+from r3jax.data import pipeline
 from r3jax.interference import gram as gram_lib
 from r3jax.interference import grads as grads_lib
 from r3jax.interference import groups as groups_lib
 from r3jax.interference import methods as methods_lib
-from r3jax.train import nonfinite as nonfinite_lib
+from r3jax.train import step as step_lib
 
 
 class Instrument:
@@ -32,9 +34,7 @@ class Instrument:
     self.tasks = tuple(sorted(weights))
     self.base_T = jnp.asarray([weights[t] for t in self.tasks], jnp.float32)
     self.layout = layout
-    if layout not in ("split", "shared"):
-      raise ValueError(f"config.data.layout must be 'split' or 'shared', got "
-                       f"{layout!r}")
+    pipeline.check_layout(layout)
     self.halves = bool(cfg.halves) and layout == "split"
     if cfg.halves and layout == "shared":
       raise ValueError("config.interference.halves needs config.data.layout="
@@ -79,51 +79,51 @@ class Instrument:
 
 def make_update(setup, instrument: Instrument, schedule, seed: int,
                 nonfinite: str = "stop"):
-  """The instrumented step; `nonfinite="skip"` keeps the state when the loss,
-  gradient or update is non-finite (r3jax.train.nonfinite.guard)."""
+  """The instrumented step (r3jax.train.step.make_update around
+  `direction`); `nonfinite="skip"` keeps the state when the loss, gradient
+  or update is non-finite (r3jax.train.nonfinite.guard)."""
+  return step_lib.make_update(setup, direction(setup, instrument, seed),
+                              schedule, nonfinite=nonfinite)
+
+
+def direction(setup, instrument: Instrument, seed: int):
+  """The update direction sum_i w_i g_i (w from the aggregation method, or
+  the method's own direction) with the interference statistics."""
   tasks = instrument.tasks
   base = dict(zip(tasks, instrument.base_T))
   base_key = jax.random.key(seed)
   edits = methods_lib.edits_gradients(instrument.method)
 
-  def update(state, batch):
+  def fn(state, batch) -> step_lib.Direction:
     params = state["params"]
-    with sharding.use_rules(setup.mesh, setup.rules):
-      tg = instrument.task_grads(setup.model, params, batch)
-      grams_GxTxT, halves_KxK = instrument.grams(tg)
-      gram_TxT = grams_GxTxT.sum(0)
-      feature_gram = None
-      if tg.feature_grads is not None:
-        f = [x.astype(jnp.float32) for x in tg.feature_grads]
-        feature_gram = jnp.stack([jnp.stack([jnp.sum(a * b) for b in f])
-                                  for a in f])
-      inputs = methods_lib.Inputs(
-          gram_TxT=gram_TxT, grams_GxTxT=grams_GxTxT,
-          group_names=instrument.group_names,
-          losses_T=jnp.stack(tg.losses), base_weights_T=instrument.base_T,
-          key=jax.random.fold_in(base_key, state["step"]), step=state["step"],
-          feature_gram_TxT=feature_gram,
-          grads_T=tuple(tg.grads) if edits else None)
-      out, method_state, extra = instrument.method(
-          inputs, state["aux"]["method"] if "aux" in state
-          else instrument.init_state())
-      if edits:  # the method's own direction; no weights to log
-        direction, weights = out, None
-      else:
-        weights = out.astype(jnp.float32)
-        direction = instrument.aggregate(tg.grads, weights)
-      updates, opt = setup.tx.update(direction, state["opt"], params)
-      params = optax.apply_updates(params, updates)
+    tg = instrument.task_grads(setup.model, params, batch)
+    grams_GxTxT, halves_KxK = instrument.grams(tg)
+    gram_TxT = grams_GxTxT.sum(0)
+    feature_gram = None
+    if tg.feature_grads is not None:
+      f = [x.astype(jnp.float32) for x in tg.feature_grads]
+      feature_gram = jnp.stack([jnp.stack([jnp.sum(a * b) for b in f])
+                                for a in f])
+    inputs = methods_lib.Inputs(
+        gram_TxT=gram_TxT, grams_GxTxT=grams_GxTxT,
+        group_names=instrument.group_names,
+        losses_T=jnp.stack(tg.losses), base_weights_T=instrument.base_T,
+        key=jax.random.fold_in(base_key, state["step"]), step=state["step"],
+        feature_gram_TxT=feature_gram,
+        grads_T=tuple(tg.grads) if edits else None)
+    out, method_state, extra = instrument.method(
+        inputs, state["aux"]["method"] if "aux" in state
+        else instrument.init_state())
+    if edits:  # the method's own direction; no weights to log
+      grads, weights = out, None
+    else:
+      weights = out.astype(jnp.float32)
+      grads = instrument.aggregate(tg.grads, weights)
 
-    m = {"loss": sum(base[t] * l for t, l in zip(tasks, tg.losses)),
-         "grad_norm": optax.tree.norm(direction),
-         "param_norm": optax.tree.norm(params),
-         "update_norm": optax.tree.norm(updates),
-         "lr": jnp.asarray(schedule(state["step"]), jnp.float32)}
-    for i, t in enumerate(tasks):
-      m[f"loss/{t}"] = tg.losses[i]
-      m[f"token_acc/{t}"] = tg.accs[i]
-      if weights is not None:
+    m = step_lib.task_metrics(dict(zip(tasks, tg.losses)),
+                              dict(zip(tasks, tg.accs)))
+    if weights is not None:
+      for i, t in enumerate(tasks):
         m[f"weights/{t}"] = (weights[:, i].mean() if weights.ndim == 2
                              else weights[i])
     if weights is not None and weights.ndim == 2:
@@ -133,26 +133,21 @@ def make_update(setup, instrument: Instrument, schedule, seed: int,
     m.update({f"method/{k}": v for k, v in extra.items()})
     if len(tasks) > 1:
       if instrument.group_stats:
-        m.update(gram_lib.statistics(grams_GxTxT, instrument.group_names, tasks,
-                                     instrument.thresholds))
+        m.update(gram_lib.statistics(grams_GxTxT, instrument.group_names,
+                                     tasks, instrument.thresholds))
       else:
         m.update(gram_lib.statistics(gram_TxT[None], ("all",), tasks,
                                      instrument.thresholds))
         m = {k: v for k, v in m.items() if not k.startswith("group/")}
       if halves_KxK is not None:
         m.update(gram_lib.null_statistics(halves_KxK, gram_TxT, tasks))
-    m.update(gram_lib.alignment(tg.grads, updates, gram_TxT, tasks))
+    return step_lib.Direction(
+        grads, sum(base[t] * l for t, l in zip(tasks, tg.losses)), m,
+        aux={"method": method_state} if "aux" in state else None,
+        after=lambda updates: gram_lib.alignment(tg.grads, updates, gram_TxT,
+                                                 tasks))
 
-    new = {**state, "step": state["step"] + 1, "params": params, "opt": opt}
-    if "aux" in state:
-      new["aux"] = {**state["aux"], "method": method_state}
-    if nonfinite == "skip":
-      return nonfinite_lib.guard(state, new, m)
-    return new, m
-
-  repl = sharding.replicated(setup.mesh)
-  return jax.jit(update, donate_argnums=(0,),
-                 out_shardings=(setup.shardings, repl))
+  return fn
 
 
 def make_probe(setup, instrument: Instrument):
@@ -174,7 +169,7 @@ def make_probe(setup, instrument: Instrument):
             state["opt"], params)
         ahead = optax.apply_updates(params, u)
         for j, tj in enumerate(tasks):
-          after, _ = grads_lib.task_loss(setup.model, batch[tj])(ahead)
+          after, _ = grads_lib.task_loss(setup.model, batch[tj], tj)(ahead)
           m[f"transfer/{ti}->{tj}"] = 1 - after / jnp.maximum(tg.losses[j],
                                                               1e-12)
     return m

@@ -11,7 +11,7 @@ REFLECTION is `self_questions` questions about the draft answered from the
 image, "Q ? A .", then one instruction (r3jax.world.edit), e.g.
   "how many small red circles are there ? two . replace a small red circle
    with two small red circles"
-Tasks (registered in r3jax.data.tasks):
+Tasks (registered in r3jax.data.tasks by r3jax.r3.tasks):
   reflect        the loss is on REFLECTION and the token that ends it
   refine         the loss is on REFINED <eos>; the reflection is context, and
                  the consistency term ties REFINED to the reflection's answers

@@ -68,6 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from r3jax.data import tasks as tasks_lib
 from r3jax.world.config import NUMBERS, WorldConfig
 from r3jax.world.facts import KindCount, Ref, resolve
 from r3jax.world.scene import Scene, scene_from_arrays
@@ -224,7 +225,6 @@ def rows(tokenizer, student_ids: list[int], caption_at: int, caption: str,
   sequence, in which `caption`'s first word is token `caption_at`; up to
   n_questions of its slots (`slots` on `scene`; drawn when there are more)
   are asked."""
-  from r3jax.data import tasks as tasks_lib  # (tasks imports r3jax.r3)
   k, n_ans = 1 + n_questions, num_answers(cfg)
   found = slots(caption, cfg, scene)
   if len(found) > n_questions:
@@ -260,7 +260,6 @@ def rows(tokenizer, student_ids: list[int], caption_at: int, caption: str,
 
 def formatter(tokenizer, max_len: int, context: Mapping[str, Any]):
   """(record, rng, index) -> a ground example (see the module doc)."""
-  from r3jax.data import tasks as tasks_lib  # (tasks imports r3jax.r3)
   from r3jax.r3 import data as r3_data
   cfg, options = context.get("world"), context["r3"]
   if cfg is None:

@@ -45,10 +45,7 @@ run repeats an uninterrupted one exactly.
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,12 +60,8 @@ from r3jax.data import tasks as tasks_lib
 from r3jax.model import decoding
 from r3jax.r3 import grounded, grpo
 from r3jax.r3 import rewards as rewards_lib
-from r3jax.train import checkpoint as ckpt_lib
 from r3jax.train import losses as losses_lib
-from r3jax.train import metrics as metrics_lib
-from r3jax.train import nonfinite as nonfinite_lib
-from r3jax.train import preemption
-from r3jax.train import world_setup
+from r3jax.train import step as step_lib
 from r3jax.world.scene import scene_from_arrays
 
 
@@ -334,65 +327,51 @@ class TreeRL:
   # --- the update ----------------------------------------------------------
 
   def _make_update(self, schedule):
+    """update(state, batch, ref_params, sup): the GRPO direction through
+    r3jax.train.step.make_update, with config.rl.freeze's groups frozen."""
     setup, rl = self.setup, self.rl
 
-    frozen = set(rl.freeze)
+    def direction(state, batch, ref_params, sup) -> step_lib.Direction:
+      def loss_fn(params):
+        parts, refine = [], []
+        for b in batch.values():
+          logits = setup.model(params)(b["image"], b["tokens"])
+          logp = grpo.token_logp(logits, b["targets"])
+          ref = jax.lax.stop_gradient(grpo.token_logp(setup.model(
+              ref_params)(b["image"], b["tokens"]), b["targets"]))
+          b = dict(b, old_logp=jax.lax.stop_gradient(logp))
+          parts.append(grpo.sums(logp, ref, b, clip=rl.clip))
+          if "refine_mask" in b:
+            refine.append(grpo.sums(logp, ref, dict(
+                b, loss_mask=b["refine_mask"],
+                advantage=b["refine_advantage"]), clip=rl.clip))
+        streams = {"refine": (rl.refine_weight, refine)} if refine else None
+        return grpo.loss(parts, kl_weight=rl.kl, streams=streams)
 
-    def unfrozen(tree):
-      return {k: jax.tree.map(jnp.zeros_like, v) if k in frozen else v
-              for k, v in tree.items()}
+      (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state["params"])
+      # Interference under R3: the RL gradient against the understanding
+      # tasks' supervised gradients (r3jax.interference's cosine); with
+      # rl.supervised_weight, those gradients also join the update.
+      total = grads
+      for name, b in sup.items():
+        xent, g = jax.value_and_grad(lambda p, b=b, t=name: (
+            losses_lib.token_xent(setup.model(p)(b["image"], b["tokens"]),
+                                  b, t)[0]))(state["params"])
+        dot = sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(grads),
+                                                 jax.tree.leaves(g)))
+        m[f"interf/cos/rl:{name}"] = dot / jnp.maximum(
+            optax.tree.norm(grads) * optax.tree.norm(g), 1e-30)
+        if rl.supervised_weight > 0:
+          m[f"loss/{name}"] = xent
+          loss = loss + rl.supervised_weight * xent
+          total = jax.tree.map(lambda a, c: a + rl.supervised_weight * c,
+                               total, g)
+      return step_lib.Direction(total, loss, m)
 
-    def update(state, ref_params, batch, sup):
-      with sharding.use_rules(setup.mesh, setup.rules):
-        def loss_fn(params):
-          parts, refine = [], []
-          for b in batch.values():
-            logits = setup.model(params)(b["image"], b["tokens"])
-            logp = grpo.token_logp(logits, b["targets"])
-            ref = jax.lax.stop_gradient(grpo.token_logp(setup.model(
-                ref_params)(b["image"], b["tokens"]), b["targets"]))
-            b = dict(b, old_logp=jax.lax.stop_gradient(logp))
-            parts.append(grpo.sums(logp, ref, b, clip=rl.clip))
-            if "refine_mask" in b:
-              refine.append(grpo.sums(logp, ref, dict(
-                  b, loss_mask=b["refine_mask"],
-                  advantage=b["refine_advantage"]), clip=rl.clip))
-          streams = {"refine": (rl.refine_weight, refine)} if refine else None
-          return grpo.loss(parts, kl_weight=rl.kl, streams=streams)
-
-        (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"])
-        # Interference under R3: the RL gradient against the understanding
-        # tasks' supervised gradients (r3jax.interference's cosine); with
-        # rl.supervised_weight, those gradients also join the update.
-        total = grads
-        for name, b in sup.items():
-          xent, g = jax.value_and_grad(lambda p, b=b: losses_lib.token_xent(
-              setup.model(p)(b["image"], b["tokens"]), b)[0])(state["params"])
-          dot = sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(grads),
-                                                   jax.tree.leaves(g)))
-          m[f"interf/cos/rl:{name}"] = dot / jnp.maximum(
-              optax.tree.norm(grads) * optax.tree.norm(g), 1e-30)
-          if rl.supervised_weight > 0:
-            m[f"loss/{name}"] = xent
-            loss = loss + rl.supervised_weight * xent
-            total = jax.tree.map(lambda a, c: a + rl.supervised_weight * c,
-                                 total, g)
-        grads = unfrozen(total)
-        updates, opt = setup.tx.update(grads, state["opt"], state["params"])
-        updates = unfrozen(updates)
-        params = optax.apply_updates(state["params"], updates)
-      m = dict(m, loss=loss, grad_norm=optax.tree.norm(grads),
-               update_norm=optax.tree.norm(updates),
-               lr=jnp.asarray(schedule(state["step"]), jnp.float32))
-      new = {**state, "step": state["step"] + 1, "params": params, "opt": opt}
-      if self.cfg.nonfinite == "skip":
-        return nonfinite_lib.guard(state, new, m)
-      return new, m
-
-    repl = sharding.replicated(setup.mesh)
-    return jax.jit(update, donate_argnums=(0,),
-                   out_shardings=(setup.shardings, repl))
+    return step_lib.make_update(setup, direction, schedule,
+                                nonfinite=self.cfg.nonfinite,
+                                frozen=tuple(rl.freeze))
 
   def step(self, state, ref_params, step: int):
     """One root, branch or chain step at `step` -> (state, measurements)."""
@@ -409,76 +388,6 @@ class TreeRL:
              for k, b in batch.items()}
     sup = next(self.sup) if self.sup is not None else {}
     with jax.set_mesh(self.setup.mesh):
-      state, dm = self._update(state, ref_params, batch, sup)
+      state, dm = self._update(state, batch, ref_params, sup)
     m.update(jax.device_get(dm))
     return state, {k: float(v) for k, v in m.items()}
-
-
-def _initial_params(config, setup, init_state):
-  """The policy RL starts from (and the frozen KL reference): the latest
-  checkpoint of config.init_from, else a fresh initialisation (with
-  config.model.encoder_init's encoder)."""
-  return world_setup.initial_state(config, setup, init_state)
-
-
-def train(config: ml_collections.ConfigDict, workdir: str,
-          devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
-  """R3-RL to config.total_steps (resuming from `workdir`), then evaluation.
-
-  Faults as in r3jax.train.loop.train_and_evaluate; a stop signal during a
-  root step takes effect after the branch step that completes the pair.
-  """
-  from r3jax import config as config_lib
-  from r3jax.train import loop as loop_lib
-  from r3jax.train import optim
-  os.makedirs(workdir, exist_ok=True)
-  mesh, world, setup, init_state = loop_lib.build(config, devices)
-  if jax.process_index() == 0:
-    config_lib.dump(config, os.path.join(workdir, "config.json"))
-  start = _initial_params(config, setup, init_state)
-  ref_params = jax.tree.map(jnp.copy, start["params"])
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                               config.keep_ckpts, 1)
-  restored = ckpt.restore_latest_intact(setup.abstract)
-  state = start if restored is None else restored[1]
-  first = int(jax.device_get(state["step"]))
-  loop_lib._truncate_metrics(workdir, first)
-  rl = TreeRL(config, world, setup,
-              optim.schedule(config.optim, config.total_steps))
-  writer = metrics_lib.Writer(workdir)
-  evaluator = world.evaluator(setup, config.evals)
-  t0 = time.perf_counter()
-  try:
-    with preemption.StopOnSignal() as signals:
-      for step in range(first, config.total_steps):
-        state, m = rl.step(state, ref_params, step)
-        done = step + 1
-        nonfinite_lib.check(m, done, ckpt.latest_step(),
-                            skip=config.nonfinite == "skip", where="RL step")
-        if done % config.log_every_steps == 0 or done == config.total_steps:
-          writer.write(done, m)
-        between = config.rl.mode == "tree" and done % 2
-        stop = signals.agreed() and not between
-        if not between and (done % config.ckpt_every_steps == 0 or
-                            done == config.total_steps or stop):
-          ckpt.save(done, state, {}, force=True)
-        if stop:
-          ckpt.wait()
-          raise preemption.Preempted(done, signals.signal_name)
-        if done % config.eval_every_steps == 0 and done != config.total_steps:
-          with jax.set_mesh(mesh):
-            writer.write(done, {f"{config.evals.split}/{k}": v for k, v in
-                                evaluator.run(state["params"]).items()})
-    ckpt.wait()
-    train_seconds = time.perf_counter() - t0
-    with jax.set_mesh(mesh):
-      result = world.evaluator(setup, config.final_eval).run(
-          state["params"], os.path.join(workdir, "r3_examples.jsonl"))
-    writer.write(config.total_steps, {f"{config.final_eval.split}/{k}": v
-                                      for k, v in result.items()})
-    result["train_seconds"] = train_seconds
-    return result
-  finally:
-    writer.close()
-    ckpt.close()
-

@@ -1,62 +1,78 @@
-"""The jitted update: update(state, batch) -> (state, measurements)."""
+"""The jitted update: update(state, batch, *args) -> (state, measurements).
+
+make_update writes everything around an update direction once: the sharding
+rules, the optimizer, the measurements every step logs, frozen parameter
+groups, the non-finite guard and state donation. The direction is what a
+training mode changes:
+  weighted_sum                  the plain objective sum_i w_i L_i (here);
+  r3jax.interference.step       per-task gradients, their statistics and the
+                                configured aggregation method;
+  r3jax.r3.tree_rl              the GRPO objective of Tree-RL.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from r3jax import sharding
-from r3jax.interference import grads as grads_lib
-from r3jax.interference import step as interference_step
 from r3jax.train import losses as losses_lib
 from r3jax.train import nonfinite as nonfinite_lib
 from r3jax.train.state import Setup, State
 
 
-def make_update(setup: Setup, weights: Mapping[str, float], schedule, *,
-                layout: str = "split",
-                instrument: interference_step.Instrument | None = None,
-                seed: int = 0, nonfinite: str = "stop"):
+@dataclasses.dataclass
+class Direction:
+  """One step's direction, from direction(state, batch, *args)."""
+  grads: Any                     # shaped like the parameters; the optimizer
+  loss: jax.Array                # takes it; the objective, logged as "loss"
+  metrics: dict[str, jax.Array]  # more measurements of the step
+  aux: dict | None = None        # new entries of state["aux"]
+  # updates -> measurements of the update the optimizer made
+  after: Callable[[Any], dict[str, jax.Array]] | None = None
+
+
+def make_update(setup: Setup, direction: Callable[..., Direction], schedule,
+                *, nonfinite: str = "stop", frozen: tuple[str, ...] = ()):
   """Compiled step with donated state and explicit shardings.
 
-  Measurements are device scalars: per-task loss and token accuracy, the
-  weighted total, grad / param / update norms and the learning rate. With an
-  `instrument` the step is r3jax.interference.step's: per-task gradients,
-  interference statistics and the configured aggregation method.
-  `nonfinite="skip"` drops non-finite updates in-graph (r3jax.train.nonfinite).
+  Measurements are device scalars: the direction's loss and metrics, and
+  grad / param / update norms and the learning rate. The top-level parameter
+  groups in `frozen` get zero gradient and zero update. `nonfinite="skip"`
+  drops non-finite updates in-graph (r3jax.train.nonfinite).
   """
   if nonfinite not in nonfinite_lib.MODES:
     raise ValueError(f"nonfinite must be one of {nonfinite_lib.MODES}, got "
                      f"{nonfinite!r}")
-  if instrument is not None:
-    return interference_step.make_update(setup, instrument, schedule, seed,
-                                         nonfinite)
-  weights = dict(weights)
+  frozen = set(frozen)
 
-  def update(state: State, batch):
+  def unfrozen(tree):
+    if not frozen:
+      return tree
+    return {k: jax.tree.map(jnp.zeros_like, v) if k in frozen else v
+            for k, v in tree.items()}
+
+  def update(state: State, batch, *args):
     with sharding.use_rules(setup.mesh, setup.rules):
-      def loss_fn(params):
-        losses, accs = losses_lib.task_losses(setup.model(params), batch)
-        return losses_lib.weighted_total(losses, weights), (losses, accs)
-
-      if layout == "shared":
-        total, losses, accs, grads = grads_lib.shared_joint(
-            setup.model, state["params"], batch, weights)
-      else:
-        (total, (losses, accs)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True)(state["params"])
+      d = direction(state, batch, *args)
+      grads = unfrozen(d.grads)
       updates, opt = setup.tx.update(grads, state["opt"], state["params"])
+      updates = unfrozen(updates)
       params = optax.apply_updates(state["params"], updates)
-    m = {"loss": total, "grad_norm": optax.tree.norm(grads),
+    m = {**d.metrics, "loss": d.loss, "grad_norm": optax.tree.norm(grads),
          "param_norm": optax.tree.norm(params),
          "update_norm": optax.tree.norm(updates),
          "lr": jnp.asarray(schedule(state["step"]), jnp.float32)}
-    m.update({f"loss/{k}": v for k, v in losses.items()})
-    m.update({f"token_acc/{k}": v for k, v in accs.items()})
+    if d.after is not None:
+      m.update(d.after(updates))
     new = {**state, "step": state["step"] + 1, "params": params, "opt": opt}
+    if d.aux is not None:
+      new["aux"] = {**state["aux"], **d.aux}
     if nonfinite == "skip":
       return nonfinite_lib.guard(state, new, m)
     return new, m
@@ -64,3 +80,32 @@ def make_update(setup: Setup, weights: Mapping[str, float], schedule, *,
   repl = sharding.replicated(setup.mesh)
   return jax.jit(update, donate_argnums=(0,),
                  out_shardings=(setup.shardings, repl))
+
+
+def task_metrics(losses: Mapping[str, jax.Array],
+                 accs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """loss/<task> and token_acc/<task>."""
+  return {**{f"loss/{k}": v for k, v in losses.items()},
+          **{f"token_acc/{k}": v for k, v in accs.items()}}
+
+
+def weighted_sum(setup: Setup, weights: Mapping[str, float],
+                 layout: str = "split"):
+  """The plain direction: the gradient of sum_i w_i L_i (layout "shared":
+  one trunk forward and one backward, r3jax.train.losses.shared_joint)."""
+  weights = dict(weights)
+
+  def direction(state: State, batch) -> Direction:
+    if layout == "shared":
+      total, losses, accs, grads = losses_lib.shared_joint(
+          setup.model, state["params"], batch, weights)
+    else:
+      def loss_fn(params):
+        losses, accs = losses_lib.task_losses(setup.model(params), batch)
+        return losses_lib.weighted_total(losses, weights), (losses, accs)
+
+      (total, (losses, accs)), grads = jax.value_and_grad(
+          loss_fn, has_aux=True)(state["params"])
+    return Direction(grads, total, task_metrics(losses, accs))
+
+  return direction

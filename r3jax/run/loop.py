@@ -28,7 +28,9 @@ from r3jax.train import optim
 from r3jax.train import preemption
 from r3jax.train import state as state_lib
 from r3jax.train import step as step_lib
-from r3jax.train import world_setup
+from r3jax.run import real_setup
+from r3jax.run import source
+from r3jax.run import world_setup
 
 
 def build(config: ml_collections.ConfigDict,
@@ -41,7 +43,7 @@ def build(config: ml_collections.ConfigDict,
   config_lib.check_devices(config, len(devices or jax.devices()),
                            jax.process_count())
   mesh = sharding.make_mesh(config.mesh, devices)
-  world = world_setup.load(config)
+  world = load_source(config)
   setup, init_state = make_setup(config, mesh, world.make_model)
   return mesh, world, setup, init_state
 
@@ -57,6 +59,13 @@ def make_setup(config: ml_collections.ConfigDict, mesh, make_model,
   return state_lib.create(
       make_model, tx, mesh, config.sharding_rules, config.seed,
       aux_init=instrument.init_state if instrument else None)
+
+
+def load_source(config: ml_collections.ConfigDict) -> source.Source:
+  """The run's data source (config.data.source), built if missing."""
+  if config.data.source == "world":
+    return world_setup.load(config)
+  return real_setup.load(config)
 
 
 def make_instrument(config: ml_collections.ConfigDict, make_model
@@ -78,11 +87,14 @@ def make_update(config: ml_collections.ConfigDict, setup, make_model,
   defaults to make_instrument(config, make_model)."""
   if instrument is None:
     instrument = make_instrument(config, make_model)
+  schedule = optim.schedule(config.optim, config.total_steps)
+  if instrument is not None:
+    return interference_step.make_update(setup, instrument, schedule,
+                                         config.seed, config.nonfinite)
   return step_lib.make_update(
-      setup, {k: t.weight for k, t in config.tasks.items()},
-      optim.schedule(config.optim, config.total_steps),
-      layout=config.data.layout, instrument=instrument, seed=config.seed,
-      nonfinite=config.nonfinite)
+      setup, step_lib.weighted_sum(
+          setup, {k: t.weight for k, t in config.tasks.items()},
+          config.data.layout), schedule, nonfinite=config.nonfinite)
 
 
 def _truncate_metrics(workdir: str, step: int) -> None:
@@ -209,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     _, state, data_state = restored
     data.set_state(data_state)
   else:
-    state = world_setup.initial_state(config, setup, init_state)
+    state = source.initial_state(config, setup, init_state)
   first = int(jax.device_get(state["step"]))
   _truncate_metrics(workdir, first)
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
@@ -21,11 +19,8 @@ from r3jax.data import tasks as tasks_lib
 from r3jax.data import world_tfds
 from r3jax.eval import evaluator as evaluator_lib
 from r3jax.eval import metrics as metrics_lib
-from r3jax.model import Model, ModelConfig
-from r3jax.model import pretrained
-from r3jax.train import checkpoint as ckpt_lib
-from r3jax.r3 import loop as r3_loop
-from r3jax.r3 import variants as r3_variants
+from r3jax.model import Model
+from r3jax.run import source
 from r3jax.world.config import NUMBERS
 from r3jax.world.vqa import positions_right, relation_operands, strip_positions
 
@@ -34,46 +29,6 @@ def world_config(config: ml_collections.ConfigDict) -> world_lib.WorldConfig:
   kw = config.world.to_dict()
   kw["grid"] = kw["grid"] or None
   return world_lib.WorldConfig(**kw)
-
-
-def model_config(config: ml_collections.ConfigDict, vocab_size: int,
-                 image_size: int) -> ModelConfig:
-  m = config.model
-  return ModelConfig.from_names(
-      f"{m.encoder}/{m.patch_size}",
-      decoder=dict(width=m.dec_width, depth=m.dec_depth, heads=m.dec_heads,
-                   mlp=m.dec_mlp),
-      vocab_size=vocab_size, image_size=image_size,
-      max_len=config_lib.decoder_len(config),
-      dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers, stem=m.stem,
-      pos_init=m.pos_init, stem_convs=m.stem_convs, cross_pos=m.cross_pos,
-      dec_identity_from=(m.dec_identity_from if m.dec_identity_from >= 0
-                         else 1_000_000),
-      dec_alibi=m.dec_alibi, fusion_depth=m.fusion_depth,
-      cls_token=m.cls_token, enc_gelu=m.enc_gelu,
-      ln_custom_vjp=m.ln_custom_vjp, attention=m.attention,
-      **{f"enc_{k}": v for k, v in m.enc_overrides.items()})
-
-
-def initial_state(config: ml_collections.ConfigDict, setup, init_state):
-  """The state a run without a checkpoint starts from: a fresh initialisation
-  whose parameters are config.init_from's latest checkpoint's, or whose
-  encoder is config.model.encoder_init's pretrained weights."""
-  state = init_state()
-  if config.init_from and config.init_from_partial:
-    state["params"], kept = ckpt_lib.load_params_partial(config.init_from,
-                                                         state["params"])
-    logging.info("init_from %s: %d parameter arrays start fresh: %s",
-                 config.init_from, len(kept), ", ".join(kept) or "none")
-  elif config.init_from:
-    state["params"] = ckpt_lib.load_params(config.init_from,
-                                           setup.abstract["params"])
-  elif config.model.encoder_init:
-    mcfg = model_config(config, 1, config.world.image_size)
-    encoder = pretrained.load_encoder(config.model.encoder_init, mcfg)
-    state["params"] = pretrained.with_encoder(state["params"], encoder,
-                                              mcfg.scan_layers)
-  return state
 
 
 def make_caption_scorer(cfg: world_lib.WorldConfig, positions: bool = False):
@@ -181,7 +136,7 @@ class World:
             "position_questions": self.config.data.position_questions,
             "caption_positions": self.config.data.caption_positions}
 
-  def evaluator(self, setup, eval_cfg) -> Evaluation:
+  def evaluator(self, setup, eval_cfg) -> source.Evaluation:
     """Every configured task's evaluation; with an R3 task also the R3 loop
     (per-round scores under r3/...) on the same records."""
     scorers = {name: t.score for name, t in tasks_lib.TASKS.items()
@@ -193,67 +148,19 @@ class World:
                    ita=evaluator_lib.score_ita)
     records = self.records(eval_cfg.split, eval_cfg.max_examples)
     tasks = config_lib.evaluated_tasks(self.config)
-    return Evaluation(evaluator_lib.Evaluator(
+    return source.Evaluation(evaluator_lib.Evaluator(
         setup, records, self.tokenizer, tasks, eval_cfg.batch_size, scorers),
-        r3_loop_for(self.config, setup, self.tokenizer, self.world,
-                    eval_cfg.batch_size), records)
-
-
-def r3_loop_for(config, setup, tokenizer, world, batch_size: int):
-  """The R3 loop that evaluates a run with R3 tasks (None without them);
-  `world` is None on real data (scores against reference captions)."""
-  tasks = config_lib.evaluated_tasks(config)
-  if not set(r3_variants.R3_TASKS) & set(tasks):
-    return None
-  variant = r3_variant(config)
-  r3_len = max(tasks[t].max_len for t in (*variant.tasks, variant.refine_task)
-               if t in tasks)
-  return r3_loop.R3Loop(
-      setup, tokenizer, world, rounds=config.r3.rounds,
-      batch_size=batch_size, caption_len=tasks.caption.max_len,
-      r3_len=r3_len, variant=variant, lookup=config.r3.lookup)
-
-
-def r3_variant(config) -> r3_variants.Variant:
-  """The run's R3 variant (config.r3.variant, or the one its tasks imply)."""
-  return r3_variants.get(config.r3.variant,
-                         config_lib.evaluated_tasks(config))
-
-
-def r3_direct(config) -> bool:
-  """Whether the run's loop refines without a reflect stage (the no-reflect
-  ablation)."""
-  return not r3_variant(config).reflect
-
-
-@dataclasses.dataclass
-class Evaluation:
-  tasks: evaluator_lib.Evaluator
-  r3: Any
-  records: Any
-
-  def run(self, params, examples: str | None = None) -> dict[str, float]:
-    """Scores of every task; with an R3 loop and `examples` (a path, the
-    final eval's r3_examples.jsonl) process 0 also writes each example's
-    rounds there, one JSON line each (R3Loop.examples)."""
-    out = self.tasks.run(params)
-    if self.r3 is not None:
-      trajs, scores = self.r3.run(params, self.records)
-      out.update(scores)
-      if examples and jax.process_index() == 0:
-        with open(examples, "w") as f:
-          for row in self.r3.examples(trajs, self.records):
-            f.write(json.dumps(row) + "\n")
-    return out
+        source.r3_loop_for(self.config, setup, self.tokenizer, self.world,
+                           eval_cfg.batch_size), records)
 
 
 def load(config: ml_collections.ConfigDict) -> World:
   """Builds the dataset if missing (process 0 first, the others then reuse it).
-  With config.data.source="coco_vqa", the real datasets' counterpart
-  (r3jax.train.real_setup.RealWorld)."""
+  r3jax.run.loop.load_source picks this or COCO/VQAv2 (r3jax.run.real_setup)."""
   if config.data.source != "world":
-    from r3jax.train import real_setup  # noqa: PLC0415 (it imports this)
-    return real_setup.load(config)
+    raise ValueError("world_setup.load builds the embedded world, but "
+                     f"config.data.source={config.data.source!r}: use "
+                     "r3jax.run.loop.load_source")
   wcfg = world_config(config)
   sizes = config.data.split_sizes.to_dict()
 
@@ -268,7 +175,7 @@ def load(config: ml_collections.ConfigDict) -> World:
   tokenizer = world_tfds.load_tokenizer(builder).with_tasks(
       [n for n in config_lib.evaluated_tasks(config)
        if tasks_lib.TASKS[n].own_token])
-  mcfg = model_config(config, tokenizer.vocab_size, wcfg.image_size)
+  mcfg = config_lib.model_config(config, tokenizer.vocab_size, wcfg.image_size)
   return World(config, wcfg, builder, tokenizer,
                world_tfds.data_source(builder, "train"),
                lambda rngs: Model(mcfg, rngs=rngs))

@@ -1,6 +1,6 @@
 """COCO Captions + VQAv2 as a run sees them (config.data.source="coco_vqa").
 
-The same interface as the world (r3jax.train.world_setup.World): a tokenizer,
+The same interface as the world (r3jax.run.source.Source): a tokenizer,
 the model, per-task training records, evaluation records and scorers. From the
 official files in config.data.manual_dir, built once into config.data.dir:
 
@@ -38,12 +38,14 @@ import ml_collections
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from r3jax import config as config_lib
 from r3jax.data import coco, manual, sp_tokenizer, vqav2
 from r3jax.eval import evaluator as evaluator_lib
 from r3jax.eval import metrics as metrics_lib
 from r3jax.eval import vqa_official
 from r3jax.model import Model
 from r3jax.r3 import real as r3_real
+from r3jax.run import source
 
 
 class Fit:
@@ -166,7 +168,7 @@ class RealWorld:
   def records(self, split: str, max_examples: int
               ) -> dict[str, Sequence[Mapping[str, Any]]]:
     """Each task's first `max_examples` (all: -1) records of `split`."""
-    tasks = _evaluated(self.config)
+    tasks = config_lib.evaluated_tasks(self.config)
     fit = Fit(self.tokenizer, tasks)
 
     def first(source):
@@ -195,19 +197,13 @@ class RealWorld:
     return context
 
   def evaluator(self, setup, eval_cfg):
-    from r3jax.train import world_setup  # noqa: PLC0415 (it imports us)
     records = self.records(eval_cfg.split, eval_cfg.max_examples)
     scored = {t: r for t, r in records.items() if t in SCORERS}
-    loop = world_setup.r3_loop_for(self.config, setup, self.tokenizer, None,
-                                   eval_cfg.batch_size)
-    return world_setup.Evaluation(evaluator_lib.Evaluator(
-        setup, scored, self.tokenizer, _evaluated(self.config),
+    loop = source.r3_loop_for(self.config, setup, self.tokenizer, None,
+                              eval_cfg.batch_size)
+    return source.Evaluation(evaluator_lib.Evaluator(
+        setup, scored, self.tokenizer, config_lib.evaluated_tasks(self.config),
         eval_cfg.batch_size, SCORERS), loop, records.get("caption"))
-
-
-def _evaluated(config):
-  from r3jax import config as config_lib  # noqa: PLC0415
-  return config_lib.evaluated_tasks(config)
 
 
 def _split(builder, split: str):
@@ -263,7 +259,6 @@ def _train_tokenizer(config, coco_builder, vqa_builder, path: str) -> None:
 def load(config: ml_collections.ConfigDict) -> RealWorld:
   """Builds the datasets and the vocabulary if missing (process 0 first, the
   others then reuse them)."""
-  from r3jax.train import world_setup  # noqa: PLC0415
 
   def build():
     coco_builder, vqa_builder = builders(config)
@@ -278,7 +273,7 @@ def load(config: ml_collections.ConfigDict) -> RealWorld:
   if jax.process_index() != 0:
     coco_builder, vqa_builder, path = build()
   tokenizer = sp_tokenizer.SentencePieceTokenizer.load(path)
-  mcfg = world_setup.model_config(config, tokenizer.vocab_size,
+  mcfg = config_lib.model_config(config, tokenizer.vocab_size,
                                   config.world.image_size)
   fit = Fit(tokenizer, config.tasks)
   captions = CaptionRecords(_split(coco_builder, "train"), fit, True)

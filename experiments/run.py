@@ -195,12 +195,9 @@ def budget_steps(study: studies_lib.Study, arms: Sequence[studies_lib.Arm],
 
 def train(config: ml_collections.ConfigDict, workdir: str,
           devices=None) -> dict[str, Any]:
-  """What r3jax.main runs for `config` (the library functions)."""
-  if config.rl.enabled:
-    from r3jax.run import rl  # noqa: PLC0415
-    return rl.train(config, workdir, devices)
-  from r3jax.run import loop  # noqa: PLC0415
-  return loop.train_and_evaluate(config, workdir, devices)
+  """What r3jax.main runs for `config` (r3jax.run.train)."""
+  from r3jax import run  # noqa: PLC0415
+  return run.train(config, workdir, devices)
 
 
 def hardware() -> dict[str, Any]:

@@ -47,17 +47,15 @@ def main(argv):
   distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address,
                          FLAGS.num_processes, FLAGS.process_id)
   from r3jax import report
+  from r3jax import run
   from r3jax.run import loop
   from r3jax.train import preemption
   try:
     if FLAGS.mode == "evaluate":
       result = loop.evaluate_checkpoint(FLAGS.config, FLAGS.workdir,
                                         FLAGS.split)
-    elif FLAGS.config.rl.enabled:
-      from r3jax.run import rl
-      result = rl.train(FLAGS.config, FLAGS.workdir)
     else:
-      result = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      result = run.train(FLAGS.config, FLAGS.workdir)
   except preemption.Preempted as e:
     print(f"{e}; exit status {EXIT_PREEMPTED}", flush=True)
     return EXIT_PREEMPTED

@@ -733,7 +733,9 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
 
 def start_from(c: ml_collections.ConfigDict, base: str) -> None:
   """Starts `c` from the run or exported base in directory `base`: its world
-  and model settings (which its parameters need) and config.init_from."""
+  and model settings (which its parameters need), the formats its answers
+  and captions are written in (data.relation_answers,
+  data.caption_positions: what scoring them needs) and config.init_from."""
   path = os.path.join(base, "config.json")
   if not os.path.exists(path):
     raise ValueError(f"base={base!r} has no config.json (a run's workdir or "
@@ -741,6 +743,8 @@ def start_from(c: ml_collections.ConfigDict, base: str) -> None:
   saved = load_saved(path)
   c.world = saved.world.to_dict()
   c.model = saved.model.to_dict()
+  for key in ("relation_answers", "caption_positions"):
+    c.data[key] = saved.data[key]
   c.init_from = base
 
 

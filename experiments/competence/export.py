@@ -6,8 +6,9 @@ the test split that tests/test_competence_base.py reproduces.
 
   python -m experiments.competence.export experiments/competence/runs/NAME
 
-`--config.init_from=experiments/competence/base` then starts any run of
-the same model settings from it (configs/competent.py sets them).
+`configs/<name>.py:base=experiments/competence/base` then starts a run
+from it with its world and model settings and the formats it writes
+(r3jax.config.start_from).
 """
 
 from __future__ import annotations

@@ -205,10 +205,10 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                            REL4 + TRACE + WHERE),
     "rf_40k_where_captions": ("rf_40k_trace_where continued from its step "
                               "27,609 with the listed objects' columns and "
-                              "rows written in the captions: its VQA "
+                              "rows written in the captions: that start "
                               "answers relation questions from written "
-                              "positions, its captions' relation clauses "
-                              "are at chance",
+                              "positions while its captions' relation "
+                              "clauses are at chance",
                               CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS +
                               REL4 + TRACE + WHERE + CAPTION_WHERE),
     "rel_only": ("the parameters of mix_sincos_rf_40k at step 19,270 "

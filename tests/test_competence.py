@@ -198,8 +198,8 @@ def test_relation_breakdown_asks_each_question_as_drawn_and_canonical(
   c.data.position_questions = 0.5 if fusion else 0.0
   wd = str(tmp_path / "run")
   loop.train_and_evaluate(c, wd, jax.devices()[:1])
-  questions = []
-  got = relations.breakdown(wd, "validation", 8, questions)
+  questions, captions = [], []
+  got = relations.breakdown(wd, "validation", 8, questions, captions)
   config = competence.eval_config(wd, "validation", 8)
   _, world, _, _ = loop.build(config, jax.devices()[:1])
   recs = world.records("validation", 8)
@@ -233,3 +233,11 @@ def test_relation_breakdown_asks_each_question_as_drawn_and_canonical(
   assert all(k.split(": ")[1].split(" | ")[0] in (
       "left of", "above") for k in got if k.startswith("canonical: "))
   assert 0 <= got["captions: relation clauses true"]["accuracy"] <= 1
+  # --out keeps each caption and the truth of its relation clauses: the
+  # clause share is theirs.
+  assert [row["record"] for row in captions] == list(range(8))
+  said = [t for row in captions for t in row["relations"]]
+  assert got["captions: relation clauses true"]["count"] == len(said)
+  assert got["captions: relation clauses true"]["accuracy"] == (
+      pytest.approx(np.mean(said)) if said else 0.0)
+  assert 0 <= got["captions: stated kinds true"]["accuracy"] <= 1

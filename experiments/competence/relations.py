@@ -22,7 +22,9 @@ against chance and against answering "yes" always.
 
 The same images are also captioned (greedy) and every relation clause of
 the captions is checked against the scene ("captions: relation clauses
-true"): whether the generation pathway orders the objects it names.
+true"): whether the generation pathway orders the objects it names; so is
+every kind they list ("captions: stated kinds true"). --out also keeps each
+caption as written and the truth of its relation clauses.
 """
 
 from __future__ import annotations
@@ -69,12 +71,15 @@ def relation_records(records):
 
 
 def breakdown(workdir: str, split: str = "validation", max_examples: int = 256,
-              questions: list | None = None) -> dict[str, dict[str, float]]:
+              questions: list | None = None, captions_out: list | None = None
+              ) -> dict[str, dict[str, float]]:
   """{group: {"accuracy", "count"}} for the groups of relation_records and
   their unions over the answer ("as drawn: right of") and over phrasings
   ("as drawn", "canonical"). `questions`, when given, receives one row per
   question asked: {"record", "group", "question", "answer", "prediction",
-  "correct"} (what `compare` pairs)."""
+  "correct"} (what `compare` pairs); `captions_out`, one row per image:
+  {"record", "caption"} (the greedy caption as written) and its relation
+  facts ("relations": [true or false, ...])."""
   import jax  # noqa: PLC0415
 
   from r3jax import config as config_lib  # noqa: PLC0415
@@ -82,7 +87,8 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256,
   from r3jax.eval.metrics import normalize  # noqa: PLC0415
   from r3jax.r3 import loop as r3_loop  # noqa: PLC0415
   from r3jax.world import edit, scene_from_arrays  # noqa: PLC0415
-  from r3jax.world.facts import is_true  # noqa: PLC0415
+  from r3jax.world.facts import KindCount, is_true  # noqa: PLC0415
+  from r3jax.world.verify import parse_clauses  # noqa: PLC0415
   from r3jax.world.vqa import strip_positions  # noqa: PLC0415
   from r3jax.train import checkpoint as ckpt_lib  # noqa: PLC0415
   from r3jax.run import loop  # noqa: PLC0415
@@ -108,7 +114,7 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256,
     preds, items = evaluator.predictions(params, "vqa"), evaluator.items("vqa")
     got = {f"vqa/{k}": v for k, v in score("vqa", preds, items,
                                             records).items()}
-    captions = loop_.captions(params, images)
+    raw = captions = loop_.captions(params, images)
   if config.data.caption_positions:  # scored without the written indices
     captions = [strip_positions(c, world.world) for c in captions]
   if questions is not None:
@@ -117,15 +123,24 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256,
       questions.append({"record": i, "group": extra["qtype"], "question": q,
                         "answer": a, "prediction": p,
                         "correct": normalize(said) == normalize(a)})
-  true = clauses = 0
-  for caption, r in zip(captions, images):
+  true = clauses = kinds = kinds_true = 0
+  for k, (caption, r) in enumerate(zip(captions, images)):
     scene = scene_from_arrays(r["scene"], world.world)
+    said = []
     for sentence in edit.read(caption, world.world):
       if isinstance(sentence, edit.Relations):
         for c in sentence.clauses:
           if c.bad is None:
-            clauses += 1
-            true += is_true(c.relation, scene)
+            said.append(bool(is_true(c.relation, scene)))
+    for fact in parse_clauses(caption, world.world):
+      if isinstance(fact, KindCount):
+        kinds += 1
+        kinds_true += is_true(fact, scene)
+    clauses += len(said)
+    true += sum(said)
+    if captions_out is not None:
+      captions_out.append({"record": k, "caption": raw[k],
+                           "relations": said})
   groups = {}
   prefix = "vqa/qtype/"
   for key, v in got.items():
@@ -152,6 +167,8 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256,
   out = dict(sorted(out.items()))
   out["captions: relation clauses true"] = {
       "accuracy": true / max(clauses, 1), "count": clauses}
+  out["captions: stated kinds true"] = {
+      "accuracy": kinds_true / max(kinds, 1), "count": kinds}
   return out
 
 
@@ -262,8 +279,9 @@ def main(argv=None) -> int:
     return 0
   if not args.workdir:
     p.error("a workdir, or --compare A.json B.json")
-  questions = []
-  out = breakdown(args.workdir, args.split, args.max_examples, questions)
+  questions, captions = [], []
+  out = breakdown(args.workdir, args.split, args.max_examples, questions,
+                  captions)
   for name, v in out.items():
     trace = "".join(f"  {k} {v[k]:.3f}" for k in sorted(v) if "trace" in k)
     print(f"{name:32s} {v['accuracy']:.3f}  ({int(v['count'])}){trace}")
@@ -272,7 +290,8 @@ def main(argv=None) -> int:
     with open(args.out, "w") as f:
       json.dump({"workdir": args.workdir, "split": args.split,
                  "max_examples": args.max_examples, "groups": out,
-                 "questions": questions}, f, indent=1)
+                 "questions": questions, "captions": captions}, f,
+                indent=1)
   return 0
 
 

@@ -208,7 +208,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                               "rows written in the captions: that start "
                               "answers relation questions from written "
                               "positions while its captions' relation "
-                              "clauses are at chance",
+                              "clauses are near chance",
                               CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS +
                               REL4 + TRACE + WHERE + CAPTION_WHERE),
     "rel_only": ("the parameters of mix_sincos_rf_40k at step 19,270 "

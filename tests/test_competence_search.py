@@ -40,11 +40,16 @@ def test_commands_name_the_variant_and_refuse_unknown_ones(variants):
 def test_run_records_cpu_time_and_stops_at_until(variants, monkeypatch):
   """A stand-in for r3jax.main writes a step a line; --until stops it with
   SIGTERM at that step and the stretch's seconds are appended."""
+  # The handler only flags the stop (an exception raised in a handler that
+  # runs inside a file's finalizer would be swallowed); the loop exits 75.
   script = ("import json, signal, sys, time\n"
             "wd = [a for a in sys.argv if a.startswith('--workdir=')][0][10:]\n"
-            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))\n"
+            "stop = []\n"
+            "signal.signal(signal.SIGTERM, lambda *_: stop.append(1))\n"
             "for s in range(1, 1000):\n"
-            "  open(wd + '/metrics.jsonl', 'a').write(json.dumps({'step': s}) + '\\n')\n"
+            "  if stop: sys.exit(75)\n"
+            "  with open(wd + '/metrics.jsonl', 'a') as f:\n"
+            "    f.write(json.dumps({'step': s}) + '\\n')\n"
             "  sum(range(20000)); time.sleep(0.05)\n")
   monkeypatch.setattr(search, "command", lambda name: [
       sys.executable, "-c", script, f"--workdir={search.workdir(name)}"])

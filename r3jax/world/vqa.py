@@ -197,6 +197,11 @@ def relation_trace(question: str, scene: Scene, cfg: WorldConfig,
   return " ".join(idx)
 
 
+def _where(obj, cfg: WorldConfig) -> list[str]:
+  return [NUMBERS[grid_index(obj, "left", cfg)],
+          NUMBERS[grid_index(obj, "above", cfg)]]
+
+
 def position_questions(scene: Scene, cfg: WorldConfig
                        ) -> list[tuple[str, str]]:
   """For every object a description singles out, every such description
@@ -204,16 +209,10 @@ def position_questions(scene: Scene, cfg: WorldConfig
   circle ?", "zero two"); config.data.position_questions trains them."""
   out = []
   for i, obj in enumerate(scene.objects):
-    where = (f"{NUMBERS[grid_index(obj, 'left', cfg)]} "
-             f"{NUMBERS[grid_index(obj, 'above', cfg)]}")
+    where = " ".join(_where(obj, cfg))
     out += [(f"{ref_text(ref)} ?", where)
             for ref in unique_refs(scene, i, _SUBSETS)]
   return out
-
-
-def _where(obj, cfg: WorldConfig) -> list[str]:
-  return [NUMBERS[grid_index(obj, "left", cfg)],
-          NUMBERS[grid_index(obj, "above", cfg)]]
 
 
 def _listed(words: list[str], k: int, cfg: WorldConfig) -> Ref | None:
@@ -243,24 +242,18 @@ def caption_positions(caption: str, scene: Scene, cfg: WorldConfig) -> str:
   return " ".join(out)
 
 
-def _is_position(words: list[str], k: int, cfg: WorldConfig) -> bool:
-  """Whether words[k] is a written grid index: a number word after a shape
-  noun (or after such an index), where no caption of the grammar has one."""
-  nouns = {*cfg.shapes, *map(plural, cfg.shapes)}
-  j = k
-  while j > 0 and words[j] in NUMBERS[:cfg.grid]:
-    j -= 1
-    if words[j] in nouns:
-      return True
-  return False
-
-
 def strip_positions(caption: str, cfg: WorldConfig) -> str:
-  """The caption without the grid indices caption_positions writes (and
-  without any number word a model writes after a shape noun)."""
-  words = caption.split()
-  return " ".join(w for k, w in enumerate(words)
-                  if not _is_position(words, k, cfg))
+  """The caption without the grid indices caption_positions writes: the
+  number words that follow a shape noun, where no caption of the grammar
+  has one (and any a model writes there)."""
+  nouns = {*cfg.shapes, *map(plural, cfg.shapes)}
+  numbers = set(NUMBERS[:cfg.grid])
+  out, after_noun = [], False
+  for w in caption.split():
+    if not (after_noun and w in numbers):
+      out.append(w)
+      after_noun = w in nouns
+  return " ".join(out)
 
 
 def positions_right(caption: str, scene: Scene, cfg: WorldConfig

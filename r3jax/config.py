@@ -735,7 +735,8 @@ def start_from(c: ml_collections.ConfigDict, base: str) -> None:
   """Starts `c` from the run or exported base in directory `base`: its world
   and model settings (which its parameters need), the formats its answers
   and captions are written in (data.relation_answers,
-  data.caption_positions: what scoring them needs) and config.init_from."""
+  data.caption_positions: what scoring them needs), room for them (each
+  task both train keeps the longer max_len) and config.init_from."""
   path = os.path.join(base, "config.json")
   if not os.path.exists(path):
     raise ValueError(f"base={base!r} has no config.json (a run's workdir or "
@@ -745,6 +746,9 @@ def start_from(c: ml_collections.ConfigDict, base: str) -> None:
   c.model = saved.model.to_dict()
   for key in ("relation_answers", "caption_positions"):
     c.data[key] = saved.data[key]
+  for name, t in c.tasks.items():
+    if name in saved.tasks:
+      t.max_len = max(t.max_len, saved.tasks[name].max_len)
   c.init_from = base
 
 

@@ -258,8 +258,10 @@ def strip_positions(caption: str, cfg: WorldConfig) -> str:
 
 def positions_right(caption: str, scene: Scene, cfg: WorldConfig
                     ) -> tuple[int, int]:
-  """(right, written): of the caption's listing items that name one object
-  of the scene, how many are followed by that object's column and row."""
+  """(right, written): of the caption's single-object listing items ("a
+  SIZE COLOUR SHAPE"), how many are followed by the column and row of the
+  object they name; an item that names no single object of the scene is
+  written and wrong."""
   words, right, written = caption.split(), 0, 0
   for k in range(len(words)):
     ref = _listed(words, k, cfg)

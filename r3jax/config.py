@@ -117,6 +117,15 @@ def defaults() -> ml_collections.ConfigDict:
       # caption/positions/accuracy; config.tasks.caption.max_len must hold
       # up to 6 more words.
       caption_positions=False,
+      # World captions trained with the grid indices of each relation's
+      # two objects on its axis written just before its relation words:
+      # "the square is two zero right of the circle". The relation words
+      # then follow from two written indices, as relation_answers="trace"
+      # answers do. Evaluation removes them as it does caption_positions
+      # and logs caption/trace/accuracy; config.tasks.caption.max_len must
+      # hold 2 more words per relation (8 more with caption_positions: up
+      # to 56 tokens in the default world).
+      caption_trace=False,
       # "world": the embedded synthetic world. "coco_vqa": COCO Captions
       # (caption and ITA tasks) and VQAv2 (vqa task) built from the official
       # files in manual_dir (r3jax/run/real_setup.py), at
@@ -446,7 +455,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   writers = [k for k, on in (
       (f"relation_answers={answers!r}", answers != "word"),
       ("position_questions", config.data.position_questions),
-      ("caption_positions", config.data.caption_positions)) if on]
+      ("caption_positions", config.data.caption_positions),
+      ("caption_trace", config.data.caption_trace)) if on]
   w = config.world
   grid = w.grid or max(3, w.max_objects)  # WorldConfig's default
   if writers and grid > w.max_objects + 1:
@@ -460,14 +470,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.data.position_questions must be in [0, 1] (and "
                      "0 off the synthetic world), got "
                      f"{config.data.position_questions!r}")
-  if config.data.caption_positions and (
-      config.data.source != "world" or
-      set(r3_variants.R3_TASKS) & set(config.tasks)):
-    raise ValueError(
-        "config.data.caption_positions writes grid indices into world "
-        "captions: it needs config.data.source='world' and no R3 task "
-        "(whose drafts would carry them), got source "
-        f"{config.data.source!r} and tasks {sorted(config.tasks)}")
+  for key in ("caption_positions", "caption_trace"):
+    if config.data[key] and (config.data.source != "world" or
+                             set(r3_variants.R3_TASKS) & set(config.tasks)):
+      raise ValueError(
+          f"config.data.{key} writes grid indices into world captions: it "
+          "needs config.data.source='world' and no R3 task (whose drafts "
+          f"would carry them), got source {config.data.source!r} and tasks "
+          f"{sorted(config.tasks)}")
   if "ground" in config.tasks:
     need = {"caption": config.tasks.caption.max_len} if (
         "caption" in config.tasks) else {}
@@ -735,7 +745,7 @@ def start_from(c: ml_collections.ConfigDict, base: str) -> None:
   """Starts `c` from the run or exported base in directory `base`: its world
   and model settings (which its parameters need), the formats its answers
   and captions are written in (data.relation_answers,
-  data.caption_positions: what scoring them needs), room for them (each
+  data.caption_positions, caption_trace: what scoring them needs), room for them (each
   task both train keeps the longer max_len) and config.init_from."""
   path = os.path.join(base, "config.json")
   if not os.path.exists(path):
@@ -744,7 +754,7 @@ def start_from(c: ml_collections.ConfigDict, base: str) -> None:
   saved = load_saved(path)
   c.world = saved.world.to_dict()
   c.model = saved.model.to_dict()
-  for key in ("relation_answers", "caption_positions"):
+  for key in ("relation_answers", "caption_positions", "caption_trace"):
     c.data[key] = saved.data[key]
   for name, t in c.tasks.items():
     if name in saved.tasks:

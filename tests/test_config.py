@@ -407,14 +407,15 @@ def test_base_argument_takes_the_bases_world_and_model(tmp_path):
   assert c.model.to_dict() == base.model.to_dict()
   assert c.world.image_size == 48 and "reflect" in c.tasks
   # The formats the base writes its answers and captions in come with it.
-  base.data.update(dict(relation_answers="trace", caption_positions=True))
-  base.tasks.caption.max_len = 48  # room for the written positions
+  base.data.update(dict(relation_answers="trace", caption_positions=True,
+                        caption_trace=True))
+  base.tasks.caption.max_len = 56  # room for the written positions
   config_lib.dump(base, str(tmp_path / "config.json"))
   c = config_lib.from_file(f"configs/joint.py:base={tmp_path}", ROOT)
   config_lib.validate(c)
-  assert (c.data.relation_answers, c.data.caption_positions) == ("trace",
-                                                                 True)
-  assert c.tasks.caption.max_len == 48
+  assert (c.data.relation_answers, c.data.caption_positions,
+          c.data.caption_trace) == ("trace", True, True)
+  assert c.tasks.caption.max_len == 56
   assert c.tasks.vqa.max_len == config_lib.all_tasks()["vqa"].max_len
   assert c.data.position_questions == 0.0  # a training mix, not a format
   with pytest.raises(ValueError, match="base=... and runlocal exclude"):

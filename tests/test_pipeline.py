@@ -306,6 +306,66 @@ def test_caption_positions_follow_each_single_object_and_strip_off(world):
   assert plain["f1"] < 1.0 and "positions/accuracy" not in plain
 
 
+def test_caption_trace_writes_each_relations_indices_before_its_words(world):
+  """config.data.caption_trace: each relation phrase of a caption follows
+  its subject's and object's grid indices on its axis, which order the two
+  as the phrase says; stripping gives back the reference, a wrong index is
+  counted wrong, and the formatter and the scorer use both formats."""
+  from r3jax.world import scene_from_arrays
+  from r3jax.world.config import NUMBERS
+  from r3jax.world.facts import Relation
+  from r3jax.world.language import REL_WORDS
+  from r3jax.world.verify import parse_clauses
+  from r3jax.world.vqa import (caption_positions, caption_trace,
+                               strip_positions, trace_right)
+  cfg, tok = world.world, world.tokenizer
+  seen = 0
+  for r in (world.train_source[i] for i in range(40)):
+    scene = scene_from_arrays(r["scene"], cfg)
+    for c in r["captions"]:
+      t = caption_trace(c, scene, cfg)
+      assert strip_positions(t, cfg) == c
+      assert strip_positions(caption_positions(t, scene, cfg), cfg) == c
+      n = sum(isinstance(f, Relation) for f in parse_clauses(c, cfg))
+      assert trace_right(t, scene, cfg) == (n, n)
+      words = t.split()
+      for k in range(2, len(words)):
+        phrase = next((p for p in REL_WORDS if tuple(words[k:k + len(p)])
+                       == p), None)
+        if phrase is None:
+          continue
+        a, b = (NUMBERS.index(w) for w in words[k - 2:k])
+        swapped = REL_WORDS[phrase][1]  # "right of", "below"
+        assert (a > b) if swapped else (a < b), t
+        seen += 1
+  assert seen >= 30
+  r = next(r for r in (world.train_source[i] for i in range(40))
+           if " of " in r["captions"][0])
+  scene = scene_from_arrays(r["scene"], cfg)
+  words = caption_trace(r["captions"][0], scene, cfg).split()
+  k = words.index("of") - 2  # the object's index before "left/right of"
+  words[k] = NUMBERS[(NUMBERS.index(words[k]) + 1) % cfg.grid]
+  right, n = trace_right(" ".join(words), scene, cfg)
+  assert (right, n) == (n - 1, n) and n >= 1
+  fmt = tasks.formatter("caption", tok, 56, {"caption_positions": True,
+                                             "caption_trace": True,
+                                             "world": cfg})
+  ex = fmt(r, np.random.default_rng(0))
+  ids = ex["targets"][ex["loss_mask"] > 0].tolist()
+  text = tok.decode(ids[:-1])
+  assert text == caption_positions(caption_trace(
+      strip_positions(text, cfg), scene, cfg), scene, cfg)
+  assert strip_positions(text, cfg) in r["captions"]
+  records = [world.train_source[i] for i in range(8)]
+  items = [(i, None, rr["captions"], {}) for i, rr in enumerate(records)]
+  preds = [caption_trace(rr["captions"][0], scene_from_arrays(
+      rr["scene"], cfg), cfg) for rr in records]
+  got = world_setup.make_caption_scorer(cfg, trace=True)(
+      "caption", preds, items, records)
+  assert got["f1"] == got["v_strict"] == got["trace/accuracy"] == 1.0
+  assert "positions/accuracy" not in got
+
+
 def test_trace_scorer_takes_the_last_word_and_scores_the_indices(world):
   from r3jax.world import scene_from_arrays
   from r3jax.world.vqa import relation_trace
@@ -394,11 +454,12 @@ def test_relation_answers_are_checked_by_the_config(tiny):
   c = tiny()
   c.data.caption_positions = True
   config_lib.validate(c)
-  c = tiny(("caption", "reflect", "refine"))
-  c.data.caption_positions = True
-  with pytest.raises(ValueError, match=r"caption_positions writes grid "
-                     r"indices .*source='world' and no R3 task"):
-    config_lib.validate(c)
+  for key in ("caption_positions", "caption_trace"):
+    c = tiny(("caption", "reflect", "refine"))
+    c.data[key] = True
+    with pytest.raises(ValueError, match=rf"{key} writes grid "
+                       r"indices .*source='world' and no R3 task"):
+      config_lib.validate(c)
 
 
 def test_type_weights_are_checked_by_the_config(tiny):

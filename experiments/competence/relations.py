@@ -115,7 +115,8 @@ def breakdown(workdir: str, split: str = "validation", max_examples: int = 256,
     got = {f"vqa/{k}": v for k, v in score("vqa", preds, items,
                                             records).items()}
     raw = captions = loop_.captions(params, images)
-  if config.data.caption_positions:  # scored without the written indices
+  if config.data.caption_positions or config.data.caption_trace:  # scored
+    # without the written indices
     captions = [strip_positions(c, world.world) for c in captions]
   if questions is not None:
     for p, (i, q, a, extra) in zip(preds, items):

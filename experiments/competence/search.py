@@ -81,6 +81,11 @@ for _name in ("rel_only", "rel_only_xy", "rel_only_deep", "rel_only_deep_xy",
               "rel_only_trace_where_xy"):
   LONG[_name] = 4_000
 LONG["two_scratch"] = LONG["two_scratch_dxa"] = 6_000
+# The final parameters of rf_40k_where_captions, on a fresh 10,000-step
+# schedule.
+CONFIGS["where_captions_trace"] = ("configs/joint.py",
+                                   "rf_40k_where_captions@40000")
+LONG["where_captions_trace"] = 10_000
 COMMON = ("--config.interference.enabled=False",
           "--config.eval_every_steps=500", "--config.ckpt_every_steps=500",
           "--config.progress_bar=False")
@@ -146,6 +151,17 @@ WHERE = ("--config.data.position_questions=0.5",)
 # up to 42 words, so 48 tokens).
 CAPTION_WHERE = ("--config.data.caption_positions=True",
                  "--config.tasks.caption.max_len=48")
+# The captions' relation phrases also written after the two objects' grid
+# indices on their axis ("the square is two zero right of the circle",
+# data.caption_trace; up to 52 words with the listed positions, so 56
+# tokens).
+CAPTION_TRACE = ("--config.data.caption_positions=True",
+                 "--config.data.caption_trace=True",
+                 "--config.tasks.caption.max_len=56")
+# A fresh schedule for a continued base: the peak rate is about where
+# rf_40k_where_captions' schedule was when it branched (4.5e-4 at step
+# 27,609 of 40,000), after a 200-step warmup of a fresh optimizer.
+REFRESH = ("--config.optim.lr=5e-4", "--config.optim.warmup_steps=200")
 # Two early-fusion blocks (model.fusion_depth, identity at first): the image
 # tokens read the question, then each other, before the decoder reads them.
 FUSION = ("--config.model.fusion_depth=2",)
@@ -211,6 +227,16 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                               "clauses are near chance",
                               CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS +
                               REL4 + TRACE + WHERE + CAPTION_WHERE),
+    "where_captions_trace": ("rf_40k_where_captions' final parameters "
+                             "(config.init_from) on a fresh 10,000-step "
+                             "schedule, with each caption relation phrase "
+                             "also written after its two objects' grid "
+                             "indices on its axis: the captions' relation "
+                             "clauses were near chance while VQA, which "
+                             "writes the same indices before its answer, "
+                             "answers relations at 0.98",
+                             CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS +
+                             REL4 + TRACE + WHERE + CAPTION_TRACE + REFRESH),
     "rel_only": ("the parameters of mix_sincos_rf_40k at step 19,270 "
                  "(config.init_from: a fresh optimizer and a 4,000-step "
                  "schedule) trained on VQA relation questions alone, in the "

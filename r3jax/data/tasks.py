@@ -29,6 +29,7 @@ from r3jax.world.language import REL_WORDS
 from r3jax.world.scene import scene_from_arrays
 from r3jax.world.vqa import QTYPES, relation_span
 from r3jax.world.vqa import caption_positions as scene_caption_positions
+from r3jax.world.vqa import caption_trace as scene_caption_trace
 from r3jax.world.vqa import position_questions as scene_position_questions
 from r3jax.world.vqa import relation_trace as scene_relation_trace
 
@@ -100,18 +101,24 @@ def get(name: str) -> Task:
   return TASKS[name]
 
 
-def _caption_sample(r, rng, caption_positions=False, world=None):
+def _caption_sample(r, rng, caption_positions=False, caption_trace=False,
+                    world=None):
   """One of the record's captions; with caption_positions (config.data)
-  each single object it lists followed by its grid column and row
-  (r3jax.world.vqa.caption_positions; `world` is the WorldConfig)."""
+  each single object it lists followed by its grid column and row, with
+  caption_trace each relation's two grid indices before its relation words
+  (r3jax.world.vqa; `world` is the WorldConfig)."""
   caption = r["captions"][rng.integers(len(r["captions"]))]
-  if not caption_positions:
+  if not (caption_positions or caption_trace):
     return None, caption
   if world is None:
-    raise ValueError("caption_positions need the world's settings (the "
-                     "synthetic world's records only)")
-  return None, scene_caption_positions(
-      caption, scene_from_arrays(r["scene"], world), world)
+    raise ValueError("caption_positions and caption_trace need the world's "
+                     "settings (the synthetic world's records only)")
+  scene = scene_from_arrays(r["scene"], world)
+  if caption_trace:
+    caption = scene_caption_trace(caption, scene, world)
+  if caption_positions:
+    caption = scene_caption_positions(caption, scene, world)
+  return None, caption
 
 
 register(Task(
@@ -119,7 +126,7 @@ register(Task(
     sample=_caption_sample,
     eval_items=lambda r: [(None, list(r["captions"]), {})],
     fields=("captions",),
-    sample_options=("caption_positions", "world"),
+    sample_options=("caption_positions", "caption_trace", "world"),
 ))
 
 

@@ -22,7 +22,8 @@ from r3jax.eval import metrics as metrics_lib
 from r3jax.model import Model
 from r3jax.run import source
 from r3jax.world.config import NUMBERS
-from r3jax.world.vqa import positions_right, relation_operands, strip_positions
+from r3jax.world.vqa import (positions_right, relation_operands,
+                             strip_positions, trace_right)
 
 
 def world_config(config: ml_collections.ConfigDict) -> world_lib.WorldConfig:
@@ -31,20 +32,26 @@ def world_config(config: ml_collections.ConfigDict) -> world_lib.WorldConfig:
   return world_lib.WorldConfig(**kw)
 
 
-def make_caption_scorer(cfg: world_lib.WorldConfig, positions: bool = False):
-  """The verifier's and the text metrics' scores of the captions; with
-  `positions` (config.data.caption_positions) on the captions without their
-  written grid indices, and caption/positions/accuracy: the share of listed
-  single objects followed by their right column and row."""
+def make_caption_scorer(cfg: world_lib.WorldConfig, positions: bool = False,
+                        trace: bool = False):
+  """The verifier's and the text metrics' scores of the captions. With
+  `positions` or `trace` (config.data.caption_positions, caption_trace)
+  they score the captions without their written grid indices, and log
+  caption/positions/accuracy (the share of listed single objects followed
+  by their right column and row) or caption/trace/accuracy (the share of
+  relation phrases after their two objects' right indices)."""
   def score(task, preds, items, records) -> dict:
     refs = [r for _, _, r, _ in items]
     scenes = [world_lib.scene_from_arrays(records[i]["scene"], cfg)
               for i, *_ in items]
     out = {}
-    if positions:
-      counts = [positions_right(p, s, cfg) for p, s in zip(preds, scenes)]
-      out["positions/accuracy"] = (sum(r for r, _ in counts) /
-                                   max(sum(w for _, w in counts), 1))
+    for on, key, count in ((positions, "positions", positions_right),
+                           (trace, "trace", trace_right)):
+      if on:
+        counts = [count(p, s, cfg) for p, s in zip(preds, scenes)]
+        out[f"{key}/accuracy"] = (sum(r for r, _ in counts) /
+                                  max(sum(n for _, n in counts), 1))
+    if positions or trace:
       preds = [strip_positions(p, cfg) for p in preds]
     out.update(metrics_lib.caption_metrics(preds, refs))
     verdicts = [world_lib.verify(p, s, cfg) for p, s in zip(preds, scenes)]
@@ -134,7 +141,8 @@ class World:
             "relation_questions": self.config.data.relation_questions,
             "relation_answers": self.config.data.relation_answers,
             "position_questions": self.config.data.position_questions,
-            "caption_positions": self.config.data.caption_positions}
+            "caption_positions": self.config.data.caption_positions,
+            "caption_trace": self.config.data.caption_trace}
 
   def evaluator(self, setup, eval_cfg) -> source.Evaluation:
     """Every configured task's evaluation; with an R3 task also the R3 loop
@@ -142,7 +150,8 @@ class World:
     scorers = {name: t.score for name, t in tasks_lib.TASKS.items()
                if t.score is not None}
     scorers.update(caption=make_caption_scorer(
-                       self.world, self.config.data.caption_positions),
+                       self.world, self.config.data.caption_positions,
+                       self.config.data.caption_trace),
                    vqa=make_vqa_scorer(self.world,
                                        self.config.data.relation_answers),
                    ita=evaluator_lib.score_ita)

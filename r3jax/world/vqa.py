@@ -242,18 +242,97 @@ def caption_positions(caption: str, scene: Scene, cfg: WorldConfig) -> str:
   return " ".join(out)
 
 
+def _rel_at(words: list[str], i: int) -> int:
+  """The length of the relation phrase (a key of REL_WORDS) starting at
+  words[i], 0 when none does."""
+  return next((len(w) for w in REL_WORDS if tuple(words[i:i + len(w)]) == w),
+              0)
+
+
+def _predicates(words: list[str], cfg: WorldConfig):
+  """(i, subject, object, relation) for each relation phrase of a caption,
+  starting at words[i]: "the square is right of the circle and left of the
+  triangle" has two, both with the subject "the square". A ref that does not
+  parse is None; number words (a trace) may sit anywhere between the
+  subject, "is" and the phrase."""
+  refs = {"the", "object", *cfg.sizes, *cfg.colors, *cfg.shapes}
+  subject = None
+  for i, w in enumerate(words):
+    if w == ".":
+      subject = None
+    elif w == "is":
+      k = i
+      while k > 0 and words[k - 1] in refs and words[k - 1] != "the":
+        k -= 1
+      subject = parse_ref(words[k - 1:i], cfg) if k else None
+    n = _rel_at(words, i)
+    if n:
+      end = i + n
+      while end < len(words) and words[end] in refs:
+        end += 1
+      rel = REL_WORDS[tuple(words[i:i + n])][0]
+      yield i, subject, parse_ref(words[i + n:end], cfg), rel
+
+
+def _trace(subject: Ref | None, obj: Ref | None, rel: str, scene: Scene,
+           cfg: WorldConfig) -> list[str] | None:
+  """The grid indices of a predicate's subject and object on its axis."""
+  idx = [resolve(r, scene) if r is not None else None for r in (subject, obj)]
+  if None in idx:
+    return None
+  return [NUMBERS[grid_index(scene.objects[i], rel, cfg)] for i in idx]
+
+
+def caption_trace(caption: str, scene: Scene, cfg: WorldConfig) -> str:
+  """The caption with the grid indices of each relation's subject and
+  object on its axis (columns for left/right, rows for above/below) written
+  just before the relation words: "the square is two zero right of the
+  circle and two one left of the triangle" (config.data.caption_trace). The
+  relation words then follow from two written indices, as a traced VQA
+  answer does (relation_trace)."""
+  words = caption.split()
+  at = {}
+  for i, subject, obj, rel in _predicates(words, cfg):
+    at[i] = _trace(subject, obj, rel, scene, cfg)
+    if at[i] is None:
+      raise ValueError(f"{caption!r}: the relation at word {i} does not name "
+                       "two objects of the scene")
+  return " ".join(x for i, w in enumerate(words) for x in [*at.get(i, []), w])
+
+
 def strip_positions(caption: str, cfg: WorldConfig) -> str:
-  """The caption without the grid indices caption_positions writes: the
-  number words that follow a shape noun, where no caption of the grammar
-  has one (and any a model writes there)."""
+  """The caption without the grid indices caption_positions and
+  caption_trace write: the number words that follow a shape noun or come
+  just before relation words, where no caption of the grammar has one (and
+  any a model writes there)."""
   nouns = {*cfg.shapes, *map(plural, cfg.shapes)}
   numbers = set(NUMBERS[:cfg.grid])
-  out, after_noun = [], False
-  for w in caption.split():
-    if not (after_noun and w in numbers):
-      out.append(w)
+  words = caption.split()
+  drop, after_noun = set(), False
+  for i, w in enumerate(words):
+    if after_noun and w in numbers:
+      drop.add(i)
+    else:
       after_noun = w in nouns
-  return " ".join(out)
+    if _rel_at(words, i):
+      k = i
+      while k > 0 and words[k - 1] in numbers:
+        k -= 1
+        drop.add(k)
+  return " ".join(w for i, w in enumerate(words) if i not in drop)
+
+
+def trace_right(caption: str, scene: Scene, cfg: WorldConfig
+                ) -> tuple[int, int]:
+  """(right, relations): of the caption's relation phrases, how many follow
+  the grid indices of their subject and object (caption_trace); one whose
+  objects are not both in the scene is counted and wrong."""
+  words, right, n = caption.split(), 0, 0
+  for i, subject, obj, rel in _predicates(words, cfg):
+    n += 1
+    want = _trace(subject, obj, rel, scene, cfg)
+    right += want is not None and words[max(i - 2, 0):i] == want
+  return right, n
 
 
 def positions_right(caption: str, scene: Scene, cfg: WorldConfig

@@ -148,6 +148,19 @@ def test_a_variant_may_start_from_a_pinned_shipped_step(variants,
   assert os.path.exists(os.path.join(start, "config.json"))
 
 
+def test_lineage_follows_branches_and_pinned_starts(variants, monkeypatch):
+  """A base's CPU time adds up the runs its parameters went through: each
+  branch's parent and each pinned start's variant, oldest first."""
+  monkeypatch.setattr(search, "VARIANTS", {n: (n, ()) for n in "abcd"})
+  monkeypatch.setattr(search, "BRANCHES", {"b": ("a", 500)})
+  monkeypatch.setattr(search, "CONFIGS", {"c": ("configs/x.py", "b@900"),
+                                          "d": ("configs/x.py", None)})
+  assert search.lineage("c") == ["a", "b", "c"]
+  assert [search.parent(n) for n in "abcd"] == [None, ("a", 500),
+                                                ("b", 900), None]
+  assert search.lineage("d") == ["d"]
+
+
 def test_relation_table_pairs_each_run_with_the_reference(variants):
   """report.relations_section: one column per saved breakdown; runs with
   written indices show them; every run with per-question predictions is

@@ -1,7 +1,8 @@
 """Ships a trained run as the competent base: experiments/competence/base/
 holds its final parameters (params.npz with their fingerprint), config.json,
 and result.json with the test metrics (the study metric keys), the gate
-table's verdict, the CPU time it took, and the metrics on a fixed slice of
+table's verdict, the CPU time it took (its own run's, and with the runs
+its parameters continued: search.lineage), and the metrics on a fixed slice of
 the test split that tests/test_competence_base.py reproduces.
 
   python -m experiments.competence.export experiments/competence/runs/NAME
@@ -39,12 +40,21 @@ def export(workdir: str, out: str = OUT, slice_n: int = SLICE) -> dict:
   with open(os.path.join(out, "config.json"), "w") as f:
     json.dump(config, f, indent=2, sort_keys=True)
   cpu_s, wall_s, step = report.cpu(workdir)
+  name = os.path.basename(os.path.normpath(workdir))
+  runs = search.lineage(name) if name in search.VARIANTS else [name]
+  steps = {r: report.cpu(search.workdir(r))[2] for r in runs[:-1]}
+  for r in runs[1:]:
+    up, at = search.parent(r)
+    if at is not None and steps[up] > at:
+      raise ValueError(f"{up} trained to step {steps[up]}, past the step "
+                       f"{at} {r} left it at: its CPU time is not all in "
+                       "the base")
+  cpu_all = cpu_s + sum(report.cpu(search.workdir(r))[0] for r in steps)
   if step != config["total_steps"]:
     raise ValueError(f"{workdir} stopped at step {step} of "
                      f"{config['total_steps']}: finish its schedule first")
   metrics = competence.read(workdir, "test")
   sliced = competence.evaluate(out, "test", slice_n)
-  name = os.path.basename(os.path.normpath(workdir))
   result = {
       "arm": "base", "run": workdir, "step": step,
       "command": search.shown(name) if name in search.VARIANTS else "",
@@ -56,6 +66,10 @@ def export(workdir: str, out: str = OUT, slice_n: int = SLICE) -> dict:
                 "metrics": {k: float(v) for k, v in sliced.items()
                             if not k.endswith("seconds")}},
       "cpu_hours": cpu_s / 3600, "wall_seconds": wall_s,
+      # the runs its parameters went through before this one: their CPU
+      # time up to the step each was left at, and the total
+      "lineage": [{"run": r, "to_step": s} for r, s in steps.items()],
+      "lineage_cpu_hours": cpu_all / 3600,
       "hardware": {"device_kind": jax.devices()[0].device_kind,
                    "devices": jax.device_count(), "cpus": os.cpu_count()}}
   with open(os.path.join(out, "result.json"), "w") as f:

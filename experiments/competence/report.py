@@ -207,7 +207,10 @@ def base_section() -> list[str]:
   return ["## The shipped base (`experiments/competence/base/`)", "",
           f"From `{r['run']}` at step {r['step']:,}; "
           f"{r['cpu_hours']:.2f} CPU-hours of training on "
-          f"{r['hardware']['cpus']} CPUs.", "",
+          f"{r['hardware']['cpus']} CPUs, "
+          f"{r['lineage_cpu_hours']:.2f} with the runs it continues ("
+          + ", ".join(f"`{x['run']}` to step {x['to_step']:,}"
+                      for x in r["lineage"]) + ").", "",
           competence.table(r["metrics"], r.get("max_objects", 3)), ""]
 
 

@@ -86,6 +86,12 @@ LONG["two_scratch"] = LONG["two_scratch_dxa"] = 6_000
 CONFIGS["where_captions_trace"] = ("configs/joint.py",
                                    "rf_40k_where_captions@40000")
 LONG["where_captions_trace"] = 10_000
+# rf_40k_trace_where's checkpoint at step 27,609 (plain captions), trained
+# on VQA and ITA alone: a candidate regime for R3 (understanding passes,
+# captions stopped where they were).
+CONFIGS["caption_stop_27609"] = ("configs/understanding_only.py",
+                                 "rf_40k_trace_where@27609")
+LONG["caption_stop_27609"] = 4_000
 COMMON = ("--config.interference.enabled=False",
           "--config.eval_every_steps=500", "--config.ckpt_every_steps=500",
           "--config.progress_bar=False")
@@ -158,9 +164,10 @@ CAPTION_WHERE = ("--config.data.caption_positions=True",
 CAPTION_TRACE = ("--config.data.caption_positions=True",
                  "--config.data.caption_trace=True",
                  "--config.tasks.caption.max_len=56")
-# A fresh schedule for a continued base: the peak rate is about where
-# rf_40k_where_captions' schedule was when it branched (4.5e-4 at step
-# 27,609 of 40,000), after a 200-step warmup of a fresh optimizer.
+# A fresh schedule for a continued base: after a 200-step warmup of a fresh
+# optimizer, a peak rate about where the 40,000-step schedule was at step
+# 27,609 (4.5e-4), where rf_40k_where_captions learned its written positions
+# (that schedule ends at 2e-5).
 REFRESH = ("--config.optim.lr=5e-4", "--config.optim.warmup_steps=200")
 # Two early-fusion blocks (model.fusion_depth, identity at first): the image
 # tokens read the question, then each other, before the decoder reads them.
@@ -237,6 +244,16 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                              "answers relations at 0.98",
                              CONV + MIX + SINCOS + WIDE_STEM + R3_POSITIONS +
                              REL4 + TRACE + WHERE + CAPTION_TRACE + REFRESH),
+    "caption_stop_27609": ("rf_40k_trace_where's checkpoint at step 27,609 "
+                           "(config.init_from) with the caption stream "
+                           "stopped: VQA and ITA alone, as in that run, on "
+                           "a fresh 4,000-step schedule. Its captions are "
+                           "plain (no written positions) and stay as they "
+                           "were, while relation answers may reach their "
+                           "gate: a regime where understanding can check "
+                           "generation (R3)",
+                           CONV + SINCOS + WIDE_STEM + R3_POSITIONS +
+                           mix()[1:] + REL4 + TRACE + WHERE + REFRESH),
     "rel_only": ("the parameters of mix_sincos_rf_40k at step 19,270 "
                  "(config.init_from: a fresh optimizer and a 4,000-step "
                  "schedule) trained on VQA relation questions alone, in the "
@@ -341,6 +358,26 @@ def steps(name: str) -> int:
 
 def workdir(name: str) -> str:
   return os.path.join(ROOT, name)
+
+
+def lineage(name: str) -> list[str]:
+  """The variants whose training `name`'s parameters went through, first
+  to last: each branch's parent (BRANCHES) and each pinned start's variant
+  (CONFIGS), up to one trained from scratch. Each trained only up to the
+  step its successor left it at, so their CPU times add up."""
+  return ([] if parent(name) is None else lineage(parent(name)[0])) + [name]
+
+
+def parent(name: str) -> tuple[str, int | None] | None:
+  """(variant, step) whose parameters `name` starts from (step None: that
+  variant's latest), or None for a variant trained from scratch."""
+  if name in BRANCHES:
+    return BRANCHES[name]
+  start = CONFIGS.get(name, (None, None))[1]
+  if start is None:
+    return None
+  variant, _, step = start.partition("@")
+  return variant, int(step) if step else None
 
 
 def start_dir(start: str) -> str:

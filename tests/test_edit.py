@@ -1,10 +1,13 @@
 """Edit instructions: the reflect / refine targets the verifier derives."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from r3jax.world import (CORRUPTIONS, WorldConfig, available_corruptions,
-                         captions, corrupt, sample_scene, verify, vocabulary)
+from r3jax.world import (CORRUPTIONS, KindCount, WorldConfig,
+                         available_corruptions, captions, corrupt, describe,
+                         reference_facts, sample_scene, verify, vocabulary)
 from r3jax.world import edit
 from r3jax.world.scene import Object, Scene
 
@@ -135,18 +138,109 @@ TWIN = _scene(("small", "red", "circle", 0.2), ("small", "red", "circle", 0.8))
 REPEATED = "there is a small red circle . there is a small red circle"
 
 
+DOUBLED = "there is a small red circle and a small red circle"
+THREE = _scene(("small", "red", "circle", 0.2), ("small", "red", "circle", 0.5),
+               ("small", "red", "circle", 0.8))
+
+
+def _real(e, text, scene):
+  """The caption after `e`, which must change it."""
+  op, old, new = edit.parse_instruction(e.instruction)
+  after = edit.apply(e, text, scene, CFG)
+  assert op != "replace" or old != new, e.instruction
+  assert after != text, e.instruction
+  return after
+
+
 def test_repeated_listings_are_read_as_the_verifier_reads_them():
-  """Each listing item claims "exactly n of this kind", for the verifier and
-  the editor alike: repeating a true item keeps it true, and two items of a
-  kind are not added up."""
+  """For the verifier and the editor alike, mentions of one kind in one
+  listing add up ("a red circle and a red circle" is two) and each listing
+  is a claim of its own: a repeated true listing needs no edit."""
   assert verify(REPEATED, ONE, CFG).v_strict
   assert edit.diagnose(REPEATED, ONE, CFG) is None
+  assert edit.instruction(REPEATED, ONE, CFG) == edit.STOP
   assert edit.correct(REPEATED, ONE, CFG) == (REPEATED, [])
+  assert verify(REPEATED, TWIN, CFG).v_frac == 0
   assert not verify(REPEATED, TWIN, CFG).v_strict
-  assert edit.instruction(REPEATED, TWIN, CFG) == (
+  e = edit.diagnose(REPEATED, TWIN, CFG)
+  assert e.instruction == (
       "replace a small red circle with two small red circles")
+  after = _real(e, REPEATED, TWIN)
+  assert verify(after, TWIN, CFG).v_frac > 0
   fixed, done = edit.correct(REPEATED, TWIN, CFG)
+  assert fixed == (
+      "there are two small red circles . there are two small red circles")
   assert verify(fixed, TWIN, CFG).v_strict and len(done) == 2
+  # One listing that mentions a kind twice.
+  assert verify(DOUBLED, TWIN, CFG).v_strict
+  assert edit.diagnose(DOUBLED, TWIN, CFG) is None
+  assert not verify(DOUBLED, ONE, CFG).v_strict
+  assert edit.correct(DOUBLED, ONE, CFG) == (
+      "there is a small red circle", ["remove a small red circle"])
+  assert not verify(DOUBLED, THREE, CFG).v_strict
+  assert edit.correct(DOUBLED, THREE, CFG) == (
+      "there are three small red circles",
+      ["replace a small red circle with three small red circles"])
+
+
+def test_an_item_instruction_names_the_listing_that_counts_wrong():
+  """One phrase can be a true count in one listing and a false one in
+  another; given the scene, the instruction names the false one."""
+  text = ("there is one object : a small red circle . "
+          "there is a small red circle and a small red circle")
+  e = edit.diagnose(text, ONE, CFG)
+  assert e.instruction == "remove a small red circle" and e.sentence == 1
+  want = "there is one object : a small red circle . there is a small red circle"
+  assert _real(e, text, ONE) == want
+  named = edit.from_instruction(e.instruction, text, CFG, ONE)
+  assert edit.apply(named, text, ONE, CFG) == want
+  assert verify(want, ONE, CFG).v_strict
+  assert edit.from_instruction(e.instruction, text, CFG).sentence == 0
+
+
+def _repeating(scene, rng):
+  """A reference caption of `scene` whose listing repeats items (a count
+  split into single mentions, or an item said twice), with the listing or
+  the whole caption said again or not."""
+  facts = reference_facts(scene, rng, CFG)
+  items, rest = [], [f for f in facts if not isinstance(f, KindCount)]
+  for f in (f for f in facts if isinstance(f, KindCount)):
+    way = rng.integers(3)
+    if way == 1 and f.n >= 2:
+      items += [dataclasses.replace(f, n=1)] * f.n
+    else:
+      items += [f, f] if way == 2 else [f]
+  items = [items[i] for i in rng.permutation(len(items))]
+  sentences = describe(rest + items, rng).split(" . ")
+  again = [[], sentences[:1], sentences][rng.integers(3)]
+  return " . ".join(sentences + again)
+
+
+def test_edit_agrees_with_verify_on_repeated_listings_and_items():
+  """On captions with repeated items and listings, of the scene or of
+  another one: diagnose finds nothing to edit exactly when the verifier
+  accepts; otherwise each edit changes the caption, its instruction names it
+  (given the scene), and `correct` ends at a caption the verifier accepts."""
+  rng = np.random.default_rng(5)
+  accepted = rejected = 0
+  for _ in range(300):
+    scene = sample_scene(rng, CFG)
+    text = _repeating(scene if rng.random() < 0.5 else sample_scene(rng, CFG),
+                      rng)
+    if verify(text, scene, CFG).v_strict:
+      assert edit.diagnose(text, scene, CFG) is None, text
+      accepted += 1
+      continue
+    fixed, done = edit.correct(text, scene, CFG)
+    assert done and verify(fixed, scene, CFG).v_strict, text
+    for _ in done:
+      e = edit.diagnose(text, scene, CFG)
+      after = _real(e, text, scene)
+      named = edit.from_instruction(e.instruction, text, CFG, scene)
+      assert edit.apply(named, text, scene, CFG) == after, (text, e.instruction)
+      text = after
+    rejected += 1
+  assert accepted >= 50 and rejected >= 100
 
 
 def test_edit_agrees_with_verify_on_repeated_and_reordered_captions():

@@ -181,7 +181,7 @@ def _own_refine(tokenizer, text, scene, cfg, options, max_len, reflection
   """refine on the model's own reflection, or None when its instruction
   names no edit of the draft."""
   instruction = " ".join(reflection.rsplit(" . ", 1)[-1].split())
-  named = edit_lib.from_instruction(instruction, text, cfg)
+  named = edit_lib.from_instruction(instruction, text, cfg, scene)
   if named is None:
     return None
   refined = edit_lib.apply(named, text, scene, cfg)

@@ -514,7 +514,7 @@ class Scorer:
           right += said == target
           if said == edit_lib.STOP:
             helpful += edit is None
-          elif (named := edit_lib.from_instruction(said, draft, cfg)):
+          elif (named := edit_lib.from_instruction(said, draft, cfg, scene)):
             after = edit_lib.apply(named, draft, scene, cfg)
             helpful += (verify(after, scene, cfg).v_frac >
                         verify(draft, scene, cfg).v_frac)

@@ -7,9 +7,15 @@ changes one part and leaves the rest of the words as they were. `diagnose`
 names the first problem in a fixed priority order, `apply` performs it:
 
   1. a clause outside the grammar           remove <text>
-  2. a false kind count ("two red circles") replace <item> with <item>: the
-     true count of that kind, else the closest kind the caption does not
-     mention (fewest attributes changed), else remove <item>
+  2. a false kind count ("two red           replace <item> with <item>: the
+     circles"; the mentions of one          true count of that kind (its other
+     kind in a listing add up, as           mentions in the listing go with
+     the verifier reads them)               it), else the closest kind the
+                                            caption does not mention (fewest
+                                            attributes changed), else remove
+                                            <item>; remove <item> instead when
+                                            another mention of its kind in the
+                                            listing states the true count
   3. a false total ("three objects")        replace <n objects> with <m objects>
   4. a false relation                       replace <clause> with the reversed
      clause when both sides name one object each, else remove <clause>
@@ -220,6 +226,16 @@ def _stated_kinds(sentences) -> list:
       for it in s.items if isinstance(it.fact, KindCount)))
 
 
+def _claims(s: Listing) -> dict:
+  """The count each kind's mentions in a listing add up to, in order of
+  first mention."""
+  claims: dict = {}
+  for it in s.items:
+    if isinstance(it.fact, KindCount):
+      claims[_kind(it.fact)] = claims.get(_kind(it.fact), 0) + it.fact.n
+  return claims
+
+
 def _total_text(n: int) -> str:
   return f"{NUMBERS[n]} {'object' if n == 1 else 'objects'}"
 
@@ -241,21 +257,28 @@ def _diagnose(sentences, scene, cfg) -> Edit | None:
       if (isinstance(p, Item) and isinstance(p.fact, Invalid)) or (
           isinstance(p, Clause) and p.bad is not None):
         return Edit("remove", si, pi, p.text)
-  # 2. False kind counts. Each item is a claim of its own, as the verifier
-  # reads it ("exactly n objects of this kind"): a repeated true item is
-  # true, two items of one kind are not added up.
+  # 2. False kind counts. As the verifier reads a listing, the mentions of
+  # one kind in it add up to one claim ("exactly n objects of this kind"),
+  # and listings are claims of their own: a repeated true listing is true.
   stated = _stated_kinds(sentences)
   truth = scene.kind_counts
   unstated = [k for k in sorted(truth) if k not in stated]
   for si, s in enumerate(sentences):
     if not isinstance(s, Listing):
       continue
-    for pi, it in enumerate(s.items):
-      k = _kind(it.fact)
-      if it.fact.n == truth.get(k, 0):
+    for k, n in _claims(s).items():
+      want = truth.get(k, 0)
+      if n == want:
         continue
-      if k in truth:
-        new = KindCount(*k, truth[k])
+      mentions = [pi for pi, it in enumerate(s.items) if _kind(it.fact) == k]
+      right = [pi for pi in mentions if s.items[pi].fact.n == want]
+      if right:  # a true mention with others of its kind beside it
+        pi = next(pi for pi in mentions if pi != right[-1])
+        return Edit("remove", si, pi, s.items[pi].text)
+      pi = mentions[0]
+      it = s.items[pi]
+      if want:
+        new = KindCount(*k, want)
       elif unstated:
         best = min(unstated, key=lambda u: sum(a != b for a, b in zip(u, k)))
         new = KindCount(*best, truth[best])
@@ -364,13 +387,19 @@ def apply(edit: Edit, text: str, scene: Scene, cfg: WorldConfig) -> str:
   return render([s for s in sentences if s is not None])
 
 
-def from_instruction(instruction: str, text: str, cfg: WorldConfig
-                     ) -> Edit | None:
+def from_instruction(instruction: str, text: str, cfg: WorldConfig,
+                     scene: Scene | None = None) -> Edit | None:
   """The Edit an instruction names on `text` (for `apply`): its old phrase
   found among the caption's items, totals, clauses or unparsable sentences,
   its new phrase read as an item, a total or a clause. None for the stop
   string, text that is not an instruction, an old phrase the caption does
-  not hold, or a new phrase outside the grammar."""
+  not hold, or a new phrase outside the grammar.
+
+  The old phrase is its first occurrence; given the scene, an item phrase is
+  the first one whose listing's count of its kind is false, where there is
+  one (mentions of a kind add up within a listing, so one phrase can be true
+  in one listing and false in another). Given the scene, the instruction of
+  `diagnose` names the edit `diagnose` made."""
   parsed = parse_instruction(instruction)
   if parsed is None or parsed[0] == "stop":
     return None
@@ -395,6 +424,7 @@ def from_instruction(instruction: str, text: str, cfg: WorldConfig
     si = next((i for i, s in enumerate(sentences) if isinstance(s, Listing)),
               -1)
     return Edit("add", -1 if isinstance(new, Clause) else si, -1, "", new)
+  found = None
   for si, s in enumerate(sentences):
     if isinstance(s, Garbage):
       if op == "remove" and s.words == old:
@@ -414,8 +444,19 @@ def from_instruction(instruction: str, text: str, cfg: WorldConfig
       fits = new is None or isinstance(new, Item if isinstance(s, Listing)
                                        else Clause)
       if fits:
-        return Edit(op, si, pi, old, new)
-  return None
+        edit = Edit(op, si, pi, old, new)
+        if scene is None or not _true_claim(s, part, scene):
+          return edit
+        found = found or edit
+  return found
+
+
+def _true_claim(s: Sentence, part: Item | Clause, scene: Scene) -> bool:
+  """Whether `part` is a listing item whose kind the listing counts right."""
+  if not (isinstance(part, Item) and isinstance(part.fact, KindCount)):
+    return False
+  k = _kind(part.fact)
+  return _claims(s)[k] == scene.kind_counts.get(k, 0)
 
 
 def _regroup(clauses: list[Clause]) -> Relations | None:

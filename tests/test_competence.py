@@ -16,7 +16,7 @@ from experiments import report
 from experiments.competence import __main__ as command
 
 
-def _metrics(vqa=0.97, pos=0.95, neg=0.9, f1=0.93, strict=0.6):
+def _metrics(vqa=0.97, pos=0.95, neg=0.9, f1=0.93, strict=0.8):
   m = {f"vqa/qtype/{q}/accuracy": vqa for q in competence.QTYPES}
   m.update({"vqa/accuracy": vqa, "ita/pos_accuracy": pos,
             "ita/neg_accuracy": neg, "caption/f1": f1,
@@ -44,6 +44,18 @@ def test_gates_pass_and_fail_at_their_thresholds():
   assert competence.passes({**m, "caption/v_strict": 0.0, "vqa/accuracy": 0.})
 
 
+def test_r3_testable_means_understanding_passes_and_captions_do_not():
+  m = _metrics(f1=0.7, strict=0.6)
+  assert competence.r3_testable(m) and not competence.passes(m)
+  assert "R3-testable" in competence.table(m)
+  assert not competence.r3_testable({**m, "caption/v_strict": 0.61})
+  assert not competence.r3_testable({**m, "ita/neg_accuracy": 0.5})
+  assert not competence.r3_testable({**m, "vqa/qtype/count/accuracy": 0.9})
+  del m["caption/v_strict"]
+  assert not competence.r3_testable(m)
+  assert "R3-testable" not in competence.table(_metrics())  # V_strict 0.8
+
+
 def test_a_missing_gated_metric_fails_except_relation_in_a_one_object_world():
   m = _metrics()
   del m["vqa/qtype/relation/accuracy"]
@@ -60,7 +72,7 @@ def test_table_rows_and_verdict():
   assert text.startswith("**run**")
   assert "| VQA shape | 0.500 | >= 0.95 | FAIL |" in text
   assert "| ITA discrimination (pos + neg - 1) | 0.850 | >= 0.80 | pass |" in text
-  assert "| caption V_strict | 0.600 |  |  |" in text
+  assert "| caption V_strict | 0.800 |  |  |" in text
   assert text.endswith("not competent: 6 gate(s) failed (VQA existence, "
                        "VQA count, VQA color, VQA shape, VQA size, "
                        "VQA relation)")

@@ -6,6 +6,8 @@ start is measured the same way on the test split:
   - ITA positive and negative accuracy and their discrimination
     pos + neg - 1 (>= 0.80): 0 for a constant answer, 1 for a perfect one;
   - caption fact F1 (>= 0.90) and V_strict (reported, not gated).
+A model is R3-testable (`r3_testable`) when understanding passes and its
+captions are not yet right (V_strict <= 0.6): where R3 is studied.
 
   from r3jax.analysis import competence
   print(competence.table(competence.read("runs/joint")))
@@ -26,6 +28,8 @@ from typing import Any
 
 QTYPES = ("existence", "count", "color", "shape", "size", "relation")
 VQA_GATE, ITA_GATE, CAPTION_GATE = 0.95, 0.80, 0.90
+# Captions "not yet right" where R3 is tested: V_strict at most this.
+R3_VSTRICT_MAX = 0.60
 DISCRIMINATION = "ita/discrimination"
 
 
@@ -88,6 +92,18 @@ def failed(metrics: Mapping[str, float], max_objects: int = 3) -> list[str]:
   return [r.label for r in rows(metrics, max_objects) if r.passed is False]
 
 
+def r3_testable(metrics: Mapping[str, float], max_objects: int = 3) -> bool:
+  """The regime R3 is tested in: understanding competent (every VQA type
+  and ITA discrimination pass their gates) while captions are not (V_strict
+  <= R3_VSTRICT_MAX), so that understanding has something to repair."""
+  m = with_derived(metrics)
+  understanding = [r for r in rows(m, max_objects)
+                   if r.gate is not None and not r.key.startswith("caption/")]
+  v_strict = m.get("caption/v_strict")
+  return all(r.passed for r in understanding) and (
+      v_strict is not None and v_strict <= R3_VSTRICT_MAX)
+
+
 def table(metrics: Mapping[str, float], max_objects: int = 3,
           title: str | None = None) -> str:
   """The gate table as markdown: metric, value, gate, pass/fail, and a
@@ -102,6 +118,9 @@ def table(metrics: Mapping[str, float], max_objects: int = 3,
   bad = failed(metrics, max_objects)
   lines += ["", "competent: every gate passed" if not bad else
             f"not competent: {len(bad)} gate(s) failed ({', '.join(bad)})"]
+  if r3_testable(metrics, max_objects):
+    lines.append("R3-testable: understanding passes, captions do not "
+                 f"(V_strict <= {R3_VSTRICT_MAX:.1f})")
   return "\n".join(lines)
 
 

@@ -287,3 +287,19 @@ def test_an_instruction_names_the_edit_the_editor_would_make():
   assert edit.from_instruction("remove a large blue circle", REPEATED,
                                CFG) is None  # not in the caption
   assert edit.from_instruction("add a purple blob", REPEATED, CFG) is None
+
+
+def test_an_edit_never_writes_a_total_past_max_objects():
+  """Adding an item to a listing whose total agreed with its items keeps the
+  total in step only up to the world's max_objects: "there are four
+  objects" is no sentence of a 3-object world, so the total goes."""
+  three = _scene(("large", "red", "circle", 0.1),
+                 ("small", "blue", "square", 0.5),
+                 ("small", "green", "triangle", 0.9))
+  draft = ("there are three objects : a large red circle , a small blue "
+           "square and a small green square")
+  e = edit.from_instruction("add a small green triangle", draft, CFG)
+  after = edit.apply(e, draft, three, CFG)
+  assert after == ("there is a large red circle , a small blue square , a "
+                   "small green square and a small green triangle")
+  assert verify(after, three, CFG).parsed

@@ -332,13 +332,17 @@ def _consistent_total(s: Listing) -> bool:
           i.fact.n for i in s.items)
 
 
-def _with_items(s: Listing, items: tuple[Item, ...]) -> Sentence | None:
+def _with_items(s: Listing, items: tuple[Item, ...], cfg: WorldConfig
+                ) -> Sentence | None:
+  """The listing with `items`; a total that agreed with the old items is
+  kept in step, and dropped where it would pass the world's max_objects
+  (no number word the verifier reads)."""
   total = s.total
   if _consistent_total(s) and all(isinstance(i.fact, KindCount) for i in items):
     total = sum(i.fact.n for i in items) or None
   if total is None and not items:
     return None
-  if total is not None and total >= len(NUMBERS):
+  if total is not None and total > cfg.max_objects:
     total = None
   return Listing(s.head, total, items)
 
@@ -353,7 +357,7 @@ def apply(edit: Edit, text: str, scene: Scene, cfg: WorldConfig) -> str:
       sentences.insert(0, Listing(("there", "is"), None, (edit.new,)))
     else:
       s = sentences[edit.sentence]
-      sentences[edit.sentence] = _with_items(s, s.items + (edit.new,))
+      sentences[edit.sentence] = _with_items(s, s.items + (edit.new,), cfg)
   elif edit.part == -2:  # a whole unparsable sentence
     sentences[edit.sentence] = None
   elif edit.part == -1:  # the total
@@ -372,7 +376,7 @@ def apply(edit: Edit, text: str, scene: Scene, cfg: WorldConfig) -> str:
               isinstance(it.fact, KindCount) and _kind(it.fact) == _kind(old))]
       else:
         del items[edit.part]
-      sentences[edit.sentence] = _with_items(s, tuple(items))
+      sentences[edit.sentence] = _with_items(s, tuple(items), cfg)
       if isinstance(old := s.items[edit.part].fact, KindCount):
         new = edit.new.fact if edit.op == "replace" else None
         sentences = _follow(sentences, _kind(old),

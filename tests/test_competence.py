@@ -253,3 +253,23 @@ def test_relation_breakdown_asks_each_question_as_drawn_and_canonical(
   assert got["captions: relation clauses true"]["accuracy"] == (
       pytest.approx(np.mean(said)) if said else 0.0)
   assert 0 <= got["captions: stated kinds true"]["accuracy"] <= 1
+
+
+def test_compare_captions_pairs_images_whose_captions_both_state_a_relation(
+    tmp_path):
+  from experiments.competence import relations
+  a = [[True], [True, True], [False], [], [True, False], [True]]
+  b = [[False], [True, True], [True], [True], [False], []]
+  for name, rel in (("a", a), ("b", b)):
+    (tmp_path / f"{name}.json").write_text(json.dumps({"captions": [
+        {"record": k, "relations": r} for k, r in enumerate(rel)]}))
+  got = relations.compare_captions(str(tmp_path / "a.json"),
+                                   str(tmp_path / "b.json"))
+  # images 0, 1, 2, 4: a all-true on 0, 1; b on 1, 2
+  assert (got["n"], got["only_a"], got["only_b"]) == (4, 1, 1)
+  assert got["diff"] == 0.0 and got["p"] == 1.0
+  (tmp_path / "c.json").write_text(json.dumps({"captions": [
+      {"record": 0, "relations": [True]}]}))
+  with pytest.raises(ValueError, match="captions of the same images"):
+    relations.compare_captions(str(tmp_path / "a.json"),
+                               str(tmp_path / "c.json"))

@@ -5,6 +5,7 @@ phrase, or neither?
       [--max-examples 256] [--out FILE.json]
   python -m experiments.competence.relations --compare A.json B.json
       [--form canonical]
+  python -m experiments.competence.relations --compare-captions A.json B.json
   python -m experiments.competence.relations WORKDIR --positions
 
 Every relation question of the split's first images is asked as drawn
@@ -244,6 +245,23 @@ def compare(a: str, b: str, form: str = "canonical") -> dict[str, float]:
   return out
 
 
+def compare_captions(a: str, b: str) -> dict[str, float]:
+  """Two --out files of the same split and images, paired image by image
+  over the images whose captions both state a relation clause: whether
+  every relation clause a caption states is true (mcnemar of a against
+  b)."""
+  from r3jax.analysis import study  # noqa: PLC0415
+  rows = []
+  for path in (a, b):
+    with open(path) as f:
+      saved = json.load(f)
+    rows.append({r["record"]: r["relations"] for r in saved["captions"]})
+  if rows[0].keys() != rows[1].keys():
+    raise ValueError(f"{a} and {b} do not hold captions of the same images")
+  keys = sorted(k for k in rows[0] if rows[0][k] and rows[1][k])
+  return study.mcnemar(*([all(r[k]) for k in keys] for r in rows))
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("workdir", nargs="?")
@@ -252,6 +270,9 @@ def main(argv=None) -> int:
   p.add_argument("--out", default="")
   p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                  help="pair two --out files question by question instead")
+  p.add_argument("--compare-captions", nargs=2, metavar=("A.json", "B.json"),
+                 help="pair two --out files' captions image by image: all "
+                 "relation clauses true")
   p.add_argument("--form", default="canonical",
                  choices=("canonical", "as drawn"))
   p.add_argument("--positions", action="store_true",
@@ -276,6 +297,13 @@ def main(argv=None) -> int:
           f"always yes {got['always_yes']:.3f}), b {got['b']:.3f} (p "
           f"{got['b_p_chance']:.2g}, {got['b_p_yes']:.2g}); a - b "
           f"{got['diff']:+.3f}, only a right {got['only_a']}, only b right "
+          f"{got['only_b']}, exact McNemar p {got['p']:.2g}")
+    return 0
+  if args.compare_captions:
+    got = compare_captions(*args.compare_captions)
+    print(f"images whose captions both state a relation: {got['n']}; every "
+          f"clause true: a {got['a']:.3f}, b {got['b']:.3f}, a - b "
+          f"{got['diff']:+.3f}, only a {got['only_a']}, only b "
           f"{got['only_b']}, exact McNemar p {got['p']:.2g}")
     return 0
   if not args.workdir:

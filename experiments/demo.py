@@ -1,12 +1,13 @@
 """`make demo`: the reduced trade-off study, then its comparison table.
 
-  python -m experiments.demo [--root runs] [--set KEY=VALUE ...]
+  python -m experiments.demo [--root runs] [--config.KEY=VALUE ...]
 
 Runs the `demo` study (experiments/studies.py): a short joint base, then
 equal-length continuations on generation only, understanding only, both, and
 R3-SFT, one seed, about 10-15 minutes on a 2-core CPU. A rerun skips the arms
 already done. The full study, with seeds, is `python -m experiments.run
-dilemma` (experiments/dilemma/RESULTS.md).
+dilemma` (experiments/dilemma/RESULTS.md). `--config.KEY=VALUE` overrides a
+config field in every arm, as for `python -m experiments.run`.
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--root", default="runs")
-  parser.add_argument("--set", dest="sets", action="append", default=[],
-                      metavar="KEY=VALUE")
-  args = parser.parse_args(argv)
+  run_lib.accept_overrides(parser)
+  args, rest = parser.parse_known_args(argv)
+  sets = run_lib.overrides(parser, rest)
   study = studies_lib.get("demo")
   print("r3jax demo: the REDUCED trade-off study (one seed, short runs): "
         + ", ".join(a.name for a in study.arms)
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "arms already done.\n")
   t0 = time.perf_counter()
   try:
-    run_lib.run_study("demo", args.root, sets=run_lib.parse_sets(args.sets))
+    run_lib.run_study("demo", args.root, sets=sets)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

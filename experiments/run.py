@@ -2,9 +2,14 @@
 
   python -m experiments.run dilemma                     # 3 seeds, every arm
   python -m experiments.run mitigation --seeds 1 --arms pcgrad,famo --scale
-  python -m experiments.run tiny --set data.dir=/tmp/d --set mesh.data=1
+  python -m experiments.run tiny --config.data.dir=/tmp/d --config.mesh.data=1
   python -m experiments.run r3 --dry-run                # print the commands
   python -m experiments.run r3 --seed 2                 # seed 2 only
+
+`--config.KEY=VALUE` overrides a config field in every arm, spelt as for
+`python -m r3jax.main` (r3jax.config.override; a tasks.NAME.* key reaches the
+arms that train NAME). The arguments of an arm's config file
+(`configs/joint.py:runlocal,seed=N`) are its recipe, not field overrides.
 
 Each run lives in <root>/<study>/runs/<arm>/seed<k> with a result.json (final
 metrics, wall seconds, the `python -m r3jax.main` command that reproduces it,
@@ -19,7 +24,6 @@ start from (`Arm.after`), which is added when --arms leaves it out.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import re
@@ -39,64 +43,6 @@ from experiments import studies as studies_lib
 from experiments import wallclock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def parse_value(text: str, current: Any) -> Any:
-  """A command-line string typed like the value it replaces."""
-  if isinstance(current, bool):
-    if text.lower() not in ("true", "false", "1", "0"):
-      raise ValueError(f"expected a bool, got {text!r}")
-    return text.lower() in ("true", "1")
-  if isinstance(current, int):
-    return int(text)
-  if isinstance(current, float):
-    return float(text)
-  if isinstance(current, str):
-    return text
-  return ast.literal_eval(text)
-
-
-def parse_sets(items: Sequence[str]) -> dict[str, str]:
-  out = {}
-  for item in items:
-    key, eq, value = item.partition("=")
-    if not eq or not key:
-      raise ValueError(f"--set {item!r}: expected key=value")
-    out[key.strip()] = value
-  return out
-
-
-def set_key(config: ml_collections.ConfigDict, key: str, value: Any,
-            from_text: bool = False) -> None:
-  """Sets dotted `key`; a key the config does not have is an error naming it
-  (inside the open dicts, e.g. interference.method_args, keys are data)."""
-  *parents, leaf = key.split(".")
-  node = config
-  for i, p in enumerate(parents):
-    if not isinstance(node, ml_collections.ConfigDict) or p not in node:
-      raise ValueError(f"config has no key {'.'.join(parents[:i + 1])!r} "
-                       f"(setting {key!r})")
-    node = node[p]
-  open_dict = bool(parents) and parents[-1] in config_lib._OPEN_DICTS  # noqa: SLF001
-  if not isinstance(node, ml_collections.ConfigDict) or (
-      leaf not in node and not open_dict):
-    raise ValueError(f"config has no key {key!r}")
-  current = node[leaf] if leaf in node else None
-  if from_text:
-    try:
-      value = (parse_value(value, current) if current is not None else
-               ast.literal_eval(value))
-    except (ValueError, SyntaxError) as e:
-      raise ValueError(f"config key {key!r}: cannot read {value!r} ({e})"
-                       ) from None
-  if isinstance(current, float) and isinstance(value, int) and not (
-      isinstance(value, bool)):
-    value = float(value)
-  try:
-    with node.unlocked():
-      node[leaf] = value
-  except TypeError as e:
-    raise ValueError(f"config key {key!r}: {e}") from None
 
 
 def shown(path: str) -> str:
@@ -122,8 +68,9 @@ def resolve(study: studies_lib.Study, arm: studies_lib.Arm, seed: int,
             steps: int | None = None
             ) -> tuple[ml_collections.ConfigDict, list[str]]:
   """The arm's config for `seed` (arm overrides, then the study's scale, then
-  --set, then `steps` (an equal wall-clock arm's), then the starting point)
-  and the command that reproduces it."""
+  `sets`: the command line's --config.KEY=VALUE overrides, {KEY: VALUE text},
+  then `steps` (an equal wall-clock arm's), then the starting point) and the
+  command that reproduces it."""
   spec = arm.config.format(seed=seed)
   config = config_lib.from_file(spec, ROOT)
   applied: dict[str, Any] = {}
@@ -136,19 +83,19 @@ def resolve(study: studies_lib.Study, arm: studies_lib.Arm, seed: int,
   for layer in layers:
     for key, value in layer.items():
       if trains(key):
-        set_key(config, key, value)
+        config_lib.override(config, key, value)
         applied[key] = value
   for key, text in sets.items():
     if not trains(key):
       continue
-    set_key(config, key, text, from_text=True)
-    applied[key] = _get(config, key)
-  if steps is not None:  # after --set, which may change the reference's steps
-    set_key(config, "total_steps", steps)
+    config_lib.override(config, key, text, from_text=True)
+    applied[key] = config_lib.get_value(config, key)
+  if steps is not None:  # after `sets`, which may change the reference's steps
+    config_lib.override(config, "total_steps", steps)
     applied["total_steps"] = steps
   if arm.after:  # its parameters start from that arm's run
     value = os.path.abspath(workdir(root, study.name, arm.after, seed))
-    set_key(config, "init_from", value)
+    config_lib.override(config, "init_from", value)
     applied["init_from"] = shown(value)
   config_lib.validate(config)
   wd = workdir(root, study.name, arm.name, seed)
@@ -156,13 +103,6 @@ def resolve(study: studies_lib.Study, arm: studies_lib.Arm, seed: int,
              f"--workdir={shlex.quote(shown(wd))}"]
   command += [f"--config.{k}={_flag_value(v)}" for k, v in applied.items()]
   return config, command
-
-
-def _get(config, key):
-  for p in key.split("."):
-    config = config[p]
-  return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else (
-      config)
 
 
 def budget_steps(study: studies_lib.Study, arms: Sequence[studies_lib.Arm],
@@ -380,6 +320,29 @@ def _steps_of(command: str) -> int | None:
   return int(m.group(1)) if m else None
 
 
+def accept_overrides(parser: argparse.ArgumentParser) -> None:
+  """Names the --config.KEY=VALUE overrides in `parser`'s usage and help
+  (`overrides` reads them), once its other arguments are added."""
+  parser.usage = (parser.format_usage().removeprefix("usage: ").rstrip()
+                  + " [--config.KEY=VALUE ...]")
+  parser.epilog = (
+      "config overrides:\n"
+      "  --config.KEY=VALUE    a config field, every arm (repeatable; spelt\n"
+      "                        as for python -m r3jax.main; tasks.NAME.*\n"
+      "                        keys: the arms that train NAME)")
+
+
+def overrides(parser: argparse.ArgumentParser,
+              args: Sequence[str]) -> dict[str, str]:
+  """The arguments `parser` left (parse_known_args) as {KEY: VALUE}: each
+  must be a --config.KEY=VALUE override, else `parser` exits with an error
+  naming it."""
+  try:
+    return config_lib.parse_overrides(args)
+  except ValueError as e:
+    parser.error(str(e))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m experiments.run", description=__doc__,
@@ -393,15 +356,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--arms", default=None,
                       help="comma-separated arms (default: all)")
   parser.add_argument("--root", default="experiments")
-  parser.add_argument("--set", dest="sets", action="append", default=[],
-                      metavar="KEY=VALUE",
-                      help="config override, every arm (tasks.NAME.* keys: "
-                      "the arms that train NAME)")
   parser.add_argument("--scale", action="store_true",
                       help="apply the study's reduced-size overrides")
   parser.add_argument("--dry-run", action="store_true",
                       help="print the commands, run nothing")
-  args = parser.parse_args(argv)
+  accept_overrides(parser)
+  args, rest = parser.parse_known_args(argv)
+  sets = overrides(parser, rest)
   try:
     arms = [a for a in args.arms.split(",") if a] if args.arms else None
     seeds = args.seeds
@@ -411,8 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       if min(args.seed) < 0:
         raise ValueError(f"--seed must be >= 0, not {min(args.seed)}")
       seeds = args.seed
-    run_study(args.study, args.root, seeds, arms, parse_sets(args.sets),
-              args.scale, args.dry_run)
+    run_study(args.study, args.root, seeds, arms, sets, args.scale,
+              args.dry_run)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

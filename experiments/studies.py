@@ -2,9 +2,9 @@
 
 An arm is one config file + argument string (`{seed}` is filled per seed) plus
 dotted-key overrides (a `tasks.X.*` override reaches the arms that train X,
-as `--set` does). `after` names another arm of the same study whose run
-(same seed) this arm starts from: the runner points `config.init_from` at
-that arm's workdir (R3-RL included).
+as a command-line `--config.KEY=VALUE` does). `after` names another arm of
+the same study whose run (same seed) this arm starts from: the runner points
+`config.init_from` at that arm's workdir (R3-RL included).
 """
 
 from __future__ import annotations

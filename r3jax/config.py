@@ -7,12 +7,13 @@ of its config and nothing else.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -668,6 +669,87 @@ def from_file(spec: str, root: str | None = None) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg or None)
+
+
+# Command-line overrides of config fields, one spelling for every entry point:
+# `--config.KEY=VALUE` (r3jax.main's, through ml_collections.config_flags;
+# experiments.run and experiments.demo read it with the functions below).
+OVERRIDE_PREFIX = "--config."
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, str]:
+  """Reads `--config.KEY=VALUE` arguments into {KEY: VALUE} (the text as
+  given, a later KEY replacing an earlier one); any other argument is a
+  ValueError naming it."""
+  out = {}
+  for arg in args:
+    key, eq, value = arg.removeprefix(OVERRIDE_PREFIX).partition("=")
+    if not arg.startswith(OVERRIDE_PREFIX) or not eq or not key:
+      raise ValueError(f"{arg!r}: expected {OVERRIDE_PREFIX}KEY=VALUE")
+    out[key] = value
+  return out
+
+
+def parse_value(text: str, current: Any) -> Any:
+  """A command-line string read as a value of the type of `current`, the
+  value it replaces: a bool (true/false/1/0), int, float or str as such,
+  anything else (tuples, lists, dicts) as a Python literal."""
+  if isinstance(current, bool):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise ValueError(f"expected a bool, got {text!r}")
+    return text.lower() in ("true", "1")
+  if isinstance(current, int):
+    return int(text)
+  if isinstance(current, float):
+    return float(text)
+  if isinstance(current, str):
+    return text
+  return ast.literal_eval(text)
+
+
+def override(config: ml_collections.ConfigDict, key: str, value: Any,
+             from_text: bool = False) -> None:
+  """Sets the dotted `key` of `config` to `value` (with from_text, a
+  command-line string read by `parse_value`; a new key of an open dict, e.g.
+  interference.method_args, as a Python literal). A key the config does not
+  have, a value that cannot be read and one of the wrong type are
+  ValueErrors naming the key (inside the open dicts keys are data)."""
+  *parents, leaf = key.split(".")
+  node = config
+  for i, p in enumerate(parents):
+    if not isinstance(node, ml_collections.ConfigDict) or p not in node:
+      raise ValueError(f"config has no key {'.'.join(parents[:i + 1])!r} "
+                       f"(setting {key!r})")
+    node = node[p]
+  open_dict = bool(parents) and parents[-1] in _OPEN_DICTS
+  if not isinstance(node, ml_collections.ConfigDict) or (
+      leaf not in node and not open_dict):
+    raise ValueError(f"config has no key {key!r}")
+  current = node[leaf] if leaf in node else None
+  if from_text:
+    try:
+      value = (parse_value(value, current) if current is not None else
+               ast.literal_eval(value))
+    except (ValueError, SyntaxError) as e:
+      raise ValueError(f"config key {key!r}: cannot read {value!r} ({e})"
+                       ) from None
+  if isinstance(current, float) and isinstance(value, int) and not (
+      isinstance(value, bool)):
+    value = float(value)
+  try:
+    with node.unlocked():
+      node[leaf] = value
+  except TypeError as e:
+    raise ValueError(f"config key {key!r}: {e}") from None
+
+
+def get_value(config: ml_collections.ConfigDict, key: str) -> Any:
+  """The value at the dotted `key` of `config`; a sub-config as a dict."""
+  for p in key.split("."):
+    config = config[p]
+  if isinstance(config, ml_collections.ConfigDict):
+    return config.to_dict()
+  return config
 
 
 def evaluated_tasks(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -4,6 +4,8 @@ import functools
 import importlib.util
 import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8")
@@ -56,6 +58,30 @@ def main_command(c, workdir: str, *extra: str) -> list[str]:
           f"--config.data.dir={c.data.dir}", "--config.progress_bar=False",
           f"--config.compilation_cache_dir={os.path.abspath(_CACHE)}",
           *(f"--config.{k}={value(k)}" for k in keys), *extra]
+
+
+def flags_config(argv: list[str]):
+  """The config that `python -m r3jax.main` builds from `argv` (its
+  ml_collections config_flags: the --config file and its --config.KEY
+  overrides; other flags are left alone), without running anything."""
+  from absl import flags  # noqa: PLC0415
+  from ml_collections import config_flags  # noqa: PLC0415
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values,
+                                  lock_config=True, sys_argv=argv)
+  values(argv, known_only=True)
+  return values.config
+
+
+def typed(d: Mapping, prefix: str = "") -> dict[str, tuple[str, Any]]:
+  """A nested dict flattened to {dotted key: (type name, value)}."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(typed(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = (type(v).__name__, v)
+  return out
 
 
 def committed_steps(workdir: str) -> list[int]:

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import flags_config, typed
 from r3jax import config as config_lib
 from r3jax import sharding
 from r3jax.data import pipeline
@@ -115,6 +116,87 @@ def test_parse_arg_errors():
     config_lib.parse_arg("runlcal", runlocal=False)
   with pytest.raises(ValueError, match="'seed' needs a value"):
     config_lib.parse_arg("seed", seed=0)
+
+
+
+def test_parse_overrides_reads_config_flags_spelling():
+  assert config_lib.parse_overrides([
+      "--config.total_steps=6", "--config.data.dir=/tmp/a=b",
+      "--config.compilation_cache_dir=", "--config.total_steps=7"]) == {
+          "total_steps": "7", "data.dir": "/tmp/a=b",
+          "compilation_cache_dir": ""}
+  assert config_lib.parse_overrides([]) == {}
+  for arg in ("--config.total_steps", "--config.=3", "--set=total_steps=6",
+              "total_steps=6", "--config=configs/joint.py", "-config.seed=1"):
+    with pytest.raises(ValueError) as e:
+      config_lib.parse_overrides(["--config.seed=1", arg])
+    assert str(e.value) == f"{arg!r}: expected --config.KEY=VALUE"
+
+
+def test_override_reads_text_as_the_type_it_replaces():
+  c = config_lib.defaults()
+  texts = {"progress_bar": "False", "interference.enabled": "1",
+           "total_steps": "12", "optim.lr": "3e-4", "tasks.caption.weight": "2",
+           "data.dir": "/tmp/d", "compilation_cache_dir": "",
+           "world.relation_axes": "('horizontal', 'vertical')",
+           "world.shapes": '["circle","square"]',
+           "model.enc_overrides": '{"width": 64, "depth": 2}',
+           "interference.method_args": "{'alpha': 0.5}"}
+  for key, text in texts.items():
+    config_lib.override(c, key, text, from_text=True)
+  got = {k: config_lib.get_value(c, k) for k in texts}
+  assert got == {"progress_bar": False, "interference.enabled": True,
+                 "total_steps": 12, "optim.lr": 3e-4,
+                 "tasks.caption.weight": 2.0, "data.dir": "/tmp/d",
+                 "compilation_cache_dir": "",
+                 "world.relation_axes": ("horizontal", "vertical"),
+                 "world.shapes": ("circle", "square"),
+                 "model.enc_overrides": {"width": 64, "depth": 2},
+                 "interference.method_args": {"alpha": 0.5}}
+  assert isinstance(c.tasks.caption.weight, float)
+  # An open dict takes new keys, read as literals; values are set as given.
+  config_lib.override(c, "interference.method_args.beta", "2", from_text=True)
+  config_lib.override(c, "tasks.vqa.type_weights.relation", 4.0)
+  config_lib.override(c, "optim.lr", 1)
+  assert c.interference.method_args.to_dict() == {"alpha": 0.5, "beta": 2}
+  assert c.tasks.vqa.type_weights.to_dict() == {"relation": 4.0}
+  assert c.optim.lr == 1.0 and isinstance(c.optim.lr, float)
+  for key, value, message in [
+      ("model.nope", "1", "config has no key 'model.nope'"),
+      ("nope.depth", "1", "config has no key 'nope' (setting 'nope.depth')"),
+      ("total_steps.x", "1", "config has no key 'total_steps.x'"),
+      ("total_steps", "abc", "config key 'total_steps': cannot read 'abc'"),
+      ("progress_bar", "yes",
+       "config key 'progress_bar': cannot read 'yes' (expected a bool"),
+      ("interference.method_args.gamma", "abc",
+       "config key 'interference.method_args.gamma': cannot read 'abc'")]:
+    with pytest.raises(ValueError) as e:
+      config_lib.override(c, key, value, from_text=True)
+    assert str(e.value).startswith(message), (key, str(e.value))
+  with pytest.raises(ValueError, match="config key 'data.dir': Could not "
+                     "override field 'dir'"):
+    config_lib.override(c, "data.dir", 3)
+
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+def test_overrides_read_as_r3jax_main_reads_them(monkeypatch):
+  args = ["--config.total_steps=12", "--config.optim.lr=3e-4",
+          "--config.tasks.caption.weight=2", "--config.progress_bar=False",
+          "--config.interference.enabled=1", "--config.data.dir=/tmp/a b",
+          "--config.compilation_cache_dir=", "--config.mesh.data=-1",
+          "--config.world.relation_axes=('horizontal', 'vertical')",
+          '--config.world.shapes=["circle","square"]',
+          '--config.model.enc_overrides={"width":64,"depth":2}',
+          "--config.interference.method_args={'alpha': 0.5}"]
+  spec = "configs/joint.py:runlocal,seed=3"
+  monkeypatch.chdir(ROOT)
+  expected = flags_config(["r3jax.main", f"--config={spec}", *args])
+  c = config_lib.from_file(spec, ROOT)
+  for key, text in config_lib.parse_overrides(args).items():
+    config_lib.override(c, key, text, from_text=True)
+  assert typed(c.to_dict()) == typed(expected.to_dict())
+  assert c.total_steps == 12 and c.world.relation_axes[1] == "vertical"
 
 
 def test_mesh_must_fit_the_devices():

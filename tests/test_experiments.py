@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import _DATA_DIR
+from conftest import _DATA_DIR, flags_config, typed
 from experiments import report
 from experiments import run
 from experiments import studies
@@ -21,8 +22,8 @@ from r3jax import config as config_lib
 from r3jax.analysis import interference
 from r3jax.train import metrics as metrics_lib
 
-SETS = [f"--set=data.dir={_DATA_DIR}", "--set=progress_bar=False",
-        "--set=compilation_cache_dir=", "--set=mesh.data=1"]
+SETS = [f"--config.data.dir={_DATA_DIR}", "--config.progress_bar=False",
+        "--config.compilation_cache_dir=", "--config.mesh.data=1"]
 
 
 def _result(root, arm, seed=0):
@@ -34,7 +35,7 @@ def _result(root, arm, seed=0):
 def test_tiny_study_runs_in_order_skips_done_arms_and_reports(
     tmp_path, monkeypatch, capsys):
   root = str(tmp_path)
-  sets = run.parse_sets([s.removeprefix("--set=") for s in SETS])
+  sets = config_lib.parse_overrides(SETS)
   records = run.run_study("tiny", root, 1, None, sets, log=lambda _: None,
                           devices=jax.devices()[:1])
   assert [(r["arm"], r["status"]) for r in records] == [
@@ -206,7 +207,7 @@ def test_collect_mean_std_and_seed_noise_column(tmp_path):
 def test_dry_run_prints_commands_in_dependency_order(tmp_path, capsys):
   root = str(tmp_path)
   assert run.main(["tiny", "--arms=frozen", "--seeds=2", f"--root={root}",
-                   "--dry-run", "--set=total_steps=6"]) == 0
+                   "--dry-run", "--config.total_steps=6"]) == 0
   lines = capsys.readouterr().out.splitlines()
   first = [os.path.abspath(os.path.join(root, "tiny", "runs", "first",
                                         f"seed{s}")) for s in (0, 1)]
@@ -216,7 +217,7 @@ def test_dry_run_prints_commands_in_dependency_order(tmp_path, capsys):
   assert lines[0].startswith(
       "python -m r3jax.main --config=configs/joint.py:runlocal,seed=0 ")
   assert "configs/joint.py:runlocal,seed=1 " in lines[2]
-  # --set replaces the arm's own override; init_from comes last.
+  # The command line's override replaces the arm's own; init_from comes last.
   assert "--config.total_steps=2" not in lines[1]
   assert lines[1].index("--config.total_steps=6") < lines[1].index(
       "--config.optim.lr=0.0") < lines[1].index(
@@ -260,14 +261,60 @@ def test_registry_studies_resolve():
 @pytest.mark.parametrize("argv, message", [
     (["nope"], "unknown study 'nope'; known: "),
     (["tiny", "--arms=first,second"], "study 'tiny' has no arm 'second'"),
-    (["tiny", "--set=model.nope=1"], "config has no key 'model.nope'"),
-    (["tiny", "--set=nope.depth=1"], "config has no key 'nope'"),
-    (["tiny", "--set=total_steps=abc"], "config key 'total_steps': cannot read"),
-    (["tiny", "--set=total_steps"], "expected key=value"),
+    (["tiny", "--config.model.nope=1"], "config has no key 'model.nope'"),
+    (["tiny", "--config.nope.depth=1"], "config has no key 'nope'"),
+    (["tiny", "--config.total_steps=abc"],
+     "config key 'total_steps': cannot read"),
 ])
 def test_clear_errors(argv, message, capsys, tmp_path):
   assert run.main([*argv, "--dry-run", f"--root={tmp_path}"]) == 2
   assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arg", [
+    "--config.total_steps", "--config.total_steps 6", "--set=total_steps=6",
+    "--config=configs/joint.py", "--nope"])
+def test_arguments_other_than_overrides_are_usage_errors(
+    arg, capsys, tmp_path, monkeypatch):
+  from experiments import demo  # noqa: PLC0415
+
+  def no_study(*args, **kw):
+    raise AssertionError(f"ran a study for {arg!r}")
+  monkeypatch.setattr(run, "run_study", no_study)
+  for main, argv in ((run.main, ["tiny", "--dry-run"]), (demo.main, [])):
+    with pytest.raises(SystemExit) as e:
+      main([*argv, *arg.split(), f"--root={tmp_path}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "[--config.KEY=VALUE ...]" in err  # the usage line
+    assert f"{arg.split()[0]!r}: expected --config.KEY=VALUE" in err
+
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+def test_printed_commands_give_the_resolved_configs(monkeypatch):
+  """`python -m r3jax.main` reads each printed command (its --config file and
+  --config.KEY=VALUE overrides, here without running it) into the config the
+  runner resolved: arm and scale overrides, dicts, tuples, init_from."""
+  monkeypatch.chdir(run.ROOT)  # where the printed commands run
+  sets = config_lib.parse_overrides([
+      "--config.progress_bar=False", "--config.data.dir=/tmp/a b",
+      "--config.compilation_cache_dir=", "--config.optim.lr=3e-4",
+      "--config.world.relation_axes=('horizontal','vertical')",
+      "--config.tasks.caption.weight=2", "--config.interference.enabled=1"])
+  for name, arms in (("tiny", None), ("dilemma", ["und_only"]),
+                     ("mitigation", ["cagrad_eqtime"]), ("r3", ["r3_rl"])):
+    study = studies.get(name)
+    for arm in study.order(arms):
+      config, command = run.resolve(study, arm, 1, "x", sets, scale=True,
+                                    steps=5 if arm.budget else None)
+      argv = shlex.split(" ".join(command))[2:]
+      assert argv[0] == "r3jax.main"
+      got = flags_config(argv)
+      if got.init_from:  # relative to the root, where the command runs
+        with got.unlocked():
+          got.init_from = os.path.abspath(got.init_from)
+      assert typed(got.to_dict()) == typed(config.to_dict()), (name, arm.name)
 
 
 def _budget_study():
@@ -329,7 +376,7 @@ def test_step_time_fingerprint_is_the_command_but_run_length_seed_and_start():
 def test_step_seconds_times_each_config(tmp_path):
   from experiments import wallclock
   study = _budget_study()
-  sets = run.parse_sets([s.removeprefix("--set=") for s in SETS])
+  sets = config_lib.parse_overrides(SETS)
   configs = {a.name: run.resolve(study, a, 0, str(tmp_path), sets)[0]
              for a in study.arms}
   seconds = wallclock.step_seconds(configs, steps=2, rounds=1,
@@ -474,9 +521,10 @@ def test_report_from_what_git_keeps_is_the_report_from_the_logs(
   removed from runs/ (metrics.jsonl, checkpoints, tb/, ...)."""
   monkeypatch.setattr(interference, "SERIES_ROWS", 3)
   root = str(tmp_path)
-  sets = run.parse_sets([s.removeprefix("--set=") for s in SETS] + [
-      "interference.enabled=True", "total_steps=4", "eval_every_steps=4",
-      "ckpt_every_steps=4", "final_eval.max_examples=8"])
+  sets = config_lib.parse_overrides(SETS + [
+      "--config.interference.enabled=True", "--config.total_steps=4",
+      "--config.eval_every_steps=4", "--config.ckpt_every_steps=4",
+      "--config.final_eval.max_examples=8"])
   run.run_study("tiny", root, 1, None, sets, log=lambda _: None,
                 devices=jax.devices()[:1])
   runs = {a: os.path.join(root, "tiny", "runs", a, "seed0")

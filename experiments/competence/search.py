@@ -91,7 +91,7 @@ LONG["where_captions_trace"] = 10_000
 # captions stopped where they were).
 CONFIGS["caption_stop_27609"] = ("configs/understanding_only.py",
                                  "rf_40k_trace_where@27609")
-LONG["caption_stop_27609"] = 4_000
+LONG["caption_stop_27609"] = 3_000
 COMMON = ("--config.interference.enabled=False",
           "--config.eval_every_steps=500", "--config.ckpt_every_steps=500",
           "--config.progress_bar=False")
@@ -247,7 +247,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "caption_stop_27609": ("rf_40k_trace_where's checkpoint at step 27,609 "
                            "(config.init_from) with the caption stream "
                            "stopped: VQA and ITA alone, as in that run, on "
-                           "a fresh 4,000-step schedule. Its captions are "
+                           "a fresh 3,000-step schedule. Its captions are "
                            "plain (no written positions) and stay as they "
                            "were, while relation answers may reach their "
                            "gate: a regime where understanding can check "

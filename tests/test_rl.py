@@ -1,4 +1,8 @@
-"""R3-RL: rewards, advantages, the GRPO objective and the Tree-RL step."""
+"""R3-RL: rewards, advantages, the GRPO objective, the Tree-RL step and its
+run."""
+
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +13,10 @@ from r3jax.r3 import grounded, grpo
 from r3jax.r3 import rewards as rw
 from r3jax.r3 import tree_rl
 from r3jax.run import loop as train_loop
+from r3jax.train import metrics as metrics_lib
 from r3jax.train import optim
+from r3jax.train import preemption
+from r3jax.train.checkpoint import Checkpointer
 from r3jax.world import edit
 from r3jax.world.scene import Object, Scene
 from r3jax.world import WorldConfig
@@ -312,3 +319,45 @@ def test_agreement_reward_term(monkeypatch):
   np.testing.assert_allclose(bb["branch"]["refine_advantage"], rw.advantages(
       np.asarray(info["v"]) + 0.5 * np.asarray(info["agreement"]),
       c.rl.group_size) * edited, rtol=1e-6, atol=1e-7)
+
+
+def test_rl_run_stops_after_the_pair_and_resumes_exactly(monkeypatch,
+                                                        tmp_path):
+  """run.train with config.rl on: a SIGTERM during root step 3 stops the run
+  after branch step 4, with its checkpoint; rerunning ends where an
+  uninterrupted run does, bit for bit, with the same metrics rows."""
+  from r3jax import run  # noqa: PLC0415
+  _fake_scores(monkeypatch)
+  c = _rl_config()
+  c.total_steps, c.ckpt_every_steps, c.eval_every_steps = 6, 2, 100
+  c.keep_ckpts, c.evals.max_examples = 3, 4
+  c.final_eval.max_examples = 4
+  one = jax.devices()[:1]
+  full = run.train(c, str(tmp_path / "full"), one)
+  real = tree_rl.TreeRL.step
+
+  def signalled(self, state, ref_params, step):
+    if step == 2:  # the root step that makes step 3
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real(self, state, ref_params, step)
+
+  monkeypatch.setattr(tree_rl.TreeRL, "step", signalled)
+  with pytest.raises(preemption.Preempted, match="after step 4;"):
+    run.train(c, str(tmp_path / "cut"), one)
+  monkeypatch.setattr(tree_rl.TreeRL, "step", real)
+  resumed = run.train(c, str(tmp_path / "cut"), one)
+  drop = lambda r: {k: v for k, v in r.items()  # noqa: E731
+                    if "seconds" not in k}
+  assert drop(full) == drop(resumed)
+  _, _, setup, _ = train_loop.build(c, one)
+  states = []
+  for d in ("full", "cut"):
+    ck = Checkpointer(str(tmp_path / d / "checkpoints"), 3, 2)
+    assert ck.all_steps() == [2, 4, 6]
+    states.append(jax.device_get(ck.restore(setup.abstract)[0]))
+    ck.close()
+  jax.tree.map(np.testing.assert_array_equal, *states)
+  rows = [[drop(r) for r in metrics_lib.read(str(tmp_path / d))]
+          for d in ("full", "cut")]
+  assert rows[0] == rows[1]
+  assert [r["step"] for r in rows[0] if "loss" in r] == list(range(1, 7))

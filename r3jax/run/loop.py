@@ -1,11 +1,13 @@
-"""train_and_evaluate(config, workdir): the whole run, resumable at any point."""
+"""train_and_evaluate(config, workdir): the whole run, resumable at any point;
+run_steps: its training loop, which R3-RL's run (r3jax.run.rl) shares."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -180,17 +182,12 @@ def _refresh_drafts(drafts, w, config, world, loop, params) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: Sequence[jax.Device] | None = None
                        ) -> dict[str, Any]:
-  """Trains to config.total_steps, resuming from `workdir` if it holds a
-  checkpoint, and returns the final evaluation.
-
-  Faults: SIGTERM or SIGINT ends training after the step in progress, with a
-  checkpoint of that step (every process stops at the same step), and raises
-  preemption.Preempted; calling again resumes. A half-written or corrupt latest
-  checkpoint is set aside and the run resumes from the one before
-  (Checkpointer.restore_latest_intact). A non-finite loss or gradient raises
-  FloatingPointError before anything of that step is saved, or with
-  config.nonfinite="skip" leaves the state unchanged (nonfinite.py).
-  """
+  """Trains to config.total_steps on the data pipeline's batches, resuming
+  from `workdir` if it holds a checkpoint, and returns the final evaluation
+  (run_steps, whose faults it shares). Besides the update, a step runs the
+  interference probe every config.interference.probe_every steps (before the
+  update, on its batch) and refreshes the R3 tasks' on-policy drafts at the
+  end of each config.r3.onpolicy_every window."""
   os.makedirs(workdir, exist_ok=True)
   mesh, world, setup, init_state = build(config, devices)
   instrument = make_instrument(config, world.make_model)
@@ -223,15 +220,77 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   else:
     state = source.initial_state(config, setup, init_state)
   first = int(jax.device_get(state["step"]))
-  _truncate_metrics(workdir, first)
 
   update = make_update(config, setup, world.make_model, instrument)
   probe = None
   if instrument is not None and config.interference.probe_every > 0:
     probe = interference_step.make_probe(setup, instrument)
+
+  def step_fn(state, step, log):
+    nonlocal update
+    batch = next(data)
+    if probe is not None and (step - 1) % config.interference.probe_every == 0:
+      log()  # the state it probes is checked first
+      log(step, probe(state, batch))
+    if step == first + 1:
+      update = _compiled_together(update, state, batch)
+    return update(state, batch)
+
+  def refresh(state, step, log):
+    if drafts is not None and step % drafts.every == 0 and (
+        not drafts.has(step // drafts.every)):
+      log()  # nothing non-finite goes further
+      _refresh_drafts(drafts, step // drafts.every, config, world,
+                      draft_loop, state["params"])
+
+  return run_steps(config, workdir, mesh, world, setup, ckpt, state, Producer(
+      step_fn, refresh, data.get_state,
+      examples_per_step=sum(t.batch_size for t in config.tasks.values())))
+
+
+@dataclasses.dataclass
+class Producer:
+  """Where run_steps' steps come from. step(state, step, log) makes step
+  `step` (counted from 1) -> (state, measurements); after(state, step, log)
+  runs once that step's stop is decided, before its checkpoint. Both may call
+  log() to have the measurements still pending fetched and checked first, and
+  log(step, m) to write `m` at `step` after them. data_state() goes into each
+  checkpoint beside the state; boundary(step) says whether the run may save
+  or stop after `step`; examples_per_step (None: not logged) gives the
+  throughput, and `where` names a step in a non-finite error."""
+  step: Callable[..., tuple[Any, dict[str, Any]]]
+  after: Callable[..., None] = lambda state, step, log: None
+  data_state: Callable[[], dict[str, Any]] = dict
+  boundary: Callable[[int], bool] = lambda step: True
+  examples_per_step: int | None = None
+  where: str = "step"
+
+
+def run_steps(config: ml_collections.ConfigDict, workdir: str, mesh, world,
+              setup, ckpt: ckpt_lib.Checkpointer, state, producer: Producer
+              ) -> dict[str, Any]:
+  """The training loop every run shares: `producer`'s steps from `state`
+  (resumed at its step counter) to config.total_steps, then the final
+  evaluation's metrics with train_seconds and eval_seconds; closes `ckpt`.
+  Measurements are fetched one step late and checked before anything later
+  is saved or evaluated; rows every config.log_every_steps, checkpoints (with
+  producer.data_state()) every config.ckpt_every_steps, at the end and on a
+  stop, evaluation every config.eval_every_steps.
+
+  Faults: SIGTERM or SIGINT ends training after the step in progress (or the
+  first producer.boundary after it), with a checkpoint of that step (every
+  process stops at the same step), and raises preemption.Preempted; calling
+  again resumes. A half-written or corrupt latest checkpoint is set aside and
+  the run resumes from the one before (Checkpointer.restore_latest_intact). A
+  non-finite loss or gradient raises FloatingPointError before anything of
+  that step is saved, or with config.nonfinite="skip" leaves the state
+  unchanged (nonfinite.py).
+  """
+  first = int(jax.device_get(state["step"]))
+  _truncate_metrics(workdir, first)
   evaluator = world.evaluator(setup, config.evals)
   writer = metrics_lib.Writer(workdir)
-  examples_per_step = sum(t.batch_size for t in config.tasks.values())
+  per_step = producer.examples_per_step
   last = config.total_steps
 
   bar = None
@@ -239,55 +298,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     from tqdm import tqdm
     bar = tqdm(total=config.total_steps, initial=first, unit="step",
                dynamic_ncols=True)
-  pending = None  # (step, measurements) fetched one step late
+  pending = []  # [(step, measurements)], fetched one step late
   t0 = time.perf_counter()
   window = [t0, first]  # throughput over the steps since the last log row
 
-  def finish(pending):
-    step, m = pending
+  def finish(step, m):
     m = jax.device_get(m)
     nonfinite_lib.check(m, step, ckpt.latest_step(),
-                        skip=config.nonfinite == "skip")
+                        skip=config.nonfinite == "skip", where=producer.where)
     if step % config.log_every_steps == 0 or step == last:
       now = time.perf_counter()
-      m["examples_per_sec"] = ((step - window[1]) * examples_per_step /
-                               max(now - window[0], 1e-9))
+      if per_step is not None:
+        m["examples_per_sec"] = ((step - window[1]) * per_step /
+                                 max(now - window[0], 1e-9))
       window[:] = [now, step]
       writer.write(step, m)
     if bar is not None:
       bar.update(1)
-      rate = (bar.format_dict["rate"] or 0) * examples_per_step
-      bar.set_postfix(loss=f"{m['loss']:.3f}", ex_per_s=f"{rate:.0f}",
-                      refresh=False)
+      postfix = {"loss": f"{m['loss']:.3f}"}
+      if per_step is not None:
+        rate = (bar.format_dict["rate"] or 0) * per_step
+        postfix["ex_per_s"] = f"{rate:.0f}"
+      bar.set_postfix(postfix, refresh=False)
+
+  def log(step: int | None = None, m=None) -> None:
+    """Checks (and logs) the pending measurements, then writes `m`."""
+    if pending:
+      finish(*pending.pop())
+    if m is not None:
+      writer.write(step, m)
 
   try:
     with jax.set_mesh(mesh), preemption.StopOnSignal() as signals:
       for step in range(first + 1, last + 1):
-        batch = next(data)
-        if probe is not None and (step - 1) % config.interference.probe_every == 0:
-          if pending is not None:  # the state it probes is checked first
-            finish(pending)
-            pending = None
-          writer.write(step, probe(state, batch))
-        if step == first + 1:
-          update = _compiled_together(update, state, batch)
-        state, m = update(state, batch)
-        if pending is not None:
-          finish(pending)
-        pending = (step, m)
-        stop = signals.agreed()
-        refresh = drafts is not None and step % drafts.every == 0 and (
-            not drafts.has(step // drafts.every))
-        save = step % config.ckpt_every_steps == 0 or step == last or stop
+        state, m = producer.step(state, step, log)
+        log()
+        pending.append((step, m))
+        boundary = producer.boundary(step)
+        stop = signals.agreed() and boundary
+        producer.after(state, step, log)
+        save = boundary and (step % config.ckpt_every_steps == 0 or
+                             step == last or stop)
         evaluate = step % config.eval_every_steps == 0 and step != last
-        if refresh or save or evaluate:  # nothing non-finite goes further
-          finish(pending)
-          pending = None
-        if refresh:
-          _refresh_drafts(drafts, step // drafts.every, config, world,
-                          draft_loop, state["params"])
+        if save or evaluate:  # nothing non-finite goes further
+          log()
         if save:
-          ckpt.save(step, state, data.get_state(), force=step == last or stop)
+          ckpt.save(step, state, producer.data_state(),
+                    force=step == last or stop)
         if stop:
           ckpt.wait()
           raise preemption.Preempted(step, signals.signal_name)
@@ -298,8 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           if jax.process_index() == 0:
             text = report.line(scores, step, config.evals.split)
             bar.write(text) if bar is not None else print(text, flush=True)
-      if pending is not None:
-        finish(pending)
+      log()
     ckpt.wait()
     train_seconds = time.perf_counter() - t0
     with jax.set_mesh(mesh):

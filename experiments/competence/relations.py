@@ -6,6 +6,7 @@ phrase, or neither?
   python -m experiments.competence.relations --compare A.json B.json
       [--form canonical]
   python -m experiments.competence.relations --compare-captions A.json B.json
+  python -m experiments.competence.relations WORKDIR --caption-traces OUT.json
   python -m experiments.competence.relations WORKDIR --positions
 
 Every relation question of the split's first images is asked as drawn
@@ -262,6 +263,44 @@ def compare_captions(a: str, b: str) -> dict[str, float]:
   return study.mcnemar(*([all(r[k]) for k in keys] for r in rows))
 
 
+def caption_traces(path: str, workdir: str) -> dict[str, float]:
+  """For the relation phrases of the captions a --out file keeps, written
+  by a run with data.caption_trace: the share whose subject's and object's
+  written grid indices are right, of both, and the share whose relation
+  words order the two written indices as they say (r3jax.world.vqa)."""
+  from r3jax.run import loop  # noqa: PLC0415
+  from r3jax.world import scene_from_arrays  # noqa: PLC0415
+  from r3jax.world.config import NUMBERS  # noqa: PLC0415
+  from r3jax.world.language import REL_WORDS  # noqa: PLC0415
+  from r3jax.world.vqa import _predicates, _trace  # noqa: PLC0415
+  with open(path) as f:
+    saved = json.load(f)
+  config = competence.eval_config(workdir, saved["split"],
+                                  saved["max_examples"])
+  _, world, _, _ = loop.build(config)
+  cfg = world.world
+  records = world.records(saved["split"], saved["max_examples"])
+  n = subject = obj = both = follows = 0
+  for row in saved["captions"]:
+    scene = scene_from_arrays(records[row["record"]]["scene"], cfg)
+    words = row["caption"].split()
+    for i, a, b, rel in _predicates(words, cfg):
+      n += 1
+      want, got = _trace(a, b, rel, scene, cfg), words[max(i - 2, 0):i]
+      if want is not None:
+        subject += got[:1] == want[:1]
+        obj += got[1:] == want[1:]
+        both += got == want
+      if len(got) == 2 and all(w in NUMBERS for w in got):
+        x, y = (NUMBERS.index(w) for w in got)
+        swap = next(REL_WORDS[p][1] for p in REL_WORDS
+                    if tuple(words[i:i + len(p)]) == p)
+        follows += (x > y) if swap else (x < y)
+  return {"phrases": n, "subject": subject / max(n, 1),
+          "object": obj / max(n, 1), "both": both / max(n, 1),
+          "follows": follows / max(n, 1)}
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("workdir", nargs="?")
@@ -273,6 +312,9 @@ def main(argv=None) -> int:
   p.add_argument("--compare-captions", nargs=2, metavar=("A.json", "B.json"),
                  help="pair two --out files' captions image by image: all "
                  "relation clauses true")
+  p.add_argument("--caption-traces", metavar="OUT.json",
+                 help="with WORKDIR: the written indices of the relation "
+                 "phrases of the captions an --out file keeps")
   p.add_argument("--form", default="canonical",
                  choices=("canonical", "as drawn"))
   p.add_argument("--positions", action="store_true",
@@ -305,6 +347,13 @@ def main(argv=None) -> int:
           f"clause true: a {got['a']:.3f}, b {got['b']:.3f}, a - b "
           f"{got['diff']:+.3f}, only a {got['only_a']}, only b "
           f"{got['only_b']}, exact McNemar p {got['p']:.2g}")
+    return 0
+  if args.caption_traces:
+    got = caption_traces(args.caption_traces, args.workdir)
+    print(f"caption relation phrases: {got['phrases']}; written index right:"
+          f" subject {got['subject']:.3f}, object {got['object']:.3f}, both "
+          f"{got['both']:.3f}; relation words ordering the written indices "
+          f"as they say: {got['follows']:.3f}")
     return 0
   if not args.workdir:
     p.error("a workdir, or --compare A.json B.json")

@@ -266,8 +266,10 @@ def compare_captions(a: str, b: str) -> dict[str, float]:
 def caption_traces(path: str, workdir: str) -> dict[str, float]:
   """For the relation phrases of the captions a --out file keeps, written
   by a run with data.caption_trace: the share whose subject's and object's
-  written grid indices are right, of both, and the share whose relation
-  words order the two written indices as they say (r3jax.world.vqa)."""
+  written grid indices are right, of both, the share whose relation words
+  order the two written indices as they say (r3jax.world.vqa), the share
+  that is true (both objects in the scene and ordered as said), and the
+  share true with both indices right."""
   from r3jax.run import loop  # noqa: PLC0415
   from r3jax.world import scene_from_arrays  # noqa: PLC0415
   from r3jax.world.config import NUMBERS  # noqa: PLC0415
@@ -280,25 +282,30 @@ def caption_traces(path: str, workdir: str) -> dict[str, float]:
   _, world, _, _ = loop.build(config)
   cfg = world.world
   records = world.records(saved["split"], saved["max_examples"])
-  n = subject = obj = both = follows = 0
+  n = subject = obj = both = follows = true = true_both = 0
   for row in saved["captions"]:
     scene = scene_from_arrays(records[row["record"]]["scene"], cfg)
     words = row["caption"].split()
     for i, a, b, rel in _predicates(words, cfg):
       n += 1
+      swap = next(REL_WORDS[p][1] for p in REL_WORDS
+                  if tuple(words[i:i + len(p)]) == p)
       want, got = _trace(a, b, rel, scene, cfg), words[max(i - 2, 0):i]
       if want is not None:
         subject += got[:1] == want[:1]
         obj += got[1:] == want[1:]
         both += got == want
+        x, y = (NUMBERS.index(w) for w in want)  # distinct cells: the truth
+        said = (x > y) if swap else (x < y)
+        true += said
+        true_both += said and got == want
       if len(got) == 2 and all(w in NUMBERS for w in got):
         x, y = (NUMBERS.index(w) for w in got)
-        swap = next(REL_WORDS[p][1] for p in REL_WORDS
-                    if tuple(words[i:i + len(p)]) == p)
         follows += (x > y) if swap else (x < y)
   return {"phrases": n, "subject": subject / max(n, 1),
           "object": obj / max(n, 1), "both": both / max(n, 1),
-          "follows": follows / max(n, 1)}
+          "follows": follows / max(n, 1), "true": true / max(n, 1),
+          "true_and_both": true_both / max(n, 1)}
 
 
 def main(argv=None) -> int:
@@ -353,7 +360,12 @@ def main(argv=None) -> int:
     print(f"caption relation phrases: {got['phrases']}; written index right:"
           f" subject {got['subject']:.3f}, object {got['object']:.3f}, both "
           f"{got['both']:.3f}; relation words ordering the written indices "
-          f"as they say: {got['follows']:.3f}")
+          f"as they say: {got['follows']:.3f}; true {got['true']:.3f}, true "
+          f"with both indices right {got['true_and_both']:.3f}")
+    if args.out:
+      with open(args.out, "w") as f:
+        json.dump({"file": args.caption_traces, "workdir": args.workdir,
+                   **got}, f, indent=1)
     return 0
   if not args.workdir:
     p.error("a workdir, or --compare A.json B.json")

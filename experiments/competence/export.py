@@ -50,6 +50,7 @@ def export(workdir: str, out: str = OUT, slice_n: int = SLICE) -> dict:
       raise ValueError(f"{up} trained to step {steps[up]}, past the step "
                        f"{at} {r} left it at: its CPU time is not all in "
                        "the base")
+    steps[up] = at or steps[up]  # where the next run left it
   cpu_all = cpu_s + sum(report.cpu(search.workdir(r))[0] for r in steps)
   if step != config["total_steps"]:
     raise ValueError(f"{workdir} stopped at step {step} of "

@@ -273,7 +273,6 @@ def caption_traces(path: str, workdir: str) -> dict[str, float]:
   from r3jax.run import loop  # noqa: PLC0415
   from r3jax.world import scene_from_arrays  # noqa: PLC0415
   from r3jax.world.config import NUMBERS  # noqa: PLC0415
-  from r3jax.world.language import REL_WORDS  # noqa: PLC0415
   from r3jax.world.vqa import _predicates, _trace  # noqa: PLC0415
   with open(path) as f:
     saved = json.load(f)
@@ -286,10 +285,8 @@ def caption_traces(path: str, workdir: str) -> dict[str, float]:
   for row in saved["captions"]:
     scene = scene_from_arrays(records[row["record"]]["scene"], cfg)
     words = row["caption"].split()
-    for i, a, b, rel in _predicates(words, cfg):
+    for i, a, b, rel, swap in _predicates(words, cfg):
       n += 1
-      swap = next(REL_WORDS[p][1] for p in REL_WORDS
-                  if tuple(words[i:i + len(p)]) == p)
       want, got = _trace(a, b, rel, scene, cfg), words[max(i - 2, 0):i]
       if want is not None:
         subject += got[:1] == want[:1]

@@ -250,8 +250,8 @@ def _rel_at(words: list[str], i: int) -> int:
 
 
 def _predicates(words: list[str], cfg: WorldConfig):
-  """(i, subject, object, relation) for each relation phrase of a caption,
-  starting at words[i]: "the square is right of the circle and left of the
+  """(i, subject, object, relation, swapped) for each relation phrase of a
+  caption, starting at words[i] (relation and swapped as in REL_WORDS): "the square is right of the circle and left of the
   triangle" has two, both with the subject "the square". A ref that does not
   parse is None; number words (a trace) may sit anywhere between the
   subject, "is" and the phrase."""
@@ -270,8 +270,8 @@ def _predicates(words: list[str], cfg: WorldConfig):
       end = i + n
       while end < len(words) and words[end] in refs:
         end += 1
-      rel = REL_WORDS[tuple(words[i:i + n])][0]
-      yield i, subject, parse_ref(words[i + n:end], cfg), rel
+      rel, swap = REL_WORDS[tuple(words[i:i + n])]
+      yield i, subject, parse_ref(words[i + n:end], cfg), rel, swap
 
 
 def _trace(subject: Ref | None, obj: Ref | None, rel: str, scene: Scene,
@@ -292,7 +292,7 @@ def caption_trace(caption: str, scene: Scene, cfg: WorldConfig) -> str:
   answer does (relation_trace)."""
   words = caption.split()
   at = {}
-  for i, subject, obj, rel in _predicates(words, cfg):
+  for i, subject, obj, rel, _ in _predicates(words, cfg):
     at[i] = _trace(subject, obj, rel, scene, cfg)
     if at[i] is None:
       raise ValueError(f"{caption!r}: the relation at word {i} does not name "
@@ -328,7 +328,7 @@ def trace_right(caption: str, scene: Scene, cfg: WorldConfig
   the grid indices of their subject and object (caption_trace); one whose
   objects are not both in the scene is counted and wrong."""
   words, right, n = caption.split(), 0, 0
-  for i, subject, obj, rel in _predicates(words, cfg):
+  for i, subject, obj, rel, _ in _predicates(words, cfg):
     n += 1
     want = _trace(subject, obj, rel, scene, cfg)
     right += want is not None and words[max(i - 2, 0):i] == want

@@ -105,6 +105,10 @@ LONG["caption_scarce_long"] = 6_000
 CONFIGS["scarce_long_stop"] = ("configs/understanding_only.py",
                                "caption_scarce_long@6000")
 LONG["scarce_long_stop"] = 1_000
+# Its end, still on VQA and ITA alone, 750 steps at peak rates 3e-4 and 5e-4.
+for _name in ("scarce_stop_3e4", "scarce_stop_5e4"):
+  CONFIGS[_name] = ("configs/understanding_only.py", "scarce_long_stop@1000")
+  LONG[_name] = 750
 COMMON = ("--config.interference.enabled=False",
           "--config.eval_every_steps=500", "--config.ckpt_every_steps=500",
           "--config.progress_bar=False")
@@ -295,6 +299,15 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                          ("--config.optim.lr=1e-4",
                           "--config.optim.warmup_steps=50",
                           "--config.eval_every_steps=250")),
+    **{f"scarce_stop_{r}e4": (
+        f"scarce_long_stop's final parameters (test relation 0.950, "
+        f"V_strict 0.602: captions held at 1e-4) on VQA and ITA alone for "
+        f"750 more steps at a peak rate of {r}e-4 (100 warmup steps)",
+        CONV + SINCOS + WIDE_STEM + R3_POSITIONS + mix()[1:] + REL4 + TRACE
+        + WHERE + (f"--config.optim.lr={r}e-4",
+                   "--config.optim.warmup_steps=100",
+                   "--config.eval_every_steps=250"))
+       for r in (3, 5)},
     "rel_only": ("the parameters of mix_sincos_rf_40k at step 19,270 "
                  "(config.init_from: a fresh optimizer and a 4,000-step "
                  "schedule) trained on VQA relation questions alone, in the "

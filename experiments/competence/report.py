@@ -198,13 +198,16 @@ def diagnosis_section() -> list[str]:
   return (["## Relation diagnosis", ""] + lines) if lines else []
 
 
-def base_section() -> list[str]:
-  path = os.path.join(HERE, "base", "result.json")
+def base_section(name: str = "base",
+                 title: str = "The shipped base") -> list[str]:
+  """The gate table of an export under experiments/competence/ (`base`,
+  the competent base; `r3_start`, the R3-testable start) and what it cost."""
+  path = os.path.join(HERE, name, "result.json")
   if not os.path.exists(path):
     return []
   with open(path) as f:
     r = json.load(f)
-  return ["## The shipped base (`experiments/competence/base/`)", "",
+  return [f"## {title} (`experiments/competence/{name}/`)", "",
           f"From `{r['run']}` at step {r['step']:,}; "
           f"{r['cpu_hours']:.2f} CPU-hours of training on "
           f"{r['hardware']['cpus']} CPUs, "
@@ -223,6 +226,7 @@ def collect(names=None) -> str:
     with open(reading) as f:
       lines += [f.read().strip(), ""]
   lines += base_section()
+  lines += base_section("r3_start", "The R3-testable start")
   plot(names, os.path.join(HERE, "curves.png"))
   lines += ["## Learning curves", "",
             "Validation split (its first 256 images: about 1,500 questions, "

@@ -7,8 +7,12 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8")
+# The models here are tiny: compiling them costs far more than running them,
+# and LLVM's optimisation passes are most of the compile time. Subprocesses
+# inherit these flags (test_multihost adds its own device count to them).
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_COMPILE
+                           + " --xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, committed_steps, main_command
+from conftest import FAST_COMPILE, ROOT, committed_steps, main_command
 from r3jax import distributed
 from r3jax.run import loop
 from r3jax.train import metrics as metrics_lib
@@ -32,7 +32,8 @@ def launch(c, workdir: str, logs: str, processes: int = 2,
   i writes to logs + str(i)."""
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
+             XLA_FLAGS=f"{FAST_COMPILE} "
+             f"--xla_force_host_platform_device_count={devices_each}")
   procs = []
   for i in range(processes):
     with open(f"{logs}{i}", "w") as out:

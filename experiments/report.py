@@ -28,6 +28,7 @@ they are missing from.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 
@@ -291,6 +292,19 @@ def _competence_section(results, start: str) -> list[str]:
           competence.table(mean, n), ""]
 
 
+def _base_section(base: str) -> list[str]:
+  """The gate table of a study's exported start (Study.base), from the
+  test metrics its result.json records."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, base, "result.json")) as f:
+    exported = json.load(f)
+  return ["## Competence of the start", "",
+          f"Every arm that does not continue another starts from `{base}` "
+          f"({exported['run']} at step {exported['step']}). Its gates on the "
+          "test split (r3jax/analysis/competence.py):", "",
+          competence.table(exported["metrics"], exported["max_objects"]), ""]
+
+
 def insert_competence(root: str, study: str, start: str | None = None) -> str:
   """Puts the start arm's gate table (a section of collect's) into an
   existing RESULTS.md, before its change section, replacing an older one:
@@ -354,6 +368,8 @@ def _statistics(results, known) -> tuple[list[str], dict, list[str], list]:
     rows.append(cells)
   lines += _table(["arm", "seeds"] + [label for _, label in metrics] +
                   ["vs reference"], rows) + [""]
+  if known and known.base:
+    lines += _base_section(known.base)
   if start:
     lines += _competence_section(results, start)
     lines += _change_section(results, start, arms, metrics, family)

@@ -72,7 +72,11 @@ def resolve(study: studies_lib.Study, arm: studies_lib.Arm, seed: int,
   then `steps` (an equal wall-clock arm's), then the starting point) and the
   command that reproduces it."""
   spec = arm.config.format(seed=seed)
-  config = config_lib.from_file(spec, ROOT)
+  # An exported start's world, model and formats reach every arm; an arm
+  # that continues another then takes that arm's parameters (init_from).
+  base = os.path.join(ROOT, study.base) if study.base else ""
+  config = config_lib.from_file(spec + (f",base={base}" if base else ""), ROOT)
+  spec += f",base={shown(base)}" if base else ""
   applied: dict[str, Any] = {}
 
   def trains(key: str) -> bool:  # a tasks.X.* key reaches the arms with X

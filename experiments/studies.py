@@ -47,6 +47,11 @@ class Study:
   # The arm the others continue from (the dilemma's common checkpoint): the
   # report also gives each arm's change from it.
   start: str | None = None
+  # An exported start outside the study (a directory of the repository,
+  # e.g. experiments/competence/r3_start): every arm takes its world, model
+  # and formats (config argument base=DIR), those that do not continue
+  # another arm its parameters too; the report prints its gate table.
+  base: str | None = None
   seeds: int = 3
   # Overrides for every arm under `--scale` (a reduced version of the study).
   scale: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -208,6 +213,43 @@ register(Study(
     reference="r3_sft",
     start="base",
     scale={"total_steps": 200},
+    metrics=METRICS[:-1] + (("r3/round3/f1", "refined F1"),
+                            ("r3/round3/v_strict", "refined V_strict"),
+                            METRICS[-1]),
+))
+
+# R3 where it can be tested: from a start whose understanding passes its
+# gates while its captions do not (experiments/competence, the R3-testable
+# start), every arm continues with the start's VQA / ITA mix at a rate for
+# fine-tuning, not the from-scratch default, and the plain step (no
+# interference statistics). Equal compute is equal steps of equal caption,
+# VQA and ITA batches: the R3 arms add their own tasks' examples on top
+# (their train seconds are in the report).
+R3_START = "experiments/competence/r3_start"
+_FROM_START = {"optim.lr": 2.5e-4, "optim.warmup_steps": 100,
+               "interference.enabled": False,
+               "tasks.caption.batch_size": 16, "tasks.vqa.batch_size": 64,
+               "tasks.vqa.per_image": 4, "tasks.ita.batch_size": 32,
+               "tasks.ita.per_image": 4,
+               "tasks.vqa.type_weights": {"relation": 4}}
+_R3_STEPS = 1000
+
+register(Study(
+    name="r3_testable",
+    doc="From the R3-testable start (understanding competent, captions "
+        "not): joint training, R3-SFT and its ablations (no reflect, no "
+        "reflect/refine consistency, the grounded consistency loss) for "
+        "equal steps; R3-RL tree and chain from the R3-SFT run of the same "
+        "seed.",
+    arms=[_run(n, n, _R3_STEPS, _FROM_START) for n in (
+        "joint", "r3_sft", "r3_sft_no_reflect", "r3_sft_no_consistency",
+        "r3_sft_grounded")] +
+         [Arm(n, f"configs/{n}.py:seed={{seed}}", {}, after="r3_sft")
+          for n in ("r3_rl", "r3_rl_chain")],
+    reference="r3_sft",
+    base=R3_START,
+    seeds=5,
+    scale={"total_steps": 20},
     metrics=METRICS[:-1] + (("r3/round3/f1", "refined F1"),
                             ("r3/round3/v_strict", "refined V_strict"),
                             METRICS[-1]),

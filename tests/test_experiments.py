@@ -303,7 +303,8 @@ def test_printed_commands_give_the_resolved_configs(monkeypatch):
       "--config.world.relation_axes=('horizontal','vertical')",
       "--config.tasks.caption.weight=2", "--config.interference.enabled=1"])
   for name, arms in (("tiny", None), ("dilemma", ["und_only"]),
-                     ("mitigation", ["cagrad_eqtime"]), ("r3", ["r3_rl"])):
+                     ("mitigation", ["cagrad_eqtime"]), ("r3", ["r3_rl"]),
+                     ("r3_testable", ["r3_rl"])):
     study = studies.get(name)
     for arm in study.order(arms):
       config, command = run.resolve(study, arm, 1, "x", sets, scale=True,
@@ -315,6 +316,28 @@ def test_printed_commands_give_the_resolved_configs(monkeypatch):
         with got.unlocked():
           got.init_from = os.path.abspath(got.init_from)
       assert typed(got.to_dict()) == typed(config.to_dict()), (name, arm.name)
+
+
+def test_a_study_from_an_exported_start(tmp_path):
+  """Study.base: every arm takes the start's world, model and formats; the
+  arms that continue no other arm its parameters, the others their arm's;
+  the report opens with the start's gate table."""
+  study = studies.get("r3_testable")
+  start = os.path.join(run.ROOT, studies.R3_START)
+  saved = config_lib.load_saved(os.path.join(start, "config.json"))
+  sft, rl = study.arm("r3_sft"), study.arm("r3_rl")
+  for arm, init_from in ((sft, start),
+                         (rl, run.workdir("x", study.name, "r3_sft", 0))):
+    config, command = run.resolve(study, arm, 0, "x", {})
+    assert f",base={studies.R3_START}" in command[3]
+    assert os.path.abspath(config.init_from) == os.path.abspath(init_from)
+    assert config.model.to_dict() == saved.model.to_dict()
+    assert config.world.to_dict() == saved.world.to_dict()
+    assert config.data.relation_answers == saved.data.relation_answers
+  lines = "\n".join(report._base_section(studies.R3_START))
+  assert "## Competence of the start" in lines
+  assert "| VQA relation | 0.955 | >= 0.95 | pass |" in lines
+  assert "caption V_strict | 0.592" in lines
 
 
 def _budget_study():

@@ -36,6 +36,9 @@ def tiny_config(tasks=("caption", "vqa", "ita"), **mesh):
   config_lib.runlocal(c)
   c.data.dir = _DATA_DIR
   c.progress_bar = False
+  # The plain step: the instrumented one compiles every task's backward pass
+  # (2-3x the compile time); the tests of it turn it on.
+  c.interference.enabled = False
   c.compilation_cache_dir = ""
   c.mesh = {"data": 1, "fsdp": 1, "tensor": 1, **mesh}
   return c

@@ -256,6 +256,7 @@ def test_a_run_trains_on_its_own_drafts_and_refined_captions(tiny, tmp_path):
   where its round edited; the loss and the slot agreement are logged."""
   from r3jax.run import loop
   c = tiny(("caption", "vqa", "reflect", "refine", "ground"))
+  c.interference.enabled = True
   c.r3.update(onpolicy_every=2, onpolicy_frac=1.0, ground_refined=1.0)
   c.tasks.ground.max_len = c.tasks.refine.max_len
   c.data.update(prefetch=1, read_threads=1)

@@ -101,6 +101,16 @@ def test_halves_combine_to_the_task_gram_and_null_statistics():
                              rtol=1e-5)
 
 
+@pytest.fixture
+def tiny(tiny):
+  """The tiny config with the instrumented step (interference statistics)."""
+  def make(*args, **kw):
+    c = tiny(*args, **kw)
+    c.interference.enabled = True
+    return c
+  return make
+
+
 def test_default_groups_cover_the_model_in_forward_order(tiny):
   world = world_setup.load(tiny())
   params = state_lib.abstract_params(world.make_model)

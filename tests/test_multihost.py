@@ -69,6 +69,7 @@ def test_two_processes_stop_together_and_equal_one_process(tiny, tmp_path):
   the same step with its checkpoint (exit 75); rerunning the same commands
   finishes the run, whose final state equals 1 process on 4 devices."""
   c = tiny(data=4)
+  c.interference.enabled = True  # cross-process Gram statistics too
   c.total_steps, c.eval_every_steps = 8, 100
   c.final_eval.max_examples = 8
   workdir, logs = str(tmp_path / "multi"), str(tmp_path / "log")

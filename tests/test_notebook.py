@@ -32,6 +32,7 @@ NOTEBOOK = os.path.join(NOTEBOOKS, "gradient_conflict.ipynb")
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   c = tiny_config()
+  c.interference.enabled = True  # the analysis reads its statistics
   c.total_steps, c.log_every_steps, c.eval_every_steps = 6, 1, 100
   c.final_eval.max_examples = 4
   workdir = str(tmp_path_factory.mktemp("run"))

@@ -38,7 +38,7 @@ def _config(kind, **mesh):
     c.optim.eps = 1e-6
   else:
     c = tiny_config(**mesh)
-    c.interference.method = "upgrad"
+    c.interference.enabled, c.interference.method = True, "upgrad"
   return c
 
 

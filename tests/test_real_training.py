@@ -30,6 +30,7 @@ def _config(dirs, name="coco_vqa_joint"):
   c.data.dir = data
   c.progress_bar = False
   c.compilation_cache_dir = ""
+  c.interference.enabled = False  # the plain step (conftest.tiny_config)
   return c
 
 

@@ -26,6 +26,7 @@ def test_resume_after_crash_equals_uninterrupted(tiny, tmp_path, monkeypatch):
   with the model's own reflection on them, through the instrumented step. (A
   real kill -9 of the joint run: test_faults.py.)"""
   c = tiny(("caption", "reflect", "refine"))
+  c.interference.enabled = True
   c.r3.update(onpolicy_every=2, onpolicy_frac=0.5, onpolicy_reflections=True)
   c.data.update(prefetch=1, read_threads=1)
   c.evals.max_examples = c.final_eval.max_examples = 4

@@ -86,29 +86,21 @@ LONG["two_scratch"] = LONG["two_scratch_dxa"] = 6_000
 CONFIGS["where_captions_trace"] = ("configs/joint.py",
                                    "rf_40k_where_captions@40000")
 LONG["where_captions_trace"] = 10_000
-# rf_40k_trace_where's checkpoint at step 27,609 (plain captions), trained
-# on VQA and ITA alone: a candidate regime for R3 (understanding passes,
-# captions stopped where they were).
-CONFIGS["caption_stop_27609"] = ("configs/understanding_only.py",
-                                 "rf_40k_trace_where@27609")
-LONG["caption_stop_27609"] = 3_000
-# The same start with the caption stream kept, scarce: 2 captions a step.
-CONFIGS["caption_scarce_27609"] = ("configs/joint.py",
-                                   "rf_40k_trace_where@27609")
-LONG["caption_scarce_27609"] = 3_000
-# The same start, 1 caption a step, on a 6,000-step schedule.
-CONFIGS["caption_scarce_long"] = ("configs/joint.py",
-                                  "rf_40k_trace_where@27609")
-LONG["caption_scarce_long"] = 6_000
-# Its final parameters with the caption stream stopped, at a fifth of the
-# rate, for 1,000 steps.
-CONFIGS["scarce_long_stop"] = ("configs/understanding_only.py",
-                               "caption_scarce_long@6000")
-LONG["scarce_long_stop"] = 1_000
-# Its end, still on VQA and ITA alone, 750 steps at peak rates 3e-4 and 5e-4.
-for _name in ("scarce_stop_3e4", "scarce_stop_5e4"):
-  CONFIGS[_name] = ("configs/understanding_only.py", "scarce_long_stop@1000")
-  LONG[_name] = 750
+# The R3-testable start's search, (config, start, steps) each:
+# rf_40k_trace_where's checkpoint at step 27,609 (plain captions) on VQA and
+# ITA alone (understanding passes, captions stopped where they were?), or
+# with the caption stream kept, scarce (2 or 1 captions a step); the last
+# of those with the caption stream stopped, at 1e-4 for 1,000 steps, then
+# at 3e-4 or 5e-4 for 750 more.
+_UND, _JOINT = "configs/understanding_only.py", "configs/joint.py"
+for _name, _config, _start, _steps in (
+    ("caption_stop_27609", _UND, "rf_40k_trace_where@27609", 3_000),
+    ("caption_scarce_27609", _JOINT, "rf_40k_trace_where@27609", 3_000),
+    ("caption_scarce_long", _JOINT, "rf_40k_trace_where@27609", 6_000),
+    ("scarce_long_stop", _UND, "caption_scarce_long@6000", 1_000),
+    ("scarce_stop_3e4", _UND, "scarce_long_stop@1000", 750),
+    ("scarce_stop_5e4", _UND, "scarce_long_stop@1000", 750)):
+  CONFIGS[_name], LONG[_name] = (_config, _start), _steps
 COMMON = ("--config.interference.enabled=False",
           "--config.eval_every_steps=500", "--config.ckpt_every_steps=500",
           "--config.progress_bar=False")
@@ -202,6 +194,19 @@ DEEP = ("--config.model.enc_overrides={\"width\":128,\"depth\":4,"
 # start from the base; rows past a task's length are never read or trained.
 R3_POSITIONS = ("--config.model.max_len=144",)
 
+
+def plain_captions(stream: tuple[str, ...], *extra: str) -> tuple[str, ...]:
+  """The flags of the runs after rf_40k_trace_where's step 27,609 that keep
+  plain captions (the R3-testable start's lineage): its model, the task mix
+  `stream`, its VQA formats, then `extra`."""
+  return (CONV + SINCOS + WIDE_STEM + R3_POSITIONS + stream + REL4 + TRACE +
+          WHERE + extra)
+
+
+def rate(lr: str, warmup: int, every: int = 250) -> tuple[str, ...]:
+  return (f"--config.optim.lr={lr}", f"--config.optim.warmup_steps={warmup}",
+          f"--config.eval_every_steps={every}")
+
 # name -> (what it changes, its flags beyond COMMON)
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mix": ("conv stem; caption 16 / VQA 64 (4 per image) / ITA 32 (4 per "
@@ -269,24 +274,19 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                            "were, while relation answers may reach their "
                            "gate: a regime where understanding can check "
                            "generation (R3)",
-                           CONV + SINCOS + WIDE_STEM + R3_POSITIONS +
-                           mix()[1:] + REL4 + TRACE + WHERE + REFRESH),
+                           plain_captions(mix()[1:], *REFRESH)),
     "caption_scarce_27609": ("caption_stop_27609 with 2 captions a step "
                              "instead of none: without a caption stream "
                              "that start's captions collapse (validation "
                              "F1 0.76 to 0.15 in 2,500 steps) instead of "
                              "staying where they were",
-                             CONV + SINCOS + WIDE_STEM + R3_POSITIONS +
-                             mix(captions=2) + REL4 + TRACE + WHERE +
-                             REFRESH),
+                             plain_captions(mix(captions=2), *REFRESH)),
     "caption_scarce_long": ("caption_scarce_27609 with 1 caption a step on "
                             "a 6,000-step schedule: there relation was "
                             "still rising (validation 0.901 to 0.960 from "
                             "step 500 to 2,500) while V_strict rose past "
                             "0.6 with 2 captions a step",
-                            CONV + SINCOS + WIDE_STEM + R3_POSITIONS +
-                            mix(captions=1) + REL4 + TRACE + WHERE +
-                            REFRESH),
+                            plain_captions(mix(captions=1), *REFRESH)),
     "scarce_long_stop": ("caption_scarce_long's final parameters "
                          "(understanding gates passed; test V_strict 0.623) "
                          "trained on VQA and ITA alone for 1,000 steps at "
@@ -294,19 +294,12 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                          "where they were (caption_stop_27609 lost F1 0.10 "
                          "in 500 steps at 5e-4) while understanding trains "
                          "on",
-                         CONV + SINCOS + WIDE_STEM + R3_POSITIONS +
-                         mix()[1:] + REL4 + TRACE + WHERE +
-                         ("--config.optim.lr=1e-4",
-                          "--config.optim.warmup_steps=50",
-                          "--config.eval_every_steps=250")),
+                         plain_captions(mix()[1:], *rate("1e-4", 50))),
     **{f"scarce_stop_{r}e4": (
         f"scarce_long_stop's final parameters (test relation 0.950, "
         f"V_strict 0.602: captions held at 1e-4) on VQA and ITA alone for "
         f"750 more steps at a peak rate of {r}e-4 (100 warmup steps)",
-        CONV + SINCOS + WIDE_STEM + R3_POSITIONS + mix()[1:] + REL4 + TRACE
-        + WHERE + (f"--config.optim.lr={r}e-4",
-                   "--config.optim.warmup_steps=100",
-                   "--config.eval_every_steps=250"))
+        plain_captions(mix()[1:], *rate(f"{r}e-4", 100)))
        for r in (3, 5)},
     "rel_only": ("the parameters of mix_sincos_rf_40k at step 19,270 "
                  "(config.init_from: a fresh optimizer and a 4,000-step "

@@ -32,12 +32,33 @@ def _result(root, arm, seed=0):
     return json.load(f)
 
 
+# The tiny study as the tests below run it: with interference statistics,
+# 4 logged steps per run and series of at most 3 rows (subsampled).
+STUDY_SETS = SETS + [
+    "--config.interference.enabled=True", "--config.total_steps=4",
+    "--config.eval_every_steps=4", "--config.ckpt_every_steps=4",
+    "--config.final_eval.max_examples=8"]
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+  """(root, the runner's records, a copy of root as the run left it) of one
+  run of the tiny study."""
+  root = str(tmp_path_factory.mktemp("study"))
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(interference, "SERIES_ROWS", 3)
+    records = run.run_study("tiny", root, 1, None,
+                            config_lib.parse_overrides(STUDY_SETS),
+                            log=lambda _: None, devices=jax.devices()[:1])
+  pristine = str(tmp_path_factory.mktemp("pristine") / "root")
+  shutil.copytree(root, pristine)
+  return root, records, pristine
+
+
 def test_tiny_study_runs_in_order_skips_done_arms_and_reports(
-    tmp_path, monkeypatch, capsys):
-  root = str(tmp_path)
-  sets = config_lib.parse_overrides(SETS)
-  records = run.run_study("tiny", root, 1, None, sets, log=lambda _: None,
-                          devices=jax.devices()[:1])
+    tiny_study, monkeypatch, capsys):
+  root, records, _ = tiny_study
+  sets = config_lib.parse_overrides(STUDY_SETS)
   assert [(r["arm"], r["status"]) for r in records] == [
       ("first", "ran"), ("frozen", "ran")]
   first, frozen = _result(root, "first"), _result(root, "frozen")
@@ -46,7 +67,7 @@ def test_tiny_study_runs_in_order_skips_done_arms_and_reports(
                          "config.json")) as f:
     saved = json.load(f)
   assert saved["init_from"] == os.path.abspath(first_dir)
-  assert saved["optim"]["lr"] == 0.0 and saved["total_steps"] == 2
+  assert saved["optim"]["lr"] == 0.0 and saved["total_steps"] == 4
   assert saved["data"]["dir"] == _DATA_DIR and saved["mesh"]["data"] == 1
   # At learning rate 0 the second arm keeps the first arm's final parameters
   # (the norm logged after each update), not a fresh initialisation's (the
@@ -54,7 +75,7 @@ def test_tiny_study_runs_in_order_skips_done_arms_and_reports(
   norms = {arm: [r["param_norm"] for r in metrics_lib.read(os.path.join(
       root, "tiny", "runs", arm, "seed0")) if "param_norm" in r]
            for arm in ("first", "frozen")}
-  assert norms["frozen"] == [norms["first"][-1]] * 2
+  assert norms["frozen"] == [norms["first"][-1]] * 4
   assert norms["first"][0] != norms["first"][-1]
   for k in ("caption/f1", "vqa/accuracy", "ita/accuracy"):
     assert frozen["metrics"][k] == first["metrics"][k], k
@@ -67,7 +88,7 @@ def test_tiny_study_runs_in_order_skips_done_arms_and_reports(
   def no_training(config, workdir):
     raise AssertionError(f"trained {workdir} again")
   monkeypatch.setattr(run, "train", no_training)
-  assert run.main(["tiny", "--seeds=1", f"--root={root}", *SETS]) == 0
+  assert run.main(["tiny", "--seeds=1", f"--root={root}", *STUDY_SETS]) == 0
   assert capsys.readouterr().out.count(": done (") == 2
   # ... but a different command for the same workdir is refused.
   with pytest.raises(ValueError, match="made by another command"):
@@ -537,19 +558,13 @@ def _rebuilt_from_git(root: str, study: str) -> str:
 
 
 def test_report_from_what_git_keeps_is_the_report_from_the_logs(
-    tmp_path, monkeypatch):
-  """A tiny study with interference statistics, 4 logged steps per run and
-  series of at most 3 rows (subsampled): its RESULTS.md, and the data its
-  plots are given, are the same after every file git does not keep is
-  removed from runs/ (metrics.jsonl, checkpoints, tb/, ...)."""
-  monkeypatch.setattr(interference, "SERIES_ROWS", 3)
-  root = str(tmp_path)
-  sets = config_lib.parse_overrides(SETS + [
-      "--config.interference.enabled=True", "--config.total_steps=4",
-      "--config.eval_every_steps=4", "--config.ckpt_every_steps=4",
-      "--config.final_eval.max_examples=8"])
-  run.run_study("tiny", root, 1, None, sets, log=lambda _: None,
-                devices=jax.devices()[:1])
+    tiny_study, tmp_path, monkeypatch):
+  """The tiny study (a copy of its root: this test removes files): its
+  RESULTS.md, and the data its plots are given, are the same after every
+  file git does not keep is removed from runs/ (metrics.jsonl, checkpoints,
+  tb/, ...)."""
+  root = str(tmp_path / "copy")
+  shutil.copytree(tiny_study[2], root)
   runs = {a: os.path.join(root, "tiny", "runs", a, "seed0")
           for a in ("first", "frozen")}
   for wd in runs.values():  # the runner wrote each run's series

@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib
 import numpy as np
+import pandas as pd
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -176,17 +177,20 @@ def _cosine_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
     return [COSINE_SECTION, "", *unlogged] if unlogged else []
   pairs = sorted(table.index.get_level_values("pair").unique())
   arms = list(table.index.get_level_values("arm").unique())
-  # Pairs logged without per-group cosines (R3-RL's rl:<task>) get no panel.
+  # Pairs logged without per-group cosines (R3-RL's rl:<task>) get no panel,
+  # and with none of those there is no per-group figure.
   grouped = [p for p in pairs if table.xs(p, level="pair").drop(
-      columns="global").notna().any().any()] or pairs
-  fig, axes = plt.subplots(1, len(grouped), squeeze=False, figsize=(
-      1 + 0.45 * (table.shape[1] - 1) * len(grouped), 1.5 + 0.35 * len(arms)))
-  for ax, pair in zip(axes[0], grouped):
-    im = interference.plot_arms_heatmap(ax, table, pair)
-  fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-  fig.savefig(os.path.join(out_dir, "cosine_groups.png"), dpi=110,
-              bbox_inches="tight")
-  plt.close(fig)
+      columns="global").notna().any().any()]
+  if grouped:
+    fig, axes = plt.subplots(1, len(grouped), squeeze=False, figsize=(
+        1 + 0.45 * (table.shape[1] - 1) * len(grouped),
+        1.5 + 0.35 * len(arms)))
+    for ax, pair in zip(axes[0], grouped):
+      im = interference.plot_arms_heatmap(ax, table, pair)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    fig.savefig(os.path.join(out_dir, "cosine_groups.png"), dpi=110,
+                bbox_inches="tight")
+    plt.close(fig)
   fig, axes = plt.subplots(1, len(pairs), squeeze=False,
                            figsize=(5 * len(pairs), 3.8))
   for ax, pair in zip(axes[0], pairs):
@@ -206,9 +210,12 @@ def _cosine_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
           "From each run's logged interference statistics, its series "
           "(series.csv, which git keeps: every logged step, or every k-th "
           f"and the last when it logged more than {interference.SERIES_ROWS}"
-          "). Per-group cosine between task gradients, mean over seeds and "
-          "over the second half of training; one panel per task pair.", "",
-          "![per-group gradient cosine](cosine_groups.png)", "",
+          ")."
+          + (" Per-group cosine between task gradients, mean over seeds and "
+             "over the second half of training; one panel per task pair."
+             if grouped else " No run logged per-group cosines."), "",
+          *(["![per-group gradient cosine](cosine_groups.png)", ""]
+            if grouped else []),
           "Over training (mean over seeds; rolling means over 20 logged "
           "steps of the series): the global cosine, the debiased cosine and "
           "the split-half null cosine (the noise floor) of each arm.", "",
@@ -223,6 +230,66 @@ def _cosine_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
           "parameter groups of lowest cosine (seed 0).", "",
           *_table(["arm", "pair", "cos", "null a:a", "null b:b", "debiased",
                    "norm ratio", "steps cos<0", "lowest groups"], detail), ""]
+
+
+RL_CHUNK = 20  # RL steps per row of the reward table
+
+
+def _rl_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
+  """R3-RL over its steps, from each run's series (rl/*): the mean reward
+  and V_strict of the root steps (drafts) and of the branch steps (after
+  reflect + refine), and the branch steps' stop rate, per RL_CHUNK steps,
+  mean over seeds; and a plot of the same."""
+  curves = {}
+  for arm, wds in dirs.items():
+    frames = [s for s in (interference.series(wd) for wd in wds
+                          if interference.has_series(wd))
+              if "rl/stage" in s]
+    if not frames:
+      continue
+    chunks = []
+    for s in frames:
+      chunk = (s.index.to_numpy() - 1) // RL_CHUNK
+      parts = {}
+      for stage, name in ((0, "root"), (1, "branch")):
+        at = s["rl/stage"].to_numpy() == stage
+        for key in ("rl/reward", "rl/v") + (
+            ("rl/stop_rate",) if stage else ()):
+          parts[f"{name} {key[3:]}"] = pd.Series(
+              s[key].to_numpy()[at]).groupby(chunk[at]).mean()
+      chunks.append(pd.DataFrame(parts))
+    curves[arm] = sum(chunks) / len(chunks)
+  if not curves:
+    return []
+  columns = list(next(iter(curves.values())).columns)
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+  for arm, c in curves.items():
+    x = (c.index.to_numpy() + 1) * RL_CHUNK
+    for ax, (key, label) in zip(axes, (("reward", "reward"), ("v", "V_strict"),
+                                       ("stop_rate", "stop rate"))):
+      for name, style in (("root", "-"), ("branch", "--")):
+        if f"{name} {key}" in c:
+          ax.plot(x, c[f"{name} {key}"], style, label=f"{arm} {name}")
+      ax.set_xlabel("RL step")
+      ax.set_title(label, fontsize=9)
+  axes[0].legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, "rl_curves.png"), dpi=110)
+  plt.close(fig)
+  rows = [[f"`{arm}`", f"{i * RL_CHUNK + 1}-{(i + 1) * RL_CHUNK}"]
+          + [f"{c.loc[i, k]:.3f}" if np.isfinite(c.loc[i, k]) else "-"
+             for k in columns]
+          for arm, c in curves.items() for i in c.index]
+  return ["## R3-RL over its steps", "",
+          "From each RL run's series (series.csv keeps every step of a run "
+          f"of up to {interference.SERIES_ROWS}): root steps sample drafts "
+          "(reward f (1 + V), V the draft's V_strict), branch steps reflect "
+          "on buffered drafts and refine them (reward f (1 + D), D = V - "
+          "V_prev, or 1 for a stop on a right draft; V the V_strict after "
+          "the branch; r3jax/r3/rewards.py). Mean per "
+          f"{RL_CHUNK} steps, then over seeds.", "",
+          "![R3-RL curves](rl_curves.png)", "",
+          *_table(["arm", "steps"] + columns, rows), ""]
 
 
 def _rounds_section(out_dir, results, arms) -> list[str]:
@@ -455,6 +522,7 @@ def collect(root: str, study: str) -> str:
   for r in results:  # the series git keeps, made again from each log here
     interference.write_series(r["workdir"])
   lines += _cosine_section(out_dir, {a: dirs[a] for a in arms})
+  lines += _rl_section(out_dir, {a: dirs[a] for a in arms})
   lines += _rounds_section(out_dir, results, arms)
   lines += _cost_section(out_dir, results, arms)
 

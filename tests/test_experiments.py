@@ -695,3 +695,45 @@ def test_committed_reports_are_rebuilt_from_git_or_say_they_cannot_be():
         assert report.LOGS_GONE in section, (name, head)
         checked.append((name, head))
   assert checked
+
+
+def test_cosine_section_without_per_group_cosines(tmp_path):
+  """Runs that log only R3-RL's global cosines (rl:<task>, no interference
+  statistics) get the global table and the curves, no per-group figure."""
+  wd = tmp_path / "runs" / "r3_rl" / "seed0"
+  wd.mkdir(parents=True)
+  with open(wd / "metrics.jsonl", "w") as f:
+    for step in range(1, 11):
+      f.write(json.dumps({"step": step, "loss": 1.0,
+                          "interf/cos/rl:vqa": 0.1 * step - 0.5}) + "\n")
+  text = "\n".join(report._cosine_section(str(tmp_path),
+                                          {"r3_rl": [str(wd)]}))
+  assert "No run logged per-group cosines." in text
+  assert "cosine_groups.png" not in text
+  assert "| `r3_rl` | 0.0500 |" in text  # the mean over all 10 steps
+  assert sorted(os.listdir(tmp_path)) == ["cosine_over_training.png", "runs"]
+
+
+def test_rl_section_means_root_and_branch_steps_per_chunk(tmp_path):
+  """R3-RL's reward table: per 20 steps, the root steps' (odd) and branch
+  steps' (even) reward and V_strict means, the branch stop rate; one seed's
+  series, kept in series.csv, gives the same table without its log."""
+  wd = tmp_path / "runs" / "r3_rl" / "seed0"
+  wd.mkdir(parents=True)
+  with open(wd / "metrics.jsonl", "w") as f:
+    for step in range(1, 41):
+      root = step % 2 == 1
+      row = {"step": step, "loss": 1.0, "rl/stage": 0.0 if root else 1.0,
+             "rl/reward": 1.0 + step / 100, "rl/v": step / 100}
+      if not root:
+        row.update({"rl/stop_rate": 0.5, "rl/v_prev": 0.0})
+      f.write(json.dumps(row) + "\n")
+  section = report._rl_section(str(tmp_path), {"r3_rl": [str(wd)]})
+  rows = [l for l in section if l.startswith("| `r3_rl`")]
+  # steps 1-20: root steps 1, 3, ..., 19 (mean 10), branch 2, ..., 20 (11)
+  assert rows == ["| `r3_rl` | 1-20 | 1.100 | 0.100 | 1.110 | 0.110 | 0.500 |",
+                  "| `r3_rl` | 21-40 | 1.300 | 0.300 | 1.310 | 0.310 | 0.500 |"]
+  assert os.path.exists(tmp_path / "rl_curves.png")
+  interference.write_series(str(wd))
+  os.remove(wd / "metrics.jsonl")
+  assert report._rl_section(str(tmp_path), {"r3_rl": [str(wd)]}) == section

@@ -53,10 +53,12 @@ def load(workdir: str) -> pd.DataFrame:
 SERIES_FILE = "series.csv"
 SERIES_ROWS = 200  # at most this many rows in a run's series
 # The training-row keys of a run's series: those the study report reads (the
-# global cosine, the split-half pieces, the norm ratio, per-group cosines)
-# and the applied task weights.
+# global cosine, the split-half pieces, the norm ratio, per-group cosines),
+# the applied task weights, and R3-RL's per-step stage, reward, V_strict and
+# stop rate (r3jax/r3/tree_rl.py).
 _SERIES_KEY = re.compile(r"^interf/(cos|dot|norm_ratio|null_cos|null_dot)/"
-                         r"[^/]+$|^weights/[^/]+$")
+                         r"[^/]+$|^weights/[^/]+$|"
+                         r"^rl/(stage|reward|v|v_prev|stop_rate)$")
 
 
 def subsample(n: int, rows: int | None = None) -> list[int]:

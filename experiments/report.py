@@ -362,8 +362,7 @@ def _competence_section(results, start: str) -> list[str]:
 def _base_section(base: str) -> list[str]:
   """The gate table of a study's exported start (Study.base), from the
   test metrics its result.json records."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  with open(os.path.join(root, base, "result.json")) as f:
+  with open(os.path.join(studies_lib.ROOT, base, "result.json")) as f:
     exported = json.load(f)
   return ["## Competence of the start", "",
           f"Every arm that does not continue another starts from `{base}` "

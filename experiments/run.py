@@ -42,7 +42,7 @@ from experiments import report
 from experiments import studies as studies_lib
 from experiments import wallclock
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = studies_lib.ROOT
 
 
 def shown(path: str) -> str:

@@ -10,6 +10,7 @@ the same study whose run (same seed) this arm starts from: the runner points
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -89,6 +90,8 @@ class Study:
 
 
 STUDIES: dict[str, Study] = {}
+# The repository root: commands run there, and Study.base is relative to it.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def register(study: Study) -> Study:

@@ -42,8 +42,8 @@ def _oracle(world, records, fail_on=(), copy_on=()):
       assert stops == (tok.sep_id, tok.eos_id) or refine
       draft = tok.decode(prompt[1:prompt.index(tok.sep_id)])
       e = edit.diagnose(draft, scene, cfg)
-      if refine:
-        assert e is not None and row not in fail_on
+      if refine:  # the loop's refines, and refine on the verifier's edit
+        assert e is not None
         fixed = draft if row in copy_on else edit.apply(e, draft, scene, cfg)
         out.append(tok.encode(fixed))
       elif e is None or row in fail_on:
@@ -79,8 +79,12 @@ def test_oracle_loop_exits_early_and_accounts_rounds(built, monkeypatch):
                  i != 0 and needs[i] >= r - 1] for r in (1, 2, 3)}
   ran = [r for r in (1, 2, 3) if entered[r]]
   assert calls[1:] == [entered[r] for r in ran]
-  # Within a round only the rows whose reflection names an edit refine.
-  assert decode.refines == [[i for i in entered[r] if i != 0 and
+  # Within a round only the rows whose reflection names an edit refine;
+  # then refine alone, told the verifier's edit of every draft needing one.
+  assert decode.refines[-1] == [i for i in range(n) if needs[i]]
+  assert s["r3/refine_given_edit_n"] == sum(map(bool, needs))
+  assert s["r3/refine_given_edit"] == s["r3/refine_given_edit_helps"] == 1.0
+  assert decode.refines[:-1] == [[i for i in entered[r] if i != 0 and
                              needs[i] >= r] for r in ran if any(
                                  i != 0 and needs[i] >= r for i in entered[r])]
   # Row 0 stops wrongly at once; the others end right unless out of rounds.
@@ -134,10 +138,26 @@ def test_stage_scores_say_which_stage_fails(built, monkeypatch):
   assert direct["r3/refine_right"] == pytest.approx(
       sum(i not in (1, 2) for i, _ in told) / (len(told) + 1))
   assert "r3/reflect_right" not in direct
-  # Saved examples score the same again, without a model.
+  # Refine told the verifier's edit of each draft: rows 1 and 2 copy it.
+  scenes = [scene_from_arrays(r["scene"], world.world) for r in records]
+  edits = [edit.diagnose(t.captions[0], sc, world.world)
+           for t, sc in zip(trajs, scenes)]
+  told_n = sum(e is not None for e in edits)
+  assert {1, 2} <= {i for i, e in enumerate(edits) if e is not None}
+  assert s["r3/refine_given_edit"] == pytest.approx((told_n - 2) / told_n)
+  from r3jax.world import verify
+  helps = sum(
+      verify(edit.apply(e, t.captions[0], sc, world.world), sc,
+             world.world).v_frac > verify(t.captions[0], sc, world.world).v_frac
+      for i, (t, e, sc) in enumerate(zip(trajs, edits, scenes))
+      if e is not None and i not in (1, 2))
+  assert s["r3/refine_given_edit_helps"] == pytest.approx(helps / told_n)
+  # Saved examples score the same again, without a model (but refine on the
+  # verifier's edit, which needs it).
   again = r3_loop.Scorer(world.world, 2).scores(
       r3_loop.trajectories(lp.examples(trajs, records)), records)
-  assert again == {**s, "r3/tokens_per_example": 0.0,
+  assert again == {**{k: v for k, v in s.items() if "given_edit" not in k},
+                   "r3/tokens_per_example": 0.0,
                    "r3/seconds_per_example": 0.0}
 
 

@@ -99,7 +99,8 @@ for _name, _config, _start, _steps in (
     ("caption_scarce_long", _JOINT, "rf_40k_trace_where@27609", 6_000),
     ("scarce_long_stop", _UND, "caption_scarce_long@6000", 1_000),
     ("scarce_stop_3e4", _UND, "scarce_long_stop@1000", 750),
-    ("scarce_stop_5e4", _UND, "scarce_long_stop@1000", 750)):
+    ("scarce_stop_5e4", _UND, "scarce_long_stop@1000", 750),
+    ("r3_warm", "configs/r3_sft.py", "scarce_stop_3e4@750", 3_000)):
   CONFIGS[_name], LONG[_name] = (_config, _start), _steps
 COMMON = ("--config.interference.enabled=False",
           "--config.eval_every_steps=500", "--config.ckpt_every_steps=500",
@@ -301,6 +302,14 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         f"750 more steps at a peak rate of {r}e-4 (100 warmup steps)",
         plain_captions(mix()[1:], *rate(f"{r}e-4", 100)))
        for r in (3, 5)},
+    "r3_warm": ("the R3-testable start (scarce_stop_3e4) trained on the "
+                "reflect and refine stages (R3-SFT's drafts: corrupted "
+                "references and, refreshed every 300 steps, its own "
+                "captions) beside VQA and ITA for 3,000 steps at a peak "
+                "rate of 5e-4, with 1 caption a step as in its lineage: "
+                "1,000 R3-SFT steps from that start learned neither stage "
+                "(round-1 stop rate 0.93, refine right 0.000)",
+                plain_captions(mix(captions=1), *rate("5e-4", 100, 500))),
     "rel_only": ("the parameters of mix_sincos_rf_40k at step 19,270 "
                  "(config.init_from: a fresh optimizer and a 4,000-step "
                  "schedule) trained on VQA relation questions alone, in the "

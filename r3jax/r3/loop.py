@@ -27,7 +27,9 @@ over the run: mean_rounds (reflect rounds run per example), stopped_frac,
 false_stop (stopped while the draft was not V_strict, per stop), over_edit
 (edited a V_strict draft, per such reflection), reflect_right and
 refine_right (which stage fails, `Scorer._stage_scores`), tokens_per_example
-(generated tokens, all stages), seconds_per_example.
+(generated tokens, all stages), seconds_per_example; and outside the loop,
+refine given the verifier's own instruction on each draft
+(`R3Loop.refine_given_edit`): the refine stage without reflect's errors.
 """
 
 from __future__ import annotations
@@ -353,7 +355,51 @@ class R3Loop:
     for t in trajs:  # an example that stopped keeps its caption
       t.captions += [t.captions[-1]] * (self._rounds + 1 - len(t.captions))
     seconds = time.perf_counter() - t0
-    return trajs, self.scorer.scores(trajs, records, seconds)
+    scores = self.scorer.scores(trajs, records, seconds)
+    if self._world is not None and not self._direct and (
+        self._variant.refine_reads_reflection):
+      scores.update(self.refine_given_edit(
+          params, kv_all, [t.captions[0] for t in trajs], records,
+          jax.random.fold_in(rng, self._rounds + 1)))
+    return trajs, scores
+
+  def refine_given_edit(self, params, kv_all, drafts: Sequence[str],
+                        records: Sequence[Mapping[str, Any]], rng
+                        ) -> dict[str, float]:
+    """The refine stage alone: on every draft the verifier would edit, the
+    refined caption decoded after the verifier's own instruction
+    (<reflect> DRAFT <sep> INSTRUCTION <sep>), whatever the model's
+    reflection said. Not in the loop's scores (it is not a round):
+      r3/refine_given_edit        the fraction that writes the verifier's
+                                  one-edit caption, word for word
+      r3/refine_given_edit_helps  the fraction whose V_frac rises over the
+                                  draft's
+    Both are 0 when no draft needs an edit (then r3/refine_given_edit_n,
+    the number of such drafts, is 0)."""
+    tok, cfg = self._tok, self._world
+    rows, prompts, wants, befores, scenes = [], [], [], [], []
+    for i, (d, rec) in enumerate(zip(drafts, records)):
+      scene = scene_from_arrays(rec["scene"], cfg)
+      edit = edit_lib.diagnose(d, scene, cfg)
+      if edit is None:
+        continue
+      rows.append(i)
+      prompts.append([tok.task_id("reflect")] + tok.encode(d) + [tok.sep_id]
+                     + tok.encode(edit.instruction) + [tok.sep_id])
+      wants.append(edit_lib.apply(edit, d, scene, cfg).split())
+      befores.append(verify(d, scene, cfg).v_frac)
+      scenes.append(scene)
+    exact = helps = 0
+    if rows:
+      outs = self._decode(params, kv_all, rows, prompts, self._r3_len, rng)
+      for ids, want, before, scene in zip(outs, wants, befores, scenes):
+        got = tok.decode(ids)
+        exact += got.split() == want
+        helps += verify(got, scene, cfg).v_frac > before
+    n = max(len(rows), 1)
+    return {"r3/refine_given_edit": exact / n,
+            "r3/refine_given_edit_helps": helps / n,
+            "r3/refine_given_edit_n": float(len(rows))}
 
   def _round(self, params, kv_all, rows: Sequence[int],
              prompts: list[list[int]], rng) -> list[list[int]]:

@@ -99,6 +99,20 @@ def test_report_tables_every_500_steps_with_cpu_hours(variants):
   assert "| 500 | - | - | - | 0.400 | - | - | 0.200 | 0.250 | - |" in text
   assert "| 250 |" not in text
   assert os.path.exists(variants / "curves.png")
+  assert "The R3 loop" not in text  # a has no R3 tasks
+
+
+def test_report_tables_the_r3_loop_of_a_variant_with_r3_tasks(variants):
+  _write(os.path.join(search.workdir("a"), "metrics.jsonl"), [
+      {"step": 500, "validation/caption/f1": 0.25,
+       "validation/r3/round0/v_strict": 0.5,
+       "validation/r3/round3/v_strict": 0.625,
+       "validation/r3/refine_given_edit": 0.125},
+      {"step": 1000, "test/caption/f1": 0.5, "test/r3/round0/v_strict": 0.75,
+       "test/r3/round1/worse": 0.25}])
+  text = "\n".join(report.variant_section("a"))
+  assert "| 500 | 0.500 | 0.625 | - | - | - | - | - | - | 0.125 |" in text
+  assert "| 1000 (test) | 0.750 | - | - | 0.250 | - | - | - | - | - |" in text
 
 
 def test_a_branch_starts_from_its_parents_shipped_checkpoint(variants,

@@ -266,7 +266,7 @@ def test_registry_studies_resolve():
       "base": None, "gen_only": "base", "und_only": "base", "joint": "base"}
   # The studies' setting reaches every arm, a task's batch the arms with it;
   # every arm of a study that continues a base can load the base's params.
-  for name in ("dilemma", "dilemma_easy", "r3", "demo", "mitigation"):
+  for name in ("dilemma", "dilemma_easy", "r3", "mitigation"):
     study = studies.get(name)
     lens = set()
     for arm in study.arms:
@@ -277,6 +277,14 @@ def test_registry_studies_resolve():
       assert (c.world.max_objects == 1) == (name == "dilemma_easy")
       lens.add(config_lib.decoder_len(c))
     assert len(lens) == 1, (name, lens)
+  # The demo's arms start from the shipped R3 start, with its model.
+  demo = studies.get("demo")
+  with open(os.path.join(run.ROOT, studies.R3_WARM, "config.json")) as f:
+    width = json.load(f)["model"]["dec_width"]
+  for arm in demo.arms:
+    c, command = run.resolve(demo, arm, 0, "x", {})
+    assert f",base={studies.R3_WARM}" in command[3]
+    assert c.model.dec_width == width and c.total_steps == studies.DEMO_STEPS
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -445,24 +453,49 @@ def test_task_overrides_reach_only_the_arms_with_the_task():
   assert list(und.eval_tasks) == ["caption", "vqa", "ita"]
 
 
-def test_demo_table_shows_changes_from_the_start(tmp_path):
+def test_demo_prints_arms_rounds_stages_and_examples(tmp_path):
   from experiments import demo
   root = str(tmp_path)
-  for arm, f1 in (("base", 0.25), ("gen_only", 0.5), ("r3_sft", 0.375)):
+  loop = {"r3/round0/v_strict": 0.5, "r3/round0/f1": 0.8,
+          "r3/round1/v_strict": 0.75, "r3/round1/f1": 0.9,
+          "r3/round1/improved": 0.25, "r3/round1/worse": 0.0,
+          "r3/round1/stop_rate": 0.5, "r3/round3/f1": 0.625,
+          "r3/round3/v_strict": 0.75, "r3/refine_given_edit": 0.4}
+  for arm, f1 in (("joint", 0.25), ("r3_sft", 0.375)):
     d = os.path.join(root, "demo", "runs", arm, "seed0")
     os.makedirs(d)
-    metrics = {"caption/f1": f1, "train_seconds": 12.0}
-    if arm == "r3_sft":
-      metrics["r3/round3/f1"] = 0.625
+    metrics = {"caption/f1": f1, "train_seconds": 12.0,
+               **(loop if arm == "r3_sft" else {})}
     with open(os.path.join(d, "result.json"), "w") as f:
       json.dump({"arm": arm, "seed": 0, "command": "c", "metrics": metrics}, f)
   lines = demo.table(root).splitlines()
   assert lines[0].split()[:3] == ["arm", "caption", "F1"]
   rows = {l.split()[0]: l.split() for l in lines[2:]}
-  assert list(rows) == ["base", "gen_only", "r3_sft"]
-  assert rows["base"][1] == "0.250" and rows["gen_only"][1:3] == [
-      "0.500", "(+0.250)"]
-  assert rows["r3_sft"][-2:] == ["0.625", "12"] and rows["gen_only"][3] == "-"
+  assert list(rows) == ["joint", "r3_sft"]
+  assert rows["joint"][1:3] == ["0.250", "-"]
+  assert rows["r3_sft"][1:3] == ["0.375", "(+0.125)"]
+  assert rows["r3_sft"][-3:] == ["0.625", "0.750", "12"]
+  # Rounds 0 and 1 (round 3 has no V_frac changes here), then the stages.
+  text = demo.rounds(loop).splitlines()
+  assert [l.split()[0] for l in text[2:4]] == ["0", "1"]
+  assert text[3].split() == ["1", "0.750", "0.900", "0.250", "0.000", "0.500"]
+  assert "refine told the verifier's edit writes it: 0.400" in text
+  # One example of each kind: better, worse, stopped on its draft.
+  ex = [{"index": 0, "captions": ["a", "b", "b"], "reflections": ["e", "s"],
+         "stopped": True, "v_strict": [0, 1, 1], "v_frac": [0.5, 1, 1]},
+        {"index": 1, "captions": ["c", "d", "d"], "reflections": ["e", "s"],
+         "stopped": True, "v_strict": [1, 0, 0], "v_frac": [1, 0.5, 0.5]},
+        {"index": 2, "captions": ["f", "f", "f"], "reflections": ["s"],
+         "stopped": True, "v_strict": [1, 1, 1], "v_frac": [1, 1, 1]}]
+  path = os.path.join(root, "ex.jsonl")
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in ex)
+  shown = demo.examples(path).splitlines()
+  assert [l for l in shown if l.startswith("[")] == [
+      "[better] test image 0", "[worse] test image 1",
+      "[stopped] test image 2"]
+  assert shown[1:5] == ["  draft      a  (V_strict 0)", "  reflect 1  e",
+                        "  refine 1   b  (V_strict 1)", "  reflect 2  s"]
 
 
 def test_commands_show_paths_inside_the_repository_relative(tmp_path):

@@ -31,6 +31,16 @@ HERE = os.path.join("experiments", "competence")
 COLUMNS = [(f"vqa/qtype/{q}/accuracy", q) for q in competence.QTYPES] + [
     (competence.DISCRIMINATION, "ITA disc."), ("caption/f1", "caption F1"),
     ("caption/v_strict", "V_strict")]
+# (metric, column label) of the R3 loop's table, for variants with R3 tasks.
+R3_COLUMNS = [("r3/round0/v_strict", "draft V_strict"),
+              ("r3/round3/v_strict", "round-3 V_strict"),
+              ("r3/round1/improved", "round-1 improved"),
+              ("r3/round1/worse", "round-1 worse"),
+              ("r3/round1/stop_rate", "round-1 stops"),
+              ("r3/reflect_right", "reflect right"),
+              ("r3/reflect_helpful", "reflect helpful"),
+              ("r3/refine_right", "refine right"),
+              ("r3/refine_given_edit", "refine given the edit")]
 PLOTTED = {"vqa/qtype/relation/accuracy": competence.VQA_GATE,
            "vqa/qtype/existence/accuracy": competence.VQA_GATE,
            "vqa/qtype/shape/accuracy": competence.VQA_GATE,
@@ -77,7 +87,26 @@ def variant_section(name: str, every: int = 0) -> list[str]:
           f"Trained to step {step:,} of {search.steps(name):,}: {cost}.", "", "```",
           search.shown(name), "```", "",
           *_table(["step"] + [label for _, label in COLUMNS], rows), "",
-          *_test_gates(wd)]
+          *_r3_table(wd, every), *_test_gates(wd)]
+
+
+def _r3_table(wd: str, every: int) -> list[str]:
+  """The R3 loop's scores over a variant's validation evaluations (the
+  stages: r3jax/r3/loop.py), when it trains R3 tasks."""
+  keys = [k for k, _ in R3_COLUMNS]
+  curve = [(str(c["step"]), c) for c in competence.curve(wd, extra=keys)
+           if c["step"] % every == 0 and "r3/round0/v_strict" in c]
+  if not curve:
+    return []
+  curve += [(f"{c['step']} (test)", c)
+            for c in competence.curve(wd, "test", extra=keys)
+            if "r3/round0/v_strict" in c]
+  rows = [[step] + [f"{c[k]:.3f}" if k in c else "-" for k in keys]
+          for step, c in curve]
+  return ["The R3 loop on the same images, and at the end on the whole test "
+          "split (three rounds; improved / worse: V_frac against the "
+          "draft):", "",
+          *_table(["step"] + [label for _, label in R3_COLUMNS], rows), ""]
 
 
 def _test_gates(wd: str) -> list[str]:

@@ -100,7 +100,8 @@ for _name, _config, _start, _steps in (
     ("scarce_long_stop", _UND, "caption_scarce_long@6000", 1_000),
     ("scarce_stop_3e4", _UND, "scarce_long_stop@1000", 750),
     ("scarce_stop_5e4", _UND, "scarce_long_stop@1000", 750),
-    ("r3_warm", "configs/r3_sft.py", "scarce_stop_3e4@750", 3_000)):
+    ("r3_warm", "configs/r3_sft.py", "scarce_stop_3e4@750", 3_000),
+    ("r3_warm_long", "configs/r3_sft.py", "r3_warm@3000", 4_000)):
   CONFIGS[_name], LONG[_name] = (_config, _start), _steps
 COMMON = ("--config.interference.enabled=False",
           "--config.eval_every_steps=500", "--config.ckpt_every_steps=500",
@@ -310,6 +311,13 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
                 "1,000 R3-SFT steps from that start learned neither stage "
                 "(round-1 stop rate 0.93, refine right 0.000)",
                 plain_captions(mix(captions=1), *rate("5e-4", 100, 500))),
+    "r3_warm_long": ("r3_warm's final parameters on a fresh 4,000-step "
+                     "schedule with twice the reflect and refine examples "
+                     "(32 each a step): after 3,000 steps the loop still "
+                     "made more captions worse than better in round 1",
+                     plain_captions(mix(captions=1), *rate("5e-4", 100, 500),
+                                    "--config.tasks.reflect.batch_size=32",
+                                    "--config.tasks.refine.batch_size=32")),
     "rel_only": ("the parameters of mix_sincos_rf_40k at step 19,270 "
                  "(config.init_from: a fresh optimizer and a 4,000-step "
                  "schedule) trained on VQA relation questions alone, in the "

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 QTYPES = ("existence", "count", "color", "shape", "size", "relation")
@@ -157,10 +157,11 @@ def read(workdir: str, split: str = "test") -> dict[str, float]:
   return {k[len(prefix):]: v for k, v in found.items() if k.startswith(prefix)}
 
 
-def curve(workdir: str, split: str = "validation") -> list[dict[str, Any]]:
+def curve(workdir: str, split: str = "validation",
+          extra: Sequence[str] = ()) -> list[dict[str, Any]]:
   """Every `<split>/` evaluation in a run's metrics.jsonl, by step, with the
-  gate metrics (and ITA discrimination) only."""
-  keys = [r.key for r in rows({})]
+  gate metrics (and ITA discrimination) and the `extra` keys only."""
+  keys = [r.key for r in rows({})] + list(extra)
   prefix, out = f"{split}/", []
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:

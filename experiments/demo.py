@@ -3,13 +3,13 @@
   python -m experiments.demo [--root runs] [--config.KEY=VALUE ...]
 
 Runs the `demo` study (experiments/studies.py): from the shipped R3 start
-(experiments/competence/r3_warm: understanding trained, captions not yet
+(experiments/competence/r3_loop: understanding trained, captions not yet
 right, the reflect and refine stages trained), a few hundred steps of joint
 training and of R3-SFT, one seed. It prints the start's gates, both arms'
 scores on the first test images, R3-SFT's loop round by round and which
 stage fails, and a few of its drafts, reflections and refinements. A rerun
 skips the arms already done. The study with seeds is `python -m
-experiments.run r3_testable` (experiments/r3_testable/RESULTS.md).
+experiments.run r3_testable` (experiments/r3_testable/).
 `--config.KEY=VALUE` overrides a config field in every arm, as for `python
 -m experiments.run`.
 """
@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(f"\nwall time of the runs {wall:.0f} s (this call "
         f"{time.perf_counter() - t0:.0f} s); {path}\n"
         "The study with seeds and every arm: "
-        "experiments/r3_testable/RESULTS.md, `python -m experiments.run "
+        "experiments/r3_testable/, `python -m experiments.run "
         "r3_testable`.")
   return 0
 

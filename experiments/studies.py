@@ -228,7 +228,10 @@ register(Study(
 # interference statistics). Equal compute is equal steps of equal caption,
 # VQA and ITA batches: the R3 arms add their own tasks' examples on top
 # (their train seconds are in the report).
-R3_START = "experiments/competence/r3_start"
+# The start: experiments/competence/r3_loop (the r3_warm_long run of the
+# competence search: understanding at its gates, captions not yet right,
+# the reflect and refine stages trained).
+R3_LOOP = "experiments/competence/r3_loop"
 _FROM_START = {"optim.lr": 2.5e-4, "optim.warmup_steps": 100,
                "interference.enabled": False,
                "tasks.caption.batch_size": 16, "tasks.vqa.batch_size": 64,
@@ -250,7 +253,7 @@ register(Study(
          [Arm(n, f"configs/{n}.py:seed={{seed}}", {}, after="r3_sft")
           for n in ("r3_rl", "r3_rl_chain")],
     reference="r3_sft",
-    base=R3_START,
+    base=R3_LOOP,
     seeds=5,
     scale={"total_steps": 20},
     metrics=METRICS[:-1] + (("r3/round3/f1", "refined F1"),
@@ -260,7 +263,6 @@ register(Study(
 
 # `make demo`: from the shipped R3 start, short equal-length runs of joint
 # training and R3-SFT, one seed.
-R3_WARM = "experiments/competence/r3_warm"
 DEMO_STEPS = 300
 
 register(Study(
@@ -274,7 +276,7 @@ register(Study(
                                    "final_eval.max_examples": 300})
           for n in ("joint", "r3_sft")],
     reference="joint",
-    base=R3_WARM,
+    base=R3_LOOP,
     seeds=1,
 ))
 

@@ -157,6 +157,9 @@ def defaults() -> ml_collections.ConfigDict:
       corruptions=list(CORRUPTIONS),  # draft error kinds
       rounds=3,             # reflect -> refine rounds at inference
       lookup=0,             # prompt-lookup tokens verified per call (0: off)
+      # evaluations also decode refine on the verifier's own instruction
+      # (r3/refine_given_edit: the refine stage alone; one more decode)
+      given_edit=True,
       onpolicy_every=0,     # refresh the model's own drafts every N steps
       onpolicy_frac=0.5,    # share of R3 examples then using them
       # refine's on-policy examples also carry the model's own reflection on

@@ -39,6 +39,9 @@ def tiny_config(tasks=("caption", "vqa", "ita"), **mesh):
   # The plain step: the instrumented one compiles every task's backward pass
   # (2-3x the compile time); the tests of it turn it on.
   c.interference.enabled = False
+  # Evaluations score the loop only: refine on the verifier's edit is one
+  # more decode to compile (tests/test_r3_loop.py tests it).
+  c.r3.given_edit = False
   c.compilation_cache_dir = ""
   c.mesh = {"data": 1, "fsdp": 1, "tensor": 1, **mesh}
   return c

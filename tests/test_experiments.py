@@ -279,11 +279,11 @@ def test_registry_studies_resolve():
     assert len(lens) == 1, (name, lens)
   # The demo's arms start from the shipped R3 start, with its model.
   demo = studies.get("demo")
-  with open(os.path.join(run.ROOT, studies.R3_WARM, "config.json")) as f:
+  with open(os.path.join(run.ROOT, studies.R3_LOOP, "config.json")) as f:
     width = json.load(f)["model"]["dec_width"]
   for arm in demo.arms:
     c, command = run.resolve(demo, arm, 0, "x", {})
-    assert f",base={studies.R3_WARM}" in command[3]
+    assert f",base={studies.R3_LOOP}" in command[3]
     assert c.model.dec_width == width and c.total_steps == studies.DEMO_STEPS
 
 
@@ -352,21 +352,21 @@ def test_a_study_from_an_exported_start(tmp_path):
   arms that continue no other arm its parameters, the others their arm's;
   the report opens with the start's gate table."""
   study = studies.get("r3_testable")
-  start = os.path.join(run.ROOT, studies.R3_START)
+  start = os.path.join(run.ROOT, studies.R3_LOOP)
   saved = config_lib.load_saved(os.path.join(start, "config.json"))
   sft, rl = study.arm("r3_sft"), study.arm("r3_rl")
   for arm, init_from in ((sft, start),
                          (rl, run.workdir("x", study.name, "r3_sft", 0))):
     config, command = run.resolve(study, arm, 0, "x", {})
-    assert f",base={studies.R3_START}" in command[3]
+    assert f",base={studies.R3_LOOP}" in command[3]
     assert os.path.abspath(config.init_from) == os.path.abspath(init_from)
     assert config.model.to_dict() == saved.model.to_dict()
     assert config.world.to_dict() == saved.world.to_dict()
     assert config.data.relation_answers == saved.data.relation_answers
-  lines = "\n".join(report._base_section(studies.R3_START))
+  lines = "\n".join(report._base_section(studies.R3_LOOP))
   assert "## Competence of the start" in lines
-  assert "| VQA relation | 0.955 | >= 0.95 | pass |" in lines
-  assert "caption V_strict | 0.592" in lines
+  assert "| VQA relation | 0.965 | >= 0.95 | pass |" in lines
+  assert "caption V_strict | 0.615" in lines
 
 
 def _budget_study():

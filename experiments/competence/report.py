@@ -230,7 +230,8 @@ def diagnosis_section() -> list[str]:
 def base_section(name: str = "base",
                  title: str = "The shipped base") -> list[str]:
   """The gate table of an export under experiments/competence/ (`base`,
-  the competent base; `r3_start`, the R3-testable start) and what it cost."""
+  the competent base; `r3_start`, the R3-testable start; `r3_loop`, the R3
+  start with the loop trained) and what it cost."""
   path = os.path.join(HERE, name, "result.json")
   if not os.path.exists(path):
     return []
@@ -256,6 +257,7 @@ def collect(names=None) -> str:
       lines += [f.read().strip(), ""]
   lines += base_section()
   lines += base_section("r3_start", "The R3-testable start")
+  lines += base_section("r3_loop", "The R3 start, with the loop trained")
   plot(names, os.path.join(HERE, "curves.png"))
   lines += ["## Learning curves", "",
             "Validation split (its first 256 images: about 1,500 questions, "

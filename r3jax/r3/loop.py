@@ -79,9 +79,12 @@ class R3Loop:
                batch_size: int, caption_len: int, r3_len: int,
                direct: bool = False, temperature: float = 0.0,
                lookup: int = 0, packed: bool | str = True,
-               variant: variants_lib.Variant | None = None):
+               variant: variants_lib.Variant | None = None,
+               given_edit: bool = True):
     """`variant` (r3jax.r3.variants) says what a round runs; None: the
-    direct ablation with `direct`, else reflect -> refine."""
+    direct ablation with `direct`, else reflect -> refine. `given_edit`:
+    `run` also scores refine on the verifier's own instruction
+    (`refine_given_edit`) on world records."""
     dp = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
     if batch_size % dp:
       raise ValueError(f"R3 batch_size={batch_size} is not divisible by the "
@@ -98,6 +101,7 @@ class R3Loop:
     self._shard = sharding.batch_sharding(setup.mesh)
     self._temperature = temperature
     self._packed = packed
+    self._given_edit = given_edit
     self._lookup = lookup if temperature == 0 else 0
     graphdef = setup.graphdef
 
@@ -356,7 +360,7 @@ class R3Loop:
       t.captions += [t.captions[-1]] * (self._rounds + 1 - len(t.captions))
     seconds = time.perf_counter() - t0
     scores = self.scorer.scores(trajs, records, seconds)
-    if self._world is not None and not self._direct and (
+    if self._given_edit and self._world is not None and not self._direct and (
         self._variant.refine_reads_reflection):
       scores.update(self.refine_given_edit(
           params, kv_all, [t.captions[0] for t in trajs], records,

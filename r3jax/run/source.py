@@ -75,7 +75,8 @@ def r3_loop_for(config, setup, tokenizer, world, batch_size: int):
   return r3_loop.R3Loop(
       setup, tokenizer, world, rounds=config.r3.rounds,
       batch_size=batch_size, caption_len=tasks.caption.max_len,
-      r3_len=r3_len, variant=variant, lookup=config.r3.lookup)
+      r3_len=r3_len, variant=variant, lookup=config.r3.lookup,
+      given_edit=config.r3.given_edit)
 
 
 def r3_variant(config) -> r3_variants.Variant:

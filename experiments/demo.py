@@ -27,7 +27,6 @@ from typing import Any
 from experiments import report
 from experiments import run as run_lib
 from experiments import studies as studies_lib
-from r3jax.analysis import competence
 
 COLUMNS = (("caption/f1", "caption F1"), ("caption/v_strict", "V_strict"),
            ("vqa/accuracy", "VQA acc"),
@@ -123,13 +122,6 @@ def examples(path: str, n: int = 3) -> str:
   return "\n".join(out)
 
 
-def start_gates(base: str) -> str:
-  with open(os.path.join(studies_lib.ROOT, base, "result.json")) as f:
-    exported = json.load(f)
-  return competence.table(exported["metrics"], exported["max_objects"],
-                          title=f"{base} (whole test split)")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m experiments.demo",
                                    description=__doc__,
@@ -143,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         + " and ".join(a.name for a in study.arms)
         + f", one seed. Runs in {os.path.join(args.root, 'demo')}; a rerun "
         "skips the arms already done.\n")
-  print(start_gates(study.base) + "\n")
+  print(f"The start, {study.base}, on the whole test split:\n")
+  print(report.exported_start(study.base)[1] + "\n")
   t0 = time.perf_counter()
   try:
     run_lib.run_study("demo", args.root, sets=sets)

@@ -359,16 +359,22 @@ def _competence_section(results, start: str) -> list[str]:
           competence.table(mean, n), ""]
 
 
-def _base_section(base: str) -> list[str]:
-  """The gate table of a study's exported start (Study.base), from the
-  test metrics its result.json records."""
+def exported_start(base: str) -> tuple[dict, str]:
+  """(result.json, gate table) of an exported start (Study.base): the test
+  metrics it records, against the gates of r3jax/analysis/competence.py."""
   with open(os.path.join(studies_lib.ROOT, base, "result.json")) as f:
     exported = json.load(f)
+  return exported, competence.table(exported["metrics"],
+                                    exported["max_objects"])
+
+
+def _base_section(base: str) -> list[str]:
+  """The gate table of a study's exported start (Study.base)."""
+  exported, table = exported_start(base)
   return ["## Competence of the start", "",
           f"Every arm that does not continue another starts from `{base}` "
           f"({exported['run']} at step {exported['step']}). Its gates on the "
-          "test split (r3jax/analysis/competence.py):", "",
-          competence.table(exported["metrics"], exported["max_objects"]), ""]
+          "test split (r3jax/analysis/competence.py):", "", table, ""]
 
 
 def insert_competence(root: str, study: str, start: str | None = None) -> str:

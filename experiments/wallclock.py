@@ -44,32 +44,40 @@ def plain(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def step_seconds(configs: Mapping[str, ml_collections.ConfigDict],
                  steps: int = 10, rounds: int = 3, devices=None
                  ) -> dict[str, float]:
-  """Median seconds per training step of each config (same tasks and batch
-  sizes), all timed on one batch drawn from the first config's data."""
+  """Median seconds per training step of each config (tasks they share have
+  the same batch sizes), all timed on one batch drawn from the data of the
+  config with the most tasks; each config takes its own tasks' part."""
+  widest = max(configs.values(), key=lambda c: len(c.tasks))
+  for name, c in configs.items():
+    if not set(c.tasks) <= set(widest.tasks):
+      raise ValueError(f"{name} trains {sorted(c.tasks)}, not a part of "
+                       f"{sorted(widest.tasks)}: step times need one "
+                       "config's tasks to include every other's")
   runs, batch = {}, None
   for name, c in configs.items():
     mesh, world, setup, init_state = loop.build(c, devices)
     if batch is None:
-      data = pipeline.TrainData(world.train_source, world.tokenizer, c.tasks,
-                                c.seed, mesh, 1, 1, c.data.layout,
-                                world.task_context())
+      data = pipeline.TrainData(world.train_source, world.tokenizer,
+                                widest.tasks, widest.seed, mesh, 1, 1,
+                                widest.data.layout, world.task_context())
       batch = next(data)
     update = loop.make_update(c, setup, world.make_model)
+    runs[name] = [mesh, update, None, {k: batch[k] for k in c.tasks}]
     with jax.set_mesh(mesh):
-      state, m = update(init_state(), batch)  # compiles
+      state, m = update(init_state(), runs[name][3])  # compiles
       jax.block_until_ready((state, m))
-    runs[name] = [mesh, update, state]
+    runs[name][2] = state
   times: dict[str, list[float]] = {k: [] for k in runs}
   order = list(runs)
   for r in range(rounds):  # a new order each round: no config always first
     random.Random(r).shuffle(order)
     for name in order:
       run = runs[name]
-      mesh, update, state = run
+      mesh, update, state, own = run
       with jax.set_mesh(mesh):
         for _ in range(steps):
           t0 = time.perf_counter()
-          state, m = update(state, batch)
+          state, m = update(state, own)
           jax.block_until_ready((state, m))
           times[name].append(time.perf_counter() - t0)
       run[2] = state

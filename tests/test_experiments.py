@@ -10,6 +10,7 @@ import shutil
 import subprocess
 
 import jax
+import ml_collections
 import numpy as np
 import pandas as pd
 import pytest
@@ -434,12 +435,21 @@ def test_step_seconds_times_each_config(tmp_path):
   # The reference's plain step (as the budget times it): one instrumented
   # step to compile, not two.
   configs["ref"].interference.enabled = False
+  # A config training fewer tasks times its own part of the batch.
+  narrow = ml_collections.ConfigDict(configs["ref"].to_dict())
+  del narrow.tasks[sorted(narrow.tasks)[-1]]
+  configs["narrow"] = narrow
   seconds = wallclock.step_seconds(configs, steps=2, rounds=1,
                                    devices=jax.devices()[:1])
-  assert sorted(seconds) == ["ref", "slow"]
+  assert sorted(seconds) == ["narrow", "ref", "slow"]
   assert all(0 < s < 60 for s in seconds.values())
   assert wallclock.budget_steps(100, 0.1, 0.3) == 33
   assert wallclock.budget_steps(1, 0.1, 10.0) == 1
+  # Neither of two configs' tasks includes the other's: no one batch serves.
+  other = ml_collections.ConfigDict(configs["ref"].to_dict())
+  del other.tasks[sorted(other.tasks)[0]]
+  with pytest.raises(ValueError, match="include every other's"):
+    wallclock.step_seconds({"narrow": narrow, "other": other})
 
 
 def test_task_overrides_reach_only_the_arms_with_the_task():

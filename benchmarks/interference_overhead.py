@@ -71,7 +71,7 @@ def _variant(c, mesh, method=None, layout="split", halves=False,
     instrument = interference_step.Instrument(
         c.interference, state_lib.abstract_params(make_model),
         {k: t.weight for k, t in c.tasks.items()}, layout)
-  tx = optim.make(c.optim, c.total_steps)
+  tx = optim.make(c.optim)
   setup, init = state_lib.create(
       make_model, tx, mesh, c.sharding_rules, 0,
       aux_init=instrument.init_state if instrument else None)

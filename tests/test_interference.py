@@ -14,6 +14,7 @@ from r3jax.interference import groups as groups_lib
 from r3jax.interference import step as interference_step
 from r3jax.run import loop
 from r3jax.train import losses as losses_lib
+from r3jax.train import optim
 from r3jax.train import state as state_lib
 from r3jax.run import world_setup
 
@@ -223,7 +224,8 @@ def test_probe_reports_every_task_pair(tiny):
   c = tiny()
   mesh, world, setup, init, data = _setup(c)
   probe = interference_step.make_probe(
-      setup, loop.make_instrument(c, world.make_model))
+      setup, loop.make_instrument(c, world.make_model),
+      optim.schedule(c.optim, c.total_steps))
   update = loop.make_update(c, setup, world.make_model)
   with jax.set_mesh(mesh):
     state = init()

@@ -23,6 +23,7 @@ from r3jax.interference import gram as gram_lib
 from r3jax.interference import grads as grads_lib
 from r3jax.interference import groups as groups_lib
 from r3jax.interference import methods as methods_lib
+from r3jax.train import optim
 from r3jax.train import step as step_lib
 
 
@@ -150,7 +151,7 @@ def direction(setup, instrument: Instrument, seed: int):
   return fn
 
 
-def make_probe(setup, instrument: Instrument):
+def make_probe(setup, instrument: Instrument, schedule: optim.Schedule):
   """Lookahead transference (Fifty et al. 2021): for each task i, the update
   the optimizer would take on task i alone, then every task's loss on the same
   batch after it. transfer/i->j = 1 - L_j(after step on i) / L_j(before);
@@ -158,7 +159,7 @@ def make_probe(setup, instrument: Instrument):
   a cadence (config.interference.probe_every), not every step."""
   tasks = instrument.tasks
 
-  def probe(state, batch):
+  def probe(state, batch, schedule):
     params = state["params"]
     with sharding.use_rules(setup.mesh, setup.rules):
       tg = grads_lib.split(setup.model, params, {t: batch[t] for t in tasks})
@@ -167,6 +168,7 @@ def make_probe(setup, instrument: Instrument):
         u, _ = setup.tx.update(
             jax.tree.map(lambda g: instrument.base_T[i] * g, tg.grads[i]),
             state["opt"], params)
+        u = optim.apply(schedule, state["step"], u)
         ahead = optax.apply_updates(params, u)
         for j, tj in enumerate(tasks):
           after, _ = grads_lib.task_loss(setup.model, batch[tj], tj)(ahead)
@@ -174,4 +176,5 @@ def make_probe(setup, instrument: Instrument):
                                                               1e-12)
     return m
 
-  return jax.jit(probe, out_shardings=sharding.replicated(setup.mesh))
+  return step_lib.bind(jax.jit(
+      probe, out_shardings=sharding.replicated(setup.mesh)), setup, schedule)

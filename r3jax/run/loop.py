@@ -57,7 +57,7 @@ def make_setup(config: ml_collections.ConfigDict, mesh, make_model,
   default make_instrument's)."""
   if instrument is None:
     instrument = make_instrument(config, make_model)
-  tx = optim.make(config.optim, config.total_steps)
+  tx = optim.make(config.optim)
   return state_lib.create(
       make_model, tx, mesh, config.sharding_rules, config.seed,
       aux_init=instrument.init_state if instrument else None)
@@ -224,7 +224,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   update = make_update(config, setup, world.make_model, instrument)
   probe = None
   if instrument is not None and config.interference.probe_every > 0:
-    probe = interference_step.make_probe(setup, instrument)
+    probe = interference_step.make_probe(
+        setup, instrument, optim.schedule(config.optim, config.total_steps))
 
   def step_fn(state, step, log):
     nonlocal update

@@ -23,6 +23,7 @@ import optax
 from r3jax import sharding
 from r3jax.train import losses as losses_lib
 from r3jax.train import nonfinite as nonfinite_lib
+from r3jax.train import optim
 from r3jax.train.state import Setup, State
 
 
@@ -37,8 +38,32 @@ class Direction:
   after: Callable[[Any], dict[str, jax.Array]] | None = None
 
 
-def make_update(setup: Setup, direction: Callable[..., Direction], schedule,
-                *, nonfinite: str = "stop", frozen: tuple[str, ...] = ()):
+@dataclasses.dataclass(frozen=True)
+class Update:
+  """A compiled step, fn(state, batch, schedule, *args), with its
+  learning-rate schedule (r3jax.train.optim.Schedule) bound: called, and
+  lowered, as update(state, batch, *args). The schedule is an argument, not
+  a constant of the program, so runs that differ only in their schedule
+  share one compilation."""
+  fn: Any
+  schedule: optim.Schedule
+
+  def __call__(self, state, batch, *args):
+    return self.fn(state, batch, self.schedule, *args)
+
+  def lower(self, state, batch, *args):
+    return self.fn.lower(state, batch, self.schedule, *args)
+
+
+def bind(fn, setup: Setup, schedule: optim.Schedule) -> Update:
+  """`fn` jitted with the schedule replicated on the setup's mesh."""
+  return Update(fn, jax.device_put(schedule,
+                                   sharding.replicated(setup.mesh)))
+
+
+def make_update(setup: Setup, direction: Callable[..., Direction],
+                schedule: optim.Schedule, *, nonfinite: str = "stop",
+                frozen: tuple[str, ...] = ()) -> Update:
   """Compiled step with donated state and explicit shardings.
 
   Measurements are device scalars: the direction's loss and metrics, and
@@ -57,17 +82,17 @@ def make_update(setup: Setup, direction: Callable[..., Direction], schedule,
     return {k: jax.tree.map(jnp.zeros_like, v) if k in frozen else v
             for k, v in tree.items()}
 
-  def update(state: State, batch, *args):
+  def update(state: State, batch, schedule, *args):
     with sharding.use_rules(setup.mesh, setup.rules):
       d = direction(state, batch, *args)
       grads = unfrozen(d.grads)
       updates, opt = setup.tx.update(grads, state["opt"], state["params"])
-      updates = unfrozen(updates)
+      updates = unfrozen(optim.apply(schedule, state["step"], updates))
       params = optax.apply_updates(state["params"], updates)
     m = {**d.metrics, "loss": d.loss, "grad_norm": optax.tree.norm(grads),
          "param_norm": optax.tree.norm(params),
          "update_norm": optax.tree.norm(updates),
-         "lr": jnp.asarray(schedule(state["step"]), jnp.float32)}
+         "lr": optim.learning_rate(schedule, state["step"])}
     if d.after is not None:
       m.update(d.after(updates))
     new = {**state, "step": state["step"] + 1, "params": params, "opt": opt}
@@ -78,8 +103,8 @@ def make_update(setup: Setup, direction: Callable[..., Direction], schedule,
     return new, m
 
   repl = sharding.replicated(setup.mesh)
-  return jax.jit(update, donate_argnums=(0,),
-                 out_shardings=(setup.shardings, repl))
+  return bind(jax.jit(update, donate_argnums=(0,),
+                      out_shardings=(setup.shardings, repl)), setup, schedule)
 
 
 def task_metrics(losses: Mapping[str, jax.Array],

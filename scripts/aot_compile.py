@@ -174,6 +174,8 @@ def figures(c: Step, large_bytes: int = LARGE_PARAM_BYTES
       {"params": abstract["params"], "opt": abstract["opt"]})
   out["state"] = sharding.bytes_per_device(abstract)
   out["batch"] = sharding.bytes_per_device(c.batch)
+  # The learning-rate schedule's constants (r3jax.train.optim.Schedule).
+  out["schedule"] = sharding.bytes_per_device(c.update.schedule)
   out["params+opt (whole)"] = sum(
       math.prod(x.shape) * x.dtype.itemsize
       for x in jax.tree.leaves((abstract["params"], abstract["opt"])))
@@ -287,8 +289,8 @@ def _print_report(c: Step, f: dict, large_bytes: int) -> None:
   print(f"  {'params+opt':<11}{_size(f['params+opt'])}   of "
         f"{f['params+opt (whole)'] / 2**20:.2f} MiB in all")
   print(f"  {'batch':<11}{_size(f['batch'])}")
-  print("  arguments - batch - state: "
-        f"{f['arguments'] - f['batch'] - f['state']:,} B")
+  print("  arguments - batch - state - schedule: "
+        f"{f['arguments'] - f['batch'] - f['state'] - f['schedule']:,} B")
   flops = f["flops"]
   print("flops per step, one device's program: " +
         ("not reported" if flops is None else f"{flops:.4g}"))

@@ -172,6 +172,7 @@ def fsdp_memory():
             {"params": abstract["params"], "opt": abstract["opt"]}),
         "state": sharding.bytes_per_device(abstract),
         "batch": sharding.bytes_per_device(batch),
+        "schedule": sharding.bytes_per_device(update.schedule),
         "arguments": mem.argument_size_in_bytes,
         "aliased": mem.alias_size_in_bytes,
         "temp": mem.temp_size_in_bytes,
@@ -187,9 +188,11 @@ def test_params_and_optimizer_state_per_device_shrink_as_one_over_fsdp(
   fsdp=8 holds 1.11/8 of it."""
   whole = fsdp_memory[1]["params+opt"]
   for n, row in fsdp_memory.items():
-    # What the executable takes per device is the state plus the batch slice,
-    # and the new state reuses all of the donated one.
-    assert row["arguments"] == row["state"] + row["batch"], n
+    # What the executable takes per device is the state plus the batch slice
+    # (and the schedule's scalars), and the new state reuses all of the
+    # donated one.
+    assert row["schedule"] == 7 * 4, n
+    assert row["arguments"] == row["state"] + row["batch"] + row["schedule"], n
     assert row["aliased"] == row["state"], n
     assert whole / n <= row["params+opt"] <= 1.25 * whole / n, n
 
@@ -263,7 +266,7 @@ def test_aot_compile_reports_the_compiled_figures(fsdp_memory, runs,
   assert aot.main(common + ["--mesh", "data=8"]) == 0
   report = capsys.readouterr().out
   assert "mesh:     {'data': 8, 'fsdp': 1, 'tensor': 1}" in report
-  assert "arguments - batch - state: 0 B" in report
+  assert "arguments - batch - state - schedule: 0 B" in report
   params = runs("plain", "data")[2]["params"]
   large = sorted(k for k, x in _flat(params).items() if x.nbytes >= MIN_BYTES)
   named = report.split("left unsharded: ")[1].split()

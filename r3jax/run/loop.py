@@ -125,7 +125,7 @@ def _compiled_together(fn, *args):
   slower than another on a loaded machine."""
   if jax.process_count() == 1:
     return fn
-  compiled = fn.lower(*args).compile()
+  compiled = fn.compile(*args)
   multihost_utils.sync_global_devices("r3jax: train step compiled")
   return compiled
 

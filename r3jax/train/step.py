@@ -54,6 +54,10 @@ class Update:
   def lower(self, state, batch, *args):
     return self.fn.lower(state, batch, self.schedule, *args)
 
+  def compile(self, state, batch, *args) -> Update:
+    """This step compiled now for these arguments (or their shapes)."""
+    return Update(self.lower(state, batch, *args).compile(), self.schedule)
+
 
 def bind(fn, setup: Setup, schedule: optim.Schedule) -> Update:
   """`fn` jitted with the schedule replicated on the setup's mesh."""

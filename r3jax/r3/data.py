@@ -7,6 +7,11 @@ both stages in one pass over one KV cache (the draft is read once):
   <reflect> DRAFT <sep> no further edit needed <eos>       stop: no refine
   <refine>  DRAFT <sep> REFINED <eos>                      no-reflect ablation
 
+`build` (and `build_direct`, for the last) lays these out for every data
+source from a `Target`, what an edit oracle says of a draft: here the
+verifier (`sequence`), on COCO the nearest reference caption
+(r3jax.r3.real).
+
 REFLECTION is `self_questions` questions about the draft answered from the
 image, "Q ? A .", then one instruction (r3jax.world.edit), e.g.
   "how many small red circles are there ? two . replace a small red circle
@@ -44,7 +49,8 @@ PHRASE_WORDS pairs, K answers, J words per answer:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -138,13 +144,62 @@ def reflection(questions, instruction: str) -> str:
   return f"{qa} {instruction}" if qa else instruction
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """What an edit oracle says of a draft: the reflection to write (any
+  self-questions, then the instruction or the stop string) and, unless it
+  stops, the refined caption and the consistency pairs, given the positions
+  where the reflection and REFINED start. The oracles: the verifier on the
+  world (`sequence`), the nearest reference caption on real data
+  (r3jax.r3.real)."""
+  reflection: str
+  stop: bool
+  refined: str = ""
+  consistency: Callable[[int, int], dict[str, np.ndarray]] | None = None
+
+
+def build(tokenizer, task: str, draft: str, target: Target, max_len: int,
+          encode: Callable[[str], list[int]] | None = None
+          ) -> dict[str, np.ndarray]:
+  """The training arrays of `task` (reflect or refine) for `draft` and its
+  target, in the layout above; `encode` defaults to the tokenizer's."""
+  encode = encode or tokenizer.encode
+  prompt = [tokenizer.task_id("reflect")] + encode(draft) + [tokenizer.sep_id]
+  reflect_ids = encode(target.reflection)
+  if target.stop:
+    return _arrays(tokenizer, task, [
+        ("prompt", prompt), ("reflect", reflect_ids + [tokenizer.eos_id])],
+        max_len, draft)
+  parts = [("prompt", prompt), ("reflect", reflect_ids + [tokenizer.sep_id])]
+  if task == "reflect":
+    return _arrays(tokenizer, task, parts, max_len, draft)
+  parts.append(("refine", encode(target.refined) + [tokenizer.eos_id]))
+  out = _arrays(tokenizer, task, parts, max_len, draft)
+  if target.consistency is not None:
+    out.update(target.consistency(len(prompt),
+                                  len(prompt) + len(reflect_ids) + 1))
+  return out
+
+
+def build_direct(tokenizer, draft: str, refined: str, max_len: int,
+                 encode: Callable[[str], list[int]] | None = None
+                 ) -> dict[str, np.ndarray]:
+  """refine_direct's arrays: <refine> DRAFT <sep> REFINED <eos>."""
+  encode = encode or tokenizer.encode
+  parts = [("prompt", [tokenizer.task_id("refine")] + encode(draft) +
+            [tokenizer.sep_id]),
+           ("refine", encode(refined) + [tokenizer.eos_id])]
+  return _arrays(tokenizer, "refine_direct", parts, max_len, draft)
+
+
 def sequence(tokenizer, task: str, text: str, scene: Scene, cfg: WorldConfig,
              options, rng: np.random.Generator, max_len: int,
              own_reflection: str | None = None) -> dict[str, np.ndarray]:
-  """The training arrays of one R3 task for the draft `text`. For refine,
-  `own_reflection` (the model's own reflection on the draft) replaces the
-  verifier's when its instruction names an edit the caption holds
-  (edit.from_instruction): REFINED is then the draft after that edit."""
+  """The training arrays of one R3 task for the draft `text`, with the
+  verifier as the edit oracle. For refine, `own_reflection` (the model's own
+  reflection on the draft) replaces the verifier's when its instruction
+  names an edit the caption holds (edit.from_instruction): REFINED is then
+  the draft after that edit."""
   if task == "refine" and own_reflection is not None:
     out = _own_refine(tokenizer, text, scene, cfg, options, max_len,
                       own_reflection)
@@ -153,53 +208,41 @@ def sequence(tokenizer, task: str, text: str, scene: Scene, cfg: WorldConfig,
   edit = edit_lib.diagnose(text, scene, cfg)
   if task == "refine_direct":
     refined = edit_lib.apply(edit, text, scene, cfg) if edit else text
-    parts = [("prompt", [tokenizer.task_id("refine")] +
-              tokenizer.encode(text) + [tokenizer.sep_id]),
-             ("refine", tokenizer.encode(refined) + [tokenizer.eos_id])]
-    return _arrays(tokenizer, task, parts, max_len, text)
+    return build_direct(tokenizer, text, refined, max_len)
   questions = self_questions(text, scene, cfg, rng, options.self_questions)
   instr = edit_lib.STOP if edit is None else edit.instruction
-  reflect_ids = tokenizer.encode(reflection(questions, instr))
-  prompt = ([tokenizer.task_id("reflect")] + tokenizer.encode(text) +
-            [tokenizer.sep_id])
-  if edit is None:
-    parts = [("prompt", prompt), ("reflect", reflect_ids + [tokenizer.eos_id])]
-    return _arrays(tokenizer, task, parts, max_len, text)
-  parts = [("prompt", prompt), ("reflect", reflect_ids + [tokenizer.sep_id])]
-  if task == "reflect":
-    return _arrays(tokenizer, task, parts, max_len, text)
-  refined = edit_lib.apply(edit, text, scene, cfg)
-  parts.append(("refine", tokenizer.encode(refined) + [tokenizer.eos_id]))
-  out = _arrays(tokenizer, task, parts, max_len, text)
-  out.update(_consistency(tokenizer, questions, instr, refined, cfg, options,
-                          len(prompt), len(prompt) + len(reflect_ids) + 1))
-  return out
+  target = Target(reflection(questions, instr), stop=edit is None)
+  if edit is not None and task != "reflect":
+    refined = edit_lib.apply(edit, text, scene, cfg)
+    target = dataclasses.replace(
+        target, refined=refined,
+        consistency=lambda at, refine_at: _consistency(
+            tokenizer, questions, instr, refined, cfg, options, at,
+            refine_at))
+  return build(tokenizer, task, text, target, max_len)
 
 
 def _own_refine(tokenizer, text, scene, cfg, options, max_len, reflection
                 ) -> dict[str, np.ndarray] | None:
   """refine on the model's own reflection, or None when its instruction
-  names no edit of the draft."""
+  names no edit of the draft, or when the sequence is too long (a rambling
+  reflection: the verifier's is used instead)."""
   instruction = " ".join(reflection.rsplit(" . ", 1)[-1].split())
   named = edit_lib.from_instruction(instruction, text, cfg, scene)
   if named is None:
     return None
   refined = edit_lib.apply(named, text, scene, cfg)
-  reflect_ids = tokenizer.encode(reflection)
-  prompt = ([tokenizer.task_id("reflect")] +
-            tokenizer.encode(text) + [tokenizer.sep_id])
-  parts = [("prompt", prompt), ("reflect", reflect_ids + [tokenizer.sep_id]),
-           ("refine", tokenizer.encode(refined) + [tokenizer.eos_id])]
-  if sum(len(ids) for _, ids in parts) - 1 > max_len:
-    return None  # a rambling reflection: the verifier's instead
-  out = _arrays(tokenizer, "refine", parts, max_len, text)
   # Consistency: the instruction's new phrase against REFINED (the model's
   # self-questions, if any, are context).
   questions_words = len(reflection.split()) - len(instruction.split())
-  out.update(_consistency(tokenizer, [], instruction, refined, cfg, options,
-                          len(prompt) + questions_words,
-                          len(prompt) + len(reflect_ids) + 1))
-  return out
+  target = Target(reflection, stop=False, refined=refined,
+                  consistency=lambda at, refine_at: _consistency(
+                      tokenizer, [], instruction, refined, cfg, options,
+                      at + questions_words, refine_at))
+  try:
+    return build(tokenizer, "refine", text, target, max_len)
+  except ValueError:
+    return None
 
 
 def _arrays(tokenizer, task, parts, max_len, text) -> dict[str, np.ndarray]:

@@ -114,35 +114,33 @@ def _flat(pieces: Sequence[Sequence[int]]) -> list[int]:
 def sequence(tokenizer, task: str, draft: Sequence[str],
              refs: Sequence[Sequence[str]], options, max_len: int
              ) -> dict[str, np.ndarray]:
-  """The training arrays of one R3 task for the draft (words)."""
+  """The training arrays of one R3 task for the draft (words), with the
+  nearest reference caption as the edit oracle (r3jax.r3.data.build)."""
   edit = first_edit(draft, nearest(draft, refs))
   text = " ".join(draft)
+
+  def encode(t: str) -> list[int]:
+    return _flat(_ids(tokenizer, t.split()))
+
   if task == "refine_direct":
-    refined = edit[1] if edit else list(draft)
-    parts = [("prompt", [tokenizer.task_id("refine")] +
-              _flat(_ids(tokenizer, draft)) + [tokenizer.sep_id]),
-             ("refine", _flat(_ids(tokenizer, refined)) + [tokenizer.eos_id])]
-    return r3_data._arrays(tokenizer, task, parts, max_len, text)
-  prompt = ([tokenizer.task_id("reflect")] + _flat(_ids(tokenizer, draft)) +
-            [tokenizer.sep_id])
+    refined = " ".join(edit[1]) if edit else text
+    return r3_data.build_direct(tokenizer, text, refined, max_len, encode)
   if edit is None:
-    stop = _flat(_ids(tokenizer, edit_lib.STOP.split()))
-    return r3_data._arrays(tokenizer, task, [
-        ("prompt", prompt), ("reflect", stop + [tokenizer.eos_id])],
-        max_len, text)
-  instruction, refined, pair = edit
-  instr_words = instruction.split()
-  instr_ids = _ids(tokenizer, instr_words)
-  parts = [("prompt", prompt), ("reflect", _flat(instr_ids) + [tokenizer.sep_id])]
-  if task == "reflect":
-    return r3_data._arrays(tokenizer, task, parts, max_len, text)
-  refined_ids = _ids(tokenizer, refined)
-  parts.append(("refine", _flat(refined_ids) + [tokenizer.eos_id]))
-  out = r3_data._arrays(tokenizer, task, parts, max_len, text)
-  out.update(_consistency(tokenizer, pair, instr_words, instr_ids, refined,
-                          refined_ids, len(prompt),
-                          len(prompt) + len(_flat(instr_ids)) + 1, options))
-  return out
+    target = r3_data.Target(edit_lib.STOP, stop=True)
+  else:
+    instruction, refined, pair = edit
+    instr_words = instruction.split()
+
+    def consistency(reflect_at: int, refine_at: int):
+      return _consistency(tokenizer, pair, instr_words,
+                          _ids(tokenizer, instr_words), refined,
+                          _ids(tokenizer, refined), reflect_at, refine_at,
+                          options)
+
+    target = r3_data.Target(instruction, stop=False,
+                            refined=" ".join(refined),
+                            consistency=consistency)
+  return r3_data.build(tokenizer, task, text, target, max_len, encode)
 
 
 def _consistency(tokenizer, pair, instr_words, instr_ids, refined, refined_ids,

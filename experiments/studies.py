@@ -248,14 +248,19 @@ register(Study(
         "equal steps; joint training for the time R3-SFT's training steps "
         "take (joint_eqtime); R3-RL tree and chain, and tree with half its "
         "branch drafts drawn right (perfect_ratio 0.5, against 0.15), from "
-        "the R3-SFT run of the same seed.",
+        "the R3-SFT run of the same seed; R3-RL at rate 0 as the reward "
+        "baseline.",
     arms=[_run(n, n, _R3_STEPS, _FROM_START) for n in (
         "joint", "r3_sft", "r3_sft_no_reflect", "r3_sft_no_consistency",
         "r3_sft_grounded")] +
          [_run("joint_eqtime", "joint", _R3_STEPS, _FROM_START,
                budget="r3_sft")] +
          [Arm(n, f"configs/{n}.py:seed={{seed}}", {}, after="r3_sft")
-          for n in ("r3_rl", "r3_rl_chain", "r3_rl_perfect05")],
+          for n in ("r3_rl", "r3_rl_chain", "r3_rl_perfect05")] +
+         # R3-RL at rate 0: the start policy sampled on the same images with
+         # the same keys, against which R3-RL's reward is paired step by step.
+         [Arm("r3_rl_lr0", "configs/r3_rl.py:seed={seed}",
+              {"optim.lr": 0.0}, after="r3_sft")],
     reference="r3_sft",
     base=R3_LOOP,
     seeds=5,

@@ -783,3 +783,40 @@ def test_rl_section_means_root_and_branch_steps_per_chunk(tmp_path):
   interference.write_series(str(wd))
   os.remove(wd / "metrics.jsonl")
   assert report._rl_section(str(tmp_path), {"r3_rl": [str(wd)]}) == section
+
+
+def test_rl_reward_is_paired_with_the_rate_0_arm_seed_by_seed(tmp_path):
+  """Per seed, the mean reward of each stage over each half of the steps,
+  R3-RL minus the rate-0 arm; paired over seeds (t interval, p, Holm)."""
+  from scipy import stats
+  lift = {0: 0.10, 1: 0.30, 2: 0.20}  # root reward above rate 0, 2nd half
+  dirs = {}
+  for arm in ("r3_rl", "r3_rl_lr0"):
+    for seed, up in lift.items():
+      wd = tmp_path / arm / f"seed{seed}"
+      wd.mkdir(parents=True)
+      with open(wd / "metrics.jsonl", "w") as f:
+        for step in range(1, 9):
+          root = step % 2 == 1
+          reward = 1.0 + seed / 10 + (up if (arm == "r3_rl" and root and
+                                               step > 4) else 0.0)
+          f.write(json.dumps({"step": step, "loss": 1.0,
+                              "rl/stage": 0.0 if root else 1.0,
+                              "rl/reward": reward, "rl/v": 0.5}) + "\n")
+      dirs.setdefault(arm, []).append(str(wd))
+  text = "\n".join(report._rl_baseline_section(dirs))
+  assert "4 comparisons" in text
+  d = np.array(list(lift.values()))
+  half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+  p = 2 * stats.t.sf(d.mean() / (d.std(ddof=1) / np.sqrt(3)), 2)
+  row = next(l for l in text.splitlines() if "root reward, steps 5-8" in l)
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert cells[2] == (f"{d.mean():+.4f} [{d.mean() - half:+.4f}, "
+                      f"{d.mean() + half:+.4f}]")
+  assert cells[3] == "3" and cells[4] == f"{p:.3g}"
+  # Holm over 4 comparisons: the smallest p of 4 (the others are equal
+  # rewards, p 1) is multiplied by 4.
+  assert cells[5].split()[0] == f"{min(1.0, 4 * p):.3g}"
+  row = next(l for l in text.splitlines() if "root reward, steps 1-4" in l)
+  assert "+0.0000 [+0.0000, +0.0000]" in row
+  assert report._rl_baseline_section({"r3_rl": dirs["r3_rl"]}) == []

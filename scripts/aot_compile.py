@@ -175,7 +175,7 @@ def figures(c: Step, large_bytes: int = LARGE_PARAM_BYTES
   out["state"] = sharding.bytes_per_device(abstract)
   out["batch"] = sharding.bytes_per_device(c.batch)
   # The learning-rate schedule's constants (r3jax.train.optim.Schedule).
-  out["schedule"] = sharding.bytes_per_device(c.update.schedule)
+  out["schedule"] = sharding.bytes_per_device(c.update.abstract_schedule)
   out["params+opt (whole)"] = sum(
       math.prod(x.shape) * x.dtype.itemsize
       for x in jax.tree.leaves((abstract["params"], abstract["opt"])))

@@ -172,7 +172,7 @@ def fsdp_memory():
             {"params": abstract["params"], "opt": abstract["opt"]}),
         "state": sharding.bytes_per_device(abstract),
         "batch": sharding.bytes_per_device(batch),
-        "schedule": sharding.bytes_per_device(update.schedule),
+        "schedule": sharding.bytes_per_device(update.abstract_schedule),
         "arguments": mem.argument_size_in_bytes,
         "aliased": mem.alias_size_in_bytes,
         "temp": mem.temp_size_in_bytes,

@@ -13,11 +13,13 @@ training mode changes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from r3jax import sharding
@@ -44,25 +46,36 @@ class Update:
   learning-rate schedule (r3jax.train.optim.Schedule) bound: called, and
   lowered, as update(state, batch, *args). The schedule is an argument, not
   a constant of the program, so runs that differ only in their schedule
-  share one compilation."""
+  share one compilation. It is placed on the devices (`sharding`) at the
+  first call, so lowering alone works on compile-only devices."""
   fn: Any
   schedule: optim.Schedule
+  sharding: jax.sharding.Sharding
+
+  @functools.cached_property
+  def _placed(self):
+    return jax.device_put(self.schedule, self.sharding)
+
+  @property
+  def abstract_schedule(self):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        np.shape(x), x.dtype, sharding=self.sharding), self.schedule)
 
   def __call__(self, state, batch, *args):
-    return self.fn(state, batch, self.schedule, *args)
+    return self.fn(state, batch, self._placed, *args)
 
   def lower(self, state, batch, *args):
-    return self.fn.lower(state, batch, self.schedule, *args)
+    return self.fn.lower(state, batch, self.abstract_schedule, *args)
 
   def compile(self, state, batch, *args) -> Update:
     """This step compiled now for these arguments (or their shapes)."""
-    return Update(self.lower(state, batch, *args).compile(), self.schedule)
+    return dataclasses.replace(self,
+                               fn=self.lower(state, batch, *args).compile())
 
 
 def bind(fn, setup: Setup, schedule: optim.Schedule) -> Update:
-  """`fn` jitted with the schedule replicated on the setup's mesh."""
-  return Update(fn, jax.device_put(schedule,
-                                   sharding.replicated(setup.mesh)))
+  """`fn` jitted, with the schedule replicated on the setup's mesh."""
+  return Update(fn, schedule, sharding.replicated(setup.mesh))
 
 
 def make_update(setup: Setup, direction: Callable[..., Direction],

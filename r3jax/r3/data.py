@@ -211,15 +211,14 @@ def sequence(tokenizer, task: str, text: str, scene: Scene, cfg: WorldConfig,
     return build_direct(tokenizer, text, refined, max_len)
   questions = self_questions(text, scene, cfg, rng, options.self_questions)
   instr = edit_lib.STOP if edit is None else edit.instruction
-  target = Target(reflection(questions, instr), stop=edit is None)
-  if edit is not None and task != "reflect":
-    refined = edit_lib.apply(edit, text, scene, cfg)
-    target = dataclasses.replace(
-        target, refined=refined,
-        consistency=lambda at, refine_at: _consistency(
-            tokenizer, questions, instr, refined, cfg, options, at,
-            refine_at))
-  return build(tokenizer, task, text, target, max_len)
+  # reflect needs no refined caption (build stops after the reflection).
+  refined = ("" if edit is None or task == "reflect" else
+             edit_lib.apply(edit, text, scene, cfg))
+  return build(tokenizer, task, text, Target(
+      reflection(questions, instr), stop=edit is None, refined=refined,
+      consistency=lambda at, refine_at: _consistency(
+          tokenizer, questions, instr, refined, cfg, options, at,
+          refine_at)), max_len)
 
 
 def _own_refine(tokenizer, text, scene, cfg, options, max_len, reflection

@@ -48,6 +48,10 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], list[tuple]]] = {
         [], ["--steps", "2", "--rounds", "1", "--batch", "4"],
         [("ratio_split", "-", None), ("ratio_shared", "-", None),
          ("ratio_method", "-", None)]),
+    "compile_flags": (
+        [], ["--rounds", "1", "--steps", "plain"],
+        [("ratio_tests_plain", "-", None),
+         ("ratio_tests_instrumented", "-", None)]),
     "r3_latency": (
         [], ["--examples", "8", "--batch", "8", "--repeats", "1"],
         [("ratio", "<= 1.5", lambda v: v <= 1.5),

@@ -7,10 +7,14 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-# The models here are tiny: compiling them costs far more than running them,
-# and LLVM's optimisation passes are most of the compile time. Subprocesses
+# The models here are tiny: compiling them costs far more than running them.
+# LLVM's optimisation passes are most of the compile time, and XLA:CPU's
+# MLIR fusion emitters take twice as long to compile a training step as the
+# classic elemental emitters (benchmarks/compile_flags.py). Subprocesses
 # inherit these flags (test_multihost adds its own device count to them).
-FAST_COMPILE = "--xla_backend_optimization_level=0"
+FAST_COMPILE = ("--xla_backend_optimization_level=0 "
+                "--xla_cpu_use_fusion_emitters=false "
+                "--xla_cpu_parallel_codegen_split_count=1")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_COMPILE
                            + " --xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -5,7 +5,7 @@ import jax
 import pytest
 from flax import nnx
 
-from benchmarks import common, decode, mfu, run_all, scaling
+from benchmarks import common, compile_flags, decode, mfu, run_all, scaling
 from r3jax.model import Model
 
 
@@ -88,4 +88,14 @@ def test_run_all_parses_and_judges():
   assert any("FAILED" in r and "boom" in r for r in rows)
   assert set(run_all.BENCHMARKS) == {
       "vs_pytorch", "mfu", "decode", "scaling", "interference_overhead",
-      "r3_latency"}
+      "compile_flags", "r3_latency"}
+
+
+def test_compile_flags_measures_the_suites_own_flags():
+  import conftest  # noqa: PLC0415
+  assert compile_flags.SETS["tests"] == conftest.FAST_COMPILE
+
+
+def test_compile_flags_names_a_failing_flag_set():
+  with pytest.raises(RuntimeError, match="XLA_FLAGS='--no_such_flag'"):
+    compile_flags._time("runlocal", "plain", "--no_such_flag")

@@ -26,7 +26,7 @@ class Schedule(NamedTuple):
   decay to peak * alpha over `decay` more steps. The constants are those XLA
   folds optax's schedule into when they are compile-time constants (x / c
   becomes x * (1 / c); constant factors merge), so that the rates are equal
-  bit for bit (tests/test_optim.py)."""
+  bit for bit with XLA:CPU's default settings (tests/test_optim.py)."""
   warmup: np.ndarray          # int32
   inv_warmup: np.ndarray      # float32: 1 / warmup (0 when warmup is 0)
   decay: np.ndarray           # float32: decay_steps - warmup

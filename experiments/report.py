@@ -292,14 +292,14 @@ def _rl_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
           *_table(["arm", "steps"] + columns, rows), ""]
 
 
-def _rl_baseline_section(dirs: Mapping[str, list[str]]) -> list[str]:
-  """Each R3-RL arm's reward minus the rate-0 arm's (`*_lr0`: the start
-  policy sampled on the same images with the same keys), seed by seed, over
+def _rl_baseline_section(dirs: Mapping[str, list[str]],
+                         base: str | None) -> list[str]:
+  """Each R3-RL arm's reward minus the rate-0 arm's (the start policy
+  sampled on the same images with the same keys), seed by seed, over
   each half of the RL steps: root steps (the same prompts in both runs) and
   branch steps (each run's own buffered drafts). The per-seed means are
   paired across seeds (steps within a run are not independent draws)."""
-  base = [a for a in dirs if a.endswith("_lr0")]
-  if len(base) != 1:
+  if base not in dirs:
     return []
   results = []
   for arm, wds in dirs.items():
@@ -319,10 +319,10 @@ def _rl_baseline_section(dirs: Mapping[str, list[str]]) -> list[str]:
             m[f"{name} reward, steps {lo}-{hi}"] = float(reward[at].mean())
       seed = int(os.path.basename(os.path.normpath(wd))[len("seed"):])
       results.append({"arm": arm, "seed": seed, "metrics": m})
-  keys = list(dict.fromkeys(k for r in results if r["arm"] == base[0]
+  keys = list(dict.fromkeys(k for r in results if r["arm"] == base
                             for k in r["metrics"]))
-  found = {(a, k): paired(results, a, base[0], k) for a in dirs
-           if a != base[0] for k in keys}
+  found = {(a, k): paired(results, a, base, k) for a in dirs
+           if a != base for k in keys}
   found = {c: v for c, v in found.items() if v is not None}
   if not found:
     return []
@@ -331,7 +331,7 @@ def _rl_baseline_section(dirs: Mapping[str, list[str]]) -> list[str]:
            f"{p:.3g}", f"{q:.3g}" + (" *" if q < ALPHA else "")]
           for ((a, k), (m, lo, hi, p, n)), q in zip(found.items(), adjusted)]
   text = (" ".join(_rl_baseline_section.__doc__.split()) + " The mean "
-          f"difference from `{base[0]}` with its t-based 95% interval over "
+          f"difference from `{base}` with its t-based 95% interval over "
           "seeds, the paired t-test's p and Holm's adjusted p over these "
           f"{len(found)} comparisons (apart from the study's family above); "
           f"* marks adjusted p < {ALPHA}.")
@@ -576,7 +576,8 @@ def collect(root: str, study: str) -> str:
     interference.write_series(r["workdir"])
   lines += _cosine_section(out_dir, {a: dirs[a] for a in arms})
   lines += _rl_section(out_dir, {a: dirs[a] for a in arms})
-  lines += _rl_baseline_section({a: dirs[a] for a in arms})
+  lines += _rl_baseline_section({a: dirs[a] for a in arms},
+                                known.rl_baseline if known else None)
   lines += _rounds_section(out_dir, results, arms)
   lines += _cost_section(out_dir, results, arms)
 

@@ -57,6 +57,9 @@ class Study:
   # Overrides for every arm under `--scale` (a reduced version of the study).
   scale: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   metrics: Sequence[tuple[str, str]] = METRICS
+  # An R3-RL arm at learning rate 0: the report pairs every RL arm's reward
+  # with it, seed by seed.
+  rl_baseline: str | None = None
 
   def arm(self, name: str) -> Arm:
     for a in self.arms:
@@ -101,6 +104,8 @@ def register(study: Study) -> Study:
   study.arm(study.reference)
   if study.start:
     study.arm(study.start)
+  if study.rl_baseline:
+    study.arm(study.rl_baseline)
   for a in study.arms:
     if a.after:
       study.arm(a.after)
@@ -249,7 +254,7 @@ register(Study(
         "take (joint_eqtime); R3-RL tree and chain, and tree with half its "
         "branch drafts drawn right (perfect_ratio 0.5, against 0.15), from "
         "the R3-SFT run of the same seed; R3-RL at rate 0 as the reward "
-        "baseline.",
+        "baseline, and at rates 2e-4 and 5e-4 (the RL rate sweep).",
     arms=[_run(n, n, _R3_STEPS, _FROM_START) for n in (
         "joint", "r3_sft", "r3_sft_no_reflect", "r3_sft_no_consistency",
         "r3_sft_grounded")] +
@@ -260,7 +265,13 @@ register(Study(
          # R3-RL at rate 0: the start policy sampled on the same images with
          # the same keys, against which R3-RL's reward is paired step by step.
          [Arm("r3_rl_lr0", "configs/r3_rl.py:seed={seed}",
-              {"optim.lr": 0.0}, after="r3_sft")],
+              {"optim.lr": 0.0}, after="r3_sft")] +
+         # The RL rate sweep (the reference's 5e-6 is for a 7B model): R3-RL
+         # at 4 and 10 times configs/r3_rl.py's 5e-5.
+         [Arm(f"r3_rl_lr{lr}", "configs/r3_rl.py:seed={seed}",
+              {"optim.lr": float(lr)}, after="r3_sft")
+          for lr in ("2e-4", "5e-4")],
+    rl_baseline="r3_rl_lr0",
     reference="r3_sft",
     base=R3_LOOP,
     seeds=5,

@@ -804,7 +804,7 @@ def test_rl_reward_is_paired_with_the_rate_0_arm_seed_by_seed(tmp_path):
                               "rl/stage": 0.0 if root else 1.0,
                               "rl/reward": reward, "rl/v": 0.5}) + "\n")
       dirs.setdefault(arm, []).append(str(wd))
-  text = "\n".join(report._rl_baseline_section(dirs))
+  text = "\n".join(report._rl_baseline_section(dirs, "r3_rl_lr0"))
   assert "4 comparisons" in text
   d = np.array(list(lift.values()))
   half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
@@ -819,4 +819,6 @@ def test_rl_reward_is_paired_with_the_rate_0_arm_seed_by_seed(tmp_path):
   assert cells[5].split()[0] == f"{min(1.0, 4 * p):.3g}"
   row = next(l for l in text.splitlines() if "root reward, steps 1-4" in l)
   assert "+0.0000 [+0.0000, +0.0000]" in row
-  assert report._rl_baseline_section({"r3_rl": dirs["r3_rl"]}) == []
+  assert report._rl_baseline_section({"r3_rl": dirs["r3_rl"]},
+                                     "r3_rl_lr0") == []
+  assert report._rl_baseline_section(dirs, None) == []

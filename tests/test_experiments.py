@@ -288,6 +288,15 @@ def test_registry_studies_resolve():
     assert c.model.dec_width == width and c.total_steps == studies.DEMO_STEPS
 
 
+def test_a_study_names_arms_it_has():
+  arm = studies.Arm("a", "configs/joint.py:seed={seed}")
+  for field in ("reference", "start", "rl_baseline"):
+    kw = {"reference": "a", field: "b"}
+    with pytest.raises(ValueError, match="study 'x' has no arm 'b'"):
+      studies.register(studies.Study("x", "", [arm], **kw))
+  assert "x" not in studies.STUDIES
+
+
 @pytest.mark.parametrize("argv, message", [
     (["nope"], "unknown study 'nope'; known: "),
     (["tiny", "--arms=first,second"], "study 'tiny' has no arm 'second'"),

@@ -8,10 +8,12 @@ from collections.abc import Mapping
 from typing import Any
 
 # The models here are tiny: compiling them costs far more than running them.
-# LLVM's optimisation passes are most of the compile time, and XLA:CPU's
-# MLIR fusion emitters take twice as long to compile a training step as the
-# classic elemental emitters (benchmarks/compile_flags.py). Subprocesses
-# inherit these flags (test_multihost adds its own device count to them).
+# Without LLVM's optimisation passes, with the classic elemental emitters
+# instead of XLA:CPU's MLIR fusion emitters and in one codegen module, the
+# tiny training step compiles in about a third of XLA's default time
+# (benchmarks/compile_flags.py has each flag's share). Subprocesses inherit
+# these flags (test_multihost adds its own device count to them;
+# test_optim's comparison with optax removes them).
 FAST_COMPILE = ("--xla_backend_optimization_level=0 "
                 "--xla_cpu_use_fusion_emitters=false "
                 "--xla_cpu_parallel_codegen_split_count=1")

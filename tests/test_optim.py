@@ -1,6 +1,7 @@
 """The learning-rate schedule as data: the rates and the updates equal
-optax's warmup-cosine AdamW bit for bit, and runs that differ only in their
-schedule compile one program."""
+optax's warmup-cosine AdamW bit for bit (the rates with XLA's default
+settings, tests/optim_rates.py), and runs that differ only in their schedule
+compile one program."""
 
 import os
 import subprocess
@@ -21,27 +22,29 @@ from r3jax.train import step as step_lib
 
 @pytest.fixture(scope="module")
 def default_rates(tmp_path_factory):
-  """optim_rates.py's rates, computed with XLA's default flags."""
+  """optim_rates.py's rates, computed with XLA's default flags on the CPU."""
   out = tmp_path_factory.mktemp("rates") / "rates.npz"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   subprocess.run([sys.executable, os.path.join(ROOT, "tests", "optim_rates.py"),
                   str(out)], env=env, cwd=ROOT, check=True)
   return dict(np.load(out))
 
 
-@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("case", range(len(CASES)),
+                         ids=[str(c) for c in CASES])
 def test_rates_equal_optax_schedule_bit_for_bit(default_rates, case):
-  """Every count vmapped, and every 25th count one at a time as a step
-  computes it, under XLA's default settings. Under the suite's compiler
-  flags the warmup's 1 - count / warmup is rounded before a cancellation
-  that optax's constant-folded program avoids: equal to 1e-5 there."""
+  """Every count vmapped, and about 25 counts one at a time as a step
+  computes them, with XLA's default settings. Under the suite's own flags
+  XLA:CPU rounds our multiply-adds where optax's program of constants keeps
+  them fused (optim_rates.py): equal to 1e-5 there."""
   got = {k.split("/")[1]: v for k, v in default_rates.items()
          if k.startswith(f"{case}/")}
   np.testing.assert_array_equal(got["ours"], got["ref"])
   np.testing.assert_array_equal(got["one"], got["one_ref"])
-  here = rates(CASES[case])
-  np.testing.assert_allclose(*(x.view(np.float32) for x in (
-      here["ours"], here["ref"])), rtol=1e-5, atol=0)
+  here = {k: v.view(np.float32) for k, v in rates(CASES[case]).items()}
+  np.testing.assert_allclose(here["ours"], here["ref"], rtol=1e-5, atol=0)
+  np.testing.assert_allclose(here["one"], here["one_ref"], rtol=1e-5, atol=0)
 
 
 def test_negative_warmup_is_an_error():
@@ -85,6 +88,8 @@ def _run(c, steps, reference=False):
 
 
 def test_updates_equal_optax_adamw_with_its_schedule_bit_for_bit():
+  """Under the suite's flags too: with warmup 2 the warmup's multiply-add is
+  exact, and this schedule's decay rates at counts 2-4 round alike."""
   c = tiny_config()
   c.total_steps, c.optim.warmup_steps = 5, 2
   c.optim.lr, c.optim.end_lr_frac = 3.3e-3, 0.07

@@ -53,6 +53,12 @@ __all__ = ["collect", "differs", "load", "mark_unrebuildable", "pareto_front",
 ALPHA = 0.05
 
 
+def _compared(arms: Sequence[str], known) -> list[str]:
+  """The arms of the paired comparisons: all but the study's rate-0 RL arm,
+  which keeps its start's parameters (compared in the RL-reward section)."""
+  return [a for a in arms if not (known and a == known.rl_baseline)]
+
+
 def _family(results, arms, reference, start, metrics) -> dict:
   """(arm, other, metric) -> (mean, lo, hi, p, n, holm p) for every paired
   comparison of the study: each arm against the reference and against the
@@ -102,6 +108,18 @@ def _paired_section(family, reference, metrics) -> list[str]:
           f"study; * marks adjusted p < {ALPHA}.", "",
           *_table(["arm", "minus", "metric", "mean difference [95% CI]",
                    "seeds", "p", "Holm p"], rows), ""]
+
+
+def _holm_table(found: Mapping[tuple[str, str], tuple], label=str
+                ) -> list[str]:
+  """A family of paired comparisons {(arm, measure): study.paired's tuple}
+  as a table, with Holm's adjusted p over the family."""
+  adjusted = holm([v[3] for v in found.values()])
+  rows = [[f"`{a}`", label(k), f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]", str(n),
+           f"{p:.3g}", f"{q:.3g}" + (" *" if q < ALPHA else "")]
+          for ((a, k), (m, lo, hi, p, n)), q in zip(found.items(), adjusted)]
+  return _table(["arm", "measure", "mean difference [95% CI]", "seeds", "p",
+                 "Holm p"], rows)
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -326,18 +344,47 @@ def _rl_baseline_section(dirs: Mapping[str, list[str]],
   found = {c: v for c, v in found.items() if v is not None}
   if not found:
     return []
-  adjusted = holm([v[3] for v in found.values()])
-  rows = [[f"`{a}`", k, f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]", str(n),
-           f"{p:.3g}", f"{q:.3g}" + (" *" if q < ALPHA else "")]
-          for ((a, k), (m, lo, hi, p, n)), q in zip(found.items(), adjusted)]
   text = (" ".join(_rl_baseline_section.__doc__.split()) + " The mean "
           f"difference from `{base}` with its t-based 95% interval over "
           "seeds, the paired t-test's p and Holm's adjusted p over these "
           f"{len(found)} comparisons (apart from the study's family above); "
           f"* marks adjusted p < {ALPHA}.")
   return ["## R3-RL's reward against rate 0", "", text, "",
-          *_table(["arm", "measure", "mean difference [95% CI]", "seeds",
-                   "p", "Holm p"], rows), ""]
+          *_holm_table(found), ""]
+
+
+# The R3 loop's statistics by stage (r3jax/r3/loop.py), paired in the report.
+STAGE_METRICS = (
+    ("r3/round1/improved", "round 1 improved"),
+    ("r3/round1/worse", "round 1 worse"),
+    ("r3/false_stop", "false stop"),
+    ("r3/over_edit", "over-edit"),
+    ("r3/reflect_right", "reflect right"),
+    ("r3/refine_right", "refine right"),
+    ("r3/refine_given_edit", "refine given the verifier's edit"))
+
+
+def _stage_section(results, arms: Sequence[str], reference: str
+                   ) -> list[str]:
+  """Which stage of the loop changes: each arm with R3 scores minus the
+  reference on STAGE_METRICS, paired over seeds."""
+  labels = dict(STAGE_METRICS)
+  found = {(a, k): v for a in arms if a != reference for k in labels
+           if (v := paired(results, a, reference, k)) is not None}
+  if not found:
+    return []
+  return ["## The loop's stages against the reference", "",
+          f"Each arm minus `{reference}` on the loop's statistics by stage "
+          "(test split, r3jax/r3/loop.py): round 1's improved and worse "
+          "captions (V_frac, of all), false stops (per stop), over-edits "
+          "(edits of a V_strict draft, per such reflection), reflect right "
+          "(the verifier's instruction or stop), refine right (wrote the "
+          "named edit, where it was right) and refine given the verifier's "
+          "edit. Paired over the seeds both ran: mean difference, t-based "
+          "95% interval, the paired t-test's p and Holm's adjusted p over "
+          f"these {len(found)} comparisons (apart from the study's family "
+          f"above); * marks adjusted p < {ALPHA}.", "",
+          *_holm_table(found, labels.get), ""]
 
 
 def _rounds_section(out_dir, results, arms) -> list[str]:
@@ -471,7 +518,8 @@ def _statistics(results, known) -> tuple[list[str], dict, list[str], list]:
   reference = known.reference if known else arms[0]
   summary = summarize(results, [k for k, _ in metrics])
   start = known.start if known and known.start in found else None
-  family = _family(results, arms, reference, start, metrics)
+  family = _family(results, _compared(arms, known), reference, start,
+                   metrics)
   lines = [
       f"Mean ± std (sample, ddof 1) over seeds; reference arm `{reference}`. "
       "\"vs reference\" lists the metrics on which the arm differs from the "
@@ -579,6 +627,8 @@ def collect(root: str, study: str) -> str:
   lines += _rl_baseline_section({a: dirs[a] for a in arms},
                                 known.rl_baseline if known else None)
   lines += _rounds_section(out_dir, results, arms)
+  lines += _stage_section(results, _compared(arms, known),
+                          known.reference if known else arms[0])
   lines += _cost_section(out_dir, results, arms)
 
   hw = sorted({(r["hardware"]["device_kind"], r["hardware"]["devices"],

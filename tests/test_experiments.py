@@ -794,6 +794,33 @@ def test_rl_section_means_root_and_branch_steps_per_chunk(tmp_path):
   assert report._rl_section(str(tmp_path), {"r3_rl": [str(wd)]}) == section
 
 
+def test_stage_section_pairs_the_loops_stages_with_the_reference():
+  """Arms with R3 scores minus the reference, paired over seeds, Holm over
+  the section's comparisons; an arm without R3 scores has no row."""
+  from scipy import stats
+  up = np.array([0.1, 0.3, 0.2])
+  results = [{"arm": a, "seed": s, "metrics": {"caption/f1": 0.5} if a ==
+              "joint" else {"r3/over_edit": 0.2 + (up[s] if a == "r3_rl"
+                                                  else 0.0),
+                            "r3/false_stop": 0.3}}
+             for a in ("r3_sft", "r3_rl", "joint") for s in range(3)]
+  text = "\n".join(report._stage_section(results, ["r3_sft", "r3_rl",
+                                                   "joint"], "r3_sft"))
+  assert "these 2 comparisons" in text and "`joint`" not in text
+  half = stats.t.ppf(0.975, 2) * up.std(ddof=1) / np.sqrt(3)
+  p = 2 * stats.t.sf(up.mean() / (up.std(ddof=1) / np.sqrt(3)), 2)
+  rows = [l for l in text.splitlines() if l.startswith("| `")]
+  row = next(l for l in rows if "over-edit" in l)
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert cells[0] == "`r3_rl`"
+  assert cells[2] == (f"{up.mean():+.4f} [{up.mean() - half:+.4f}, "
+                      f"{up.mean() + half:+.4f}]")
+  assert cells[4] == f"{p:.3g}" and cells[5].split()[0] == f"{2 * p:.3g}"
+  row = next(l for l in rows if "false stop" in l)
+  assert len(rows) == 2 and "+0.0000 [+0.0000, +0.0000]" in row and row.rstrip(" |").endswith("1")
+  assert report._stage_section(results, ["joint"], "r3_sft") == []
+
+
 def test_rl_reward_is_paired_with_the_rate_0_arm_seed_by_seed(tmp_path):
   """Per seed, the mean reward of each stage over each half of the steps,
   R3-RL minus the rate-0 arm; paired over seeds (t interval, p, Holm)."""

@@ -315,8 +315,10 @@ def _rl_baseline_section(dirs: Mapping[str, list[str]],
   """Each R3-RL arm's reward minus the rate-0 arm's (the start policy
   sampled on the same images with the same keys), seed by seed, over
   each half of the RL steps: root steps (the same prompts in both runs) and
-  branch steps (each run's own buffered drafts). The per-seed means are
-  paired across seeds (steps within a run are not independent draws)."""
+  branch steps (each run's own buffered drafts, drawn right at its own
+  rl.perfect_ratio: an arm that draws them otherwise differs from rate 0 in
+  its drafts too). The per-seed means are paired across seeds (steps
+  within a run are not independent draws)."""
   if base not in dirs:
     return []
   results = []

@@ -37,14 +37,13 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+_OPT0 = "--xla_backend_optimization_level=0"
+_ELEMENTAL = _OPT0 + " --xla_cpu_use_fusion_emitters=false"
 SETS = {
     "default": "",
-    "opt0": "--xla_backend_optimization_level=0",
-    "opt0_elemental": ("--xla_backend_optimization_level=0 "
-                       "--xla_cpu_use_fusion_emitters=false"),
-    "tests": ("--xla_backend_optimization_level=0 "
-              "--xla_cpu_use_fusion_emitters=false "
-              "--xla_cpu_parallel_codegen_split_count=1"),
+    "opt0": _OPT0,
+    "opt0_elemental": _ELEMENTAL,
+    "tests": _ELEMENTAL + " --xla_cpu_parallel_codegen_split_count=1",
 }
 STEPS = ("plain", "instrumented")
 

@@ -53,6 +53,11 @@ __all__ = ["collect", "differs", "load", "mark_unrebuildable", "pareto_front",
 ALPHA = 0.05
 
 
+def _reference(arms: Sequence[str], known) -> str:
+  """The arm the others are compared with: the study's, else the first."""
+  return known.reference if known else arms[0]
+
+
 def _compared(arms: Sequence[str], known) -> list[str]:
   """The arms of the paired comparisons: all but the study's rate-0 RL arm,
   which keeps its start's parameters (compared in the RL-reward section)."""
@@ -517,7 +522,7 @@ def _statistics(results, known) -> tuple[list[str], dict, list[str], list]:
   metrics = list(known.metrics if known else studies_lib.METRICS)
   found = {r["arm"] for r in results}
   arms = arm_order(results, known)
-  reference = known.reference if known else arms[0]
+  reference = _reference(arms, known)
   summary = summarize(results, [k for k, _ in metrics])
   start = known.start if known and known.start in found else None
   family = _family(results, _compared(arms, known), reference, start,
@@ -630,7 +635,7 @@ def collect(root: str, study: str) -> str:
                                 known.rl_baseline if known else None)
   lines += _rounds_section(out_dir, results, arms)
   lines += _stage_section(results, _compared(arms, known),
-                          known.reference if known else arms[0])
+                          _reference(arms, known))
   lines += _cost_section(out_dir, results, arms)
 
   hw = sorted({(r["hardware"]["device_kind"], r["hardware"]["devices"],

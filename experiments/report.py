@@ -476,7 +476,8 @@ def _base_section(base: str) -> list[str]:
   return ["## Competence of the start", "",
           f"Every arm that does not continue another starts from `{base}` "
           f"({exported['run']} at step {exported['step']}). Its gates on the "
-          "test split (r3jax/analysis/competence.py):", "", table, ""]
+          "test split of the world it was trained on "
+          "(r3jax/analysis/competence.py):", "", table, ""]
 
 
 def insert_competence(root: str, study: str, start: str | None = None) -> str:

@@ -134,7 +134,7 @@ SMALL = {"model.enc_overrides": {"width": 64, "depth": 2, "heads": 4,
          "tasks.caption.batch_size": 16, "tasks.vqa.batch_size": 16,
          "tasks.ita.batch_size": 8, "tasks.reflect.batch_size": 8,
          "tasks.refine.batch_size": 8, "tasks.refine_direct.batch_size": 8}
-# The easy world: one object per image (no counting, no relations).
+# The easy world: one object per image (no relations, every count one).
 EASY_WORLD = {"world.min_objects": 1, "world.max_objects": 1}
 _DILEMMA_STEPS = 1000  # the base, and each continuation
 
@@ -275,6 +275,36 @@ register(Study(
     reference="r3_sft",
     base=R3_LOOP,
     seeds=5,
+    scale={"total_steps": 20},
+    metrics=METRICS[:-1] + (("r3/round3/f1", "refined F1"),
+                            ("r3/round3/v_strict", "refined V_strict"),
+                            METRICS[-1]),
+))
+
+# The same question on the easy world (one object per image): the R3-testable
+# start continues there, with the default world's number words so that its
+# vocabulary, and so its parameters, carry over (WorldConfig.number_words).
+# `start` is that start scored on the easy world (one step at rate 0): its
+# gate table there, and the point every arm's change is measured from.
+_EASY_R3 = {**_FROM_START, **EASY_WORLD, "world.number_words": 3}
+
+register(Study(
+    name="r3_testable_easy",
+    doc="From the R3-testable start, on the easy world (one object per "
+        "image, so no relations): the start scored there (`start`, "
+        "one step at rate 0); joint training and R3-SFT for equal steps; "
+        "R3-RL, and R3-RL at rate 0 as its reward baseline, from the R3-SFT "
+        "run of the same seed.",
+    arms=[_run("start", "r3_sft", 1, {**_EASY_R3, "optim.lr": 0.0,
+                                      "optim.warmup_steps": 0})] +
+         [_run(n, n, _R3_STEPS, _EASY_R3) for n in ("joint", "r3_sft")] +
+         [Arm(n, f"configs/r3_rl.py:seed={{seed}}", {**EASY_WORLD,
+              "world.number_words": 3, **lr}, after="r3_sft")
+          for n, lr in (("r3_rl", {}), ("r3_rl_lr0", {"optim.lr": 0.0}))],
+    rl_baseline="r3_rl_lr0",
+    reference="r3_sft",
+    start="start",
+    base=R3_LOOP,
     scale={"total_steps": 20},
     metrics=METRICS[:-1] + (("r3/round3/f1", "refined F1"),
                             ("r3/round3/v_strict", "refined V_strict"),

@@ -79,7 +79,8 @@ def defaults() -> ml_collections.ConfigDict:
                  colors=("red", "green", "blue", "yellow"),
                  sizes=("small", "large"), grid=0,  # 0: max(3, max_objects)
                  relation_axes=("horizontal",), radius=0.34, jitter=0.08,
-                 n_captions=5, n_questions=6, n_ita=4)
+                 n_captions=5, n_questions=6, n_ita=4,
+                 number_words=0)  # 0: max_objects
   c.data = dict(
       dir=os.environ.get("R3JAX_DATA_DIR", "data"),
       seed=0,
@@ -462,13 +463,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ("caption_positions", config.data.caption_positions),
       ("caption_trace", config.data.caption_trace)) if on]
   w = config.world
-  grid = w.grid or max(3, w.max_objects)  # WorldConfig's default
-  if writers and grid > w.max_objects + 1:
+  grid = w.grid or max(3, w.max_objects)  # WorldConfig's defaults
+  numbers = w.number_words or w.max_objects
+  if writers and grid > numbers + 1:
     raise ValueError(
         f"config.data.{writers[0]} writes grid indices as "
-        f"number words up to {grid - 1}, but config.world.max_objects="
-        f"{w.max_objects} puts numbers only up to {w.max_objects} in the "
-        f"vocabulary: use config.world.grid <= {w.max_objects + 1}")
+        f"number words up to {grid - 1}, but the world's vocabulary has "
+        f"numbers only up to {numbers} (config.world.number_words, or "
+        f"max_objects={w.max_objects}): use config.world.grid <= "
+        f"{numbers + 1} or config.world.number_words >= {grid - 1}")
   if not 0 <= config.data.position_questions <= 1 or (
       config.data.position_questions and config.data.source != "world"):
     raise ValueError("config.data.position_questions must be in [0, 1] (and "

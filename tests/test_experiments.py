@@ -288,6 +288,26 @@ def test_registry_studies_resolve():
     assert c.model.dec_width == width and c.total_steps == studies.DEMO_STEPS
 
 
+def test_the_easy_r3_study_keeps_its_starts_vocabulary():
+  """r3_testable_easy continues the default world's R3 start on the easy
+  world: every arm draws one object per image with the start's vocabulary
+  (so its token ids and parameter shapes), and `start` only scores it."""
+  from r3jax.run import world_setup
+  from r3jax.world import vocabulary
+  study = studies.get("r3_testable_easy")
+  with open(os.path.join(run.ROOT, studies.R3_LOOP, "config.json")) as f:
+    start = ml_collections.ConfigDict(json.load(f))
+  words = vocabulary(world_setup.world_config(start))
+  for arm in study.arms:
+    c, _ = run.resolve(study, arm, 0, "x", {})
+    world = world_setup.world_config(c)
+    assert (world.min_objects, world.max_objects) == (1, 1), arm.name
+    assert vocabulary(world) == words, arm.name
+    assert c.model.dec_width == start.model.dec_width
+  c, _ = run.resolve(study, study.arm("start"), 0, "x", {})
+  assert (c.total_steps, c.optim.lr) == (1, 0.0)
+
+
 def test_a_study_names_arms_it_has():
   arm = studies.Arm("a", "configs/joint.py:seed={seed}")
   for field in ("reference", "start", "rl_baseline"):

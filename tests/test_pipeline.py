@@ -444,8 +444,11 @@ def test_relation_answers_are_checked_by_the_config(tiny):
   config_lib.validate(c)
   c.world.grid = 5
   with pytest.raises(ValueError, match=r"grid indices as number words up to "
-                     r"4, .* use config.world.grid <= 4"):
+                     r"4, .* use config.world.grid <= 4 or "
+                     r"config.world.number_words >= 4"):
     config_lib.validate(c)
+  c.world.number_words = 4
+  config_lib.validate(c)
   c = tiny()
   c.data.position_questions = 1.5
   with pytest.raises(ValueError, match=r"position_questions must be in "

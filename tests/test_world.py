@@ -307,11 +307,29 @@ def test_config_validation_errors_are_clear():
            (dict(relation_axes=("diagonal",)), "unknown relation_axes"),
            (dict(shapes=("circle",), colors=("red",), sizes=("small",)),
             "two kinds"),
-           (dict(n_questions=0), "n_questions must be >= 1")]
+           (dict(n_questions=0), "n_questions must be >= 1"),
+           (dict(number_words=2), r"number_words=2 must be in \[max_objects=3"),
+           (dict(number_words=11), r"number_words=11 must be in")]
   for kwargs, message in cases:
     with pytest.raises(ValueError, match=message):
       world.WorldConfig(**kwargs)
   assert world.WorldConfig(max_objects=5).grid == 5
+
+
+def test_number_words_keep_a_larger_worlds_vocabulary():
+  """The easy world with the default world's number words has the default
+  world's vocabulary (so its token ids), and draws only its own scenes."""
+  easy = world.WorldConfig(min_objects=1, max_objects=1)
+  kept = world.WorldConfig(min_objects=1, max_objects=1, number_words=3)
+  default = world.WorldConfig()
+  assert world.vocabulary(kept) == world.vocabulary(default)
+  assert set(world.vocabulary(default)) - set(world.vocabulary(easy)) == {
+      "two", "three"}
+  assert kept.numbers == 3 and easy.numbers == 1 and default.numbers == 3
+  # Naming the default is the default: one world, one description.
+  assert world.WorldConfig(number_words=3) == default
+  for k in range(20):
+    assert world.generate_example(kept, 0, k)["scene"]["num_objects"] == 1
 
 
 @CONFIGS

@@ -79,8 +79,21 @@ def test_config_names_separate_worlds():
   others = [world_tfds.builder_config(CFG, SIZES, SEED + 1),
             world_tfds.builder_config(CFG, {**SIZES, "train": 13}, SEED),
             world_tfds.builder_config(world.WorldConfig(image_size=32),
+                                      SIZES, SEED),
+            world_tfds.builder_config(world.WorldConfig(
+                max_objects=1, number_words=3), SIZES, SEED),
+            world_tfds.builder_config(world.WorldConfig(max_objects=1),
                                       SIZES, SEED)]
-  assert len({a.name} | {o.name for o in others}) == 4
+  assert len({a.name} | {o.name for o in others}) == 6
+
+
+def test_the_default_worlds_name_is_unchanged():
+  """Worlds built before WorldConfig.number_words keep their names (and
+  their data on disk): the field is in the description only when set."""
+  sizes = {"train": 20_000, "validation": 500, "test": 1_000}
+  c = world_tfds.builder_config(world.WorldConfig(), sizes, 0)
+  assert c.name == "w7a6f865e9f93"
+  assert "number_words" not in c.description
 
 
 def test_tokenizer_special_ids_and_round_trip(builder):

@@ -50,7 +50,10 @@ class WorldBuilderConfig(tfds.core.BuilderConfig):
 def builder_config(world_cfg: WorldConfig, split_sizes: Mapping[str, int],
                    seed: int) -> WorldBuilderConfig:
   sizes = tuple(sorted((str(k), int(v)) for k, v in split_sizes.items()))
-  params = json.dumps({"world": dataclasses.asdict(world_cfg),
+  world = dataclasses.asdict(world_cfg)
+  if world["number_words"] is None:  # the worlds from before the field
+    del world["number_words"]
+  params = json.dumps({"world": world,
                        "splits": sizes, "seed": int(seed)}, sort_keys=True)
   name = "w" + hashlib.sha256(params.encode()).hexdigest()[:12]
   return WorldBuilderConfig(name=name, description=params, world=world_cfg,

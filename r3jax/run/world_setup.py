@@ -29,6 +29,7 @@ from r3jax.world.vqa import (positions_right, relation_operands,
 def world_config(config: ml_collections.ConfigDict) -> world_lib.WorldConfig:
   kw = config.world.to_dict()
   kw["grid"] = kw["grid"] or None
+  kw["number_words"] = kw.get("number_words") or None  # absent before it
   return world_lib.WorldConfig(**kw)
 
 

@@ -38,6 +38,11 @@ class WorldConfig:
   radius: a "large" object's radius as a fraction of a grid cell; jitter: the
   largest offset of an object's centre from its cell's centre, also in cells.
   radius + jitter < 0.5 keeps every shape inside its own cell.
+  number_words: the vocabulary holds the number words "zero" up to this one
+  (None: up to max_objects). A world with fewer objects that keeps a larger
+  world's number words has that world's vocabulary, so a model trained there
+  continues here (the easy world from the default world's parameters). The
+  verifier still reads counts above max_objects as unparsed.
   """
   image_size: int = 64
   min_objects: int = 1
@@ -52,12 +57,15 @@ class WorldConfig:
   relation_axes: tuple[str, ...] = ("horizontal",)
   radius: float = 0.34
   jitter: float = 0.08
+  number_words: int | None = None
 
   def __post_init__(self):
     for name in ("shapes", "colors", "sizes", "relation_axes"):
       object.__setattr__(self, name, tuple(getattr(self, name)))
     if self.grid is None:
       object.__setattr__(self, "grid", max(3, self.max_objects))
+    if self.number_words == self.max_objects:  # one world, one description
+      object.__setattr__(self, "number_words", None)
     self._validate()
 
   def _validate(self):
@@ -68,6 +76,9 @@ class WorldConfig:
     if self.max_objects >= len(NUMBERS):
       raise ValueError(f"max_objects={self.max_objects} exceeds "
                        f"{len(NUMBERS) - 1} (no number words beyond that)")
+    if not self.max_objects <= self.numbers < len(NUMBERS):
+      raise ValueError(f"number_words={self.number_words} must be in "
+                       f"[max_objects={self.max_objects}, {len(NUMBERS) - 1}]")
     if self.max_objects > self.grid:
       raise ValueError(f"max_objects={self.max_objects} > grid={self.grid}: "
                        "every object needs its own grid row and column")
@@ -98,6 +109,11 @@ class WorldConfig:
     for name in ("n_captions", "n_questions", "n_ita"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+  @property
+  def numbers(self) -> int:
+    """The largest number word of the vocabulary."""
+    return self.max_objects if self.number_words is None else self.number_words
 
   @property
   def cell_px(self) -> float:

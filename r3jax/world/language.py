@@ -163,7 +163,7 @@ def captions(scene: Scene, rng: np.random.Generator, cfg: WorldConfig,
 def vocabulary(cfg: WorldConfig) -> list[str]:
   """Every word captions, questions, answers and edit instructions use."""
   words = set(GRAMMAR_WORDS + QUESTION_WORDS + EDIT_WORDS)
-  words.update(NUMBERS[:cfg.max_objects + 1])
+  words.update(NUMBERS[:cfg.numbers + 1])
   words.update(cfg.colors + cfg.sizes + cfg.shapes)
   words.update(plural(s) for s in cfg.shapes)
   return sorted(words)

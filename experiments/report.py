@@ -59,9 +59,9 @@ def _reference(arms: Sequence[str], known) -> str:
 
 
 def _compared(arms: Sequence[str], known) -> list[str]:
-  """The arms of the paired comparisons: all but the study's rate-0 RL arm,
-  which keeps its start's parameters (compared in the RL-reward section)."""
-  return [a for a in arms if not (known and a == known.rl_baseline)]
+  """The arms of the paired comparisons: all but the study's rate-0 RL arms,
+  which keep their start's parameters (compared in the RL-reward section)."""
+  return [a for a in arms if not (known and a in known.rl_baselines)]
 
 
 def _family(results, arms, reference, start, metrics) -> dict:
@@ -256,13 +256,16 @@ def _cosine_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
 
 
 RL_CHUNK = 20  # RL steps per row of the reward table
+# rl/stage codes of the RL steps (r3jax/r3/tree_rl.py).
+RL_STAGES = ((0, "root"), (1, "branch"), (2, "chain"))
 
 
 def _rl_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
   """R3-RL over its steps, from each run's series (rl/*): the mean reward
-  and V_strict of the root steps (drafts) and of the branch steps (after
-  reflect + refine), and the branch steps' stop rate, per RL_CHUNK steps,
-  mean over seeds; and a plot of the same."""
+  and V_strict of the root steps (drafts), of the branch steps (after
+  reflect + refine) and of chain-mode steps, and the branch and chain
+  steps' stop rate, per RL_CHUNK steps, mean over seeds; and a plot of the
+  same."""
   curves = {}
   for arm, wds in dirs.items():
     frames = [s for s in (interference.series(wd) for wd in wds
@@ -274,8 +277,10 @@ def _rl_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
     for s in frames:
       chunk = (s.index.to_numpy() - 1) // RL_CHUNK
       parts = {}
-      for stage, name in ((0, "root"), (1, "branch")):
+      for stage, name in RL_STAGES:
         at = s["rl/stage"].to_numpy() == stage
+        if not at.any():
+          continue
         for key in ("rl/reward", "rl/v") + (
             ("rl/stop_rate",) if stage else ()):
           parts[f"{name} {key[3:]}"] = pd.Series(
@@ -284,15 +289,20 @@ def _rl_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
     curves[arm] = sum(chunks) / len(chunks)
   if not curves:
     return []
-  columns = list(next(iter(curves.values())).columns)
+  present = {c for curve in curves.values() for c in curve.columns}
+  columns = [f"{name} {key}" for _, name in RL_STAGES
+             for key in ("reward", "v", "stop_rate")
+             if f"{name} {key}" in present]
+  curves = {a: c.reindex(columns=columns) for a, c in curves.items()}
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
   for arm, c in curves.items():
     x = (c.index.to_numpy() + 1) * RL_CHUNK
     for ax, (key, label) in zip(axes, (("reward", "reward"), ("v", "V_strict"),
                                        ("stop_rate", "stop rate"))):
-      for name, style in (("root", "-"), ("branch", "--")):
-        if f"{name} {key}" in c:
-          ax.plot(x, c[f"{name} {key}"], style, label=f"{arm} {name}")
+      for name, style in (("root", "-"), ("branch", "--"), ("chain", ":")):
+        col = f"{name} {key}"
+        if col in c and c[col].notna().any():
+          ax.plot(x, c[col], style, label=f"{arm} {name}")
       ax.set_xlabel("RL step")
       ax.set_title(label, fontsize=9)
   axes[0].legend(fontsize=6)
@@ -309,22 +319,28 @@ def _rl_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
           "(reward f (1 + V), V the draft's V_strict), branch steps reflect "
           "on buffered drafts and refine them (reward f (1 + D), D = V - "
           "V_prev, or 1 for a stop on a right draft; V the V_strict after "
-          "the branch; r3jax/r3/rewards.py). Mean per "
+          "the branch; r3jax/r3/rewards.py)"
+          + ("; chain steps (rl.mode chain) sample drafts and one reflect + "
+             "refine each, with one outcome reward f f' (1 + V_final) "
+             "(chain v: V_strict after the branch)" if "chain reward" in
+             columns else "") + ". Mean per "
           f"{RL_CHUNK} steps, then over seeds.", "",
           "![R3-RL curves](rl_curves.png)", "",
           *_table(["arm", "steps"] + columns, rows), ""]
 
 
 def _rl_baseline_section(dirs: Mapping[str, list[str]],
-                         base: str | None) -> list[str]:
-  """Each R3-RL arm's reward minus the rate-0 arm's (the start policy
-  sampled on the same images with the same keys), seed by seed, over
-  each half of the RL steps: root steps (the same prompts in both runs) and
+                         bases: str | Sequence[str] | None) -> list[str]:
+  """Each R3-RL arm's reward minus the rate-0 arm's of its mode (the start
+  policy sampled on the same images with the same keys), seed by seed, over
+  each half of the RL steps: root steps (the same prompts in both runs),
   branch steps (each run's own buffered drafts, drawn right at its own
   rl.perfect_ratio: an arm that draws them otherwise differs from rate 0 in
-  its drafts too). The per-seed means are paired across seeds (steps
-  within a run are not independent draws)."""
-  if base not in dirs:
+  its drafts too) and chain steps. The per-seed means are paired across
+  seeds (steps within a run are not independent draws)."""
+  bases = [b for b in ((bases,) if isinstance(bases, str) else bases or ())
+           if b in dirs]
+  if not bases:
     return []
   results = []
   for arm, wds in dirs.items():
@@ -337,22 +353,26 @@ def _rl_baseline_section(dirs: Mapping[str, list[str]],
       steps, half = s.index.to_numpy(), int(s.index.max()) // 2
       stage, reward = s["rl/stage"].to_numpy(), s["rl/reward"].to_numpy()
       m = {}
-      for code, name in ((0, "root"), (1, "branch")):
+      for code, name in RL_STAGES:
         for lo, hi in ((1, half), (half + 1, int(steps.max()))):
           at = (stage == code) & (steps >= lo) & (steps <= hi)
           if at.any():
             m[f"{name} reward, steps {lo}-{hi}"] = float(reward[at].mean())
       seed = int(os.path.basename(os.path.normpath(wd))[len("seed"):])
       results.append({"arm": arm, "seed": seed, "metrics": m})
-  keys = list(dict.fromkeys(k for r in results if r["arm"] == base
-                            for k in r["metrics"]))
-  found = {(a, k): paired(results, a, base, k) for a in dirs
-           if a != base for k in keys}
+  found = {}
+  for base in bases:
+    keys = list(dict.fromkeys(k for r in results if r["arm"] == base
+                              for k in r["metrics"]))
+    found.update({(a, k): paired(results, a, base, k) for a in dirs
+                  if a not in bases for k in keys})
   found = {c: v for c, v in found.items() if v is not None}
   if not found:
     return []
+  named = " and ".join(f"`{b}`" for b in bases)
   text = (" ".join(_rl_baseline_section.__doc__.split()) + " The mean "
-          f"difference from `{base}` with its t-based 95% interval over "
+          f"difference from {named} (the rate-0 arm that logs the same "
+          "stages) with its t-based 95% interval over "
           "seeds, the paired t-test's p and Holm's adjusted p over these "
           f"{len(found)} comparisons (apart from the study's family above); "
           f"* marks adjusted p < {ALPHA}.")
@@ -633,7 +653,7 @@ def collect(root: str, study: str) -> str:
   lines += _cosine_section(out_dir, {a: dirs[a] for a in arms})
   lines += _rl_section(out_dir, {a: dirs[a] for a in arms})
   lines += _rl_baseline_section({a: dirs[a] for a in arms},
-                                known.rl_baseline if known else None)
+                                known.rl_baselines if known else None)
   lines += _rounds_section(out_dir, results, arms)
   lines += _stage_section(results, _compared(arms, known),
                           _reference(arms, known))

@@ -57,9 +57,15 @@ class Study:
   # Overrides for every arm under `--scale` (a reduced version of the study).
   scale: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   metrics: Sequence[tuple[str, str]] = METRICS
-  # An R3-RL arm at learning rate 0: the report pairs every RL arm's reward
-  # with it, seed by seed.
-  rl_baseline: str | None = None
+  # An R3-RL arm at learning rate 0, or one per RL mode (tree, chain): the
+  # report pairs every RL arm's reward with the baseline that logs the same
+  # stages, seed by seed.
+  rl_baseline: str | tuple[str, ...] | None = None
+
+  @property
+  def rl_baselines(self) -> tuple[str, ...]:
+    b = self.rl_baseline
+    return () if not b else (b,) if isinstance(b, str) else tuple(b)
 
   def arm(self, name: str) -> Arm:
     for a in self.arms:
@@ -104,8 +110,8 @@ def register(study: Study) -> Study:
   study.arm(study.reference)
   if study.start:
     study.arm(study.start)
-  if study.rl_baseline:
-    study.arm(study.rl_baseline)
+  for b in study.rl_baselines:
+    study.arm(b)
   for a in study.arms:
     if a.after:
       study.arm(a.after)
@@ -253,8 +259,9 @@ register(Study(
         "equal steps; joint training for the time R3-SFT's training steps "
         "take (joint_eqtime); R3-RL tree and chain, and tree with half its "
         "branch drafts drawn right (perfect_ratio 0.5, against 0.15), from "
-        "the R3-SFT run of the same seed; R3-RL at rate 0 as the reward "
-        "baseline, and at rates 2e-4 and 5e-4 (the RL rate sweep).",
+        "the R3-SFT run of the same seed; R3-RL tree and chain at rate 0 as "
+        "their reward baselines, and tree at rates 2e-4 and 5e-4 (the RL "
+        "rate sweep).",
     arms=[_run(n, n, _R3_STEPS, _FROM_START) for n in (
         "joint", "r3_sft", "r3_sft_no_reflect", "r3_sft_no_consistency",
         "r3_sft_grounded")] +
@@ -262,16 +269,17 @@ register(Study(
                budget="r3_sft")] +
          [Arm(n, f"configs/{n}.py:seed={{seed}}", {}, after="r3_sft")
           for n in ("r3_rl", "r3_rl_chain", "r3_rl_perfect05")] +
-         # R3-RL at rate 0: the start policy sampled on the same images with
-         # the same keys, against which R3-RL's reward is paired step by step.
-         [Arm("r3_rl_lr0", "configs/r3_rl.py:seed={seed}",
-              {"optim.lr": 0.0}, after="r3_sft")] +
+         # R3-RL, tree and chain, at rate 0: the start policy sampled on the
+         # same images with the same keys, against which each mode's reward is
+         # paired step by step.
+         [Arm(f"{n}_lr0", f"configs/{n}.py:seed={{seed}}", {"optim.lr": 0.0},
+              after="r3_sft") for n in ("r3_rl", "r3_rl_chain")] +
          # The RL rate sweep (the reference's 5e-6 is for a 7B model): R3-RL
          # at 4 and 10 times configs/r3_rl.py's 5e-5.
          [Arm(f"r3_rl_lr{lr}", "configs/r3_rl.py:seed={seed}",
               {"optim.lr": float(lr)}, after="r3_sft")
           for lr in ("2e-4", "5e-4")],
-    rl_baseline="r3_rl_lr0",
+    rl_baseline=("r3_rl_lr0", "r3_rl_chain_lr0"),
     reference="r3_sft",
     base=R3_LOOP,
     seeds=5,

@@ -310,8 +310,9 @@ def test_the_easy_r3_study_keeps_its_starts_vocabulary():
 
 def test_a_study_names_arms_it_has():
   arm = studies.Arm("a", "configs/joint.py:seed={seed}")
-  for field in ("reference", "start", "rl_baseline"):
-    kw = {"reference": "a", field: "b"}
+  for field, value in (("reference", "b"), ("start", "b"),
+                       ("rl_baseline", "b"), ("rl_baseline", ("a", "b"))):
+    kw = {"reference": "a", field: value}
     with pytest.raises(ValueError, match="study 'x' has no arm 'b'"):
       studies.register(studies.Study("x", "", [arm], **kw))
   assert "x" not in studies.STUDIES
@@ -814,6 +815,34 @@ def test_rl_section_means_root_and_branch_steps_per_chunk(tmp_path):
   assert report._rl_section(str(tmp_path), {"r3_rl": [str(wd)]}) == section
 
 
+def test_rl_section_gives_chain_steps_their_own_columns(tmp_path):
+  """A chain-mode run (every step rl/stage 2) gets chain columns beside a
+  tree run's root and branch columns; each run's other columns are "-"."""
+  dirs = {}
+  for arm, chain in (("r3_rl", False), ("r3_rl_chain", True)):
+    wd = tmp_path / "runs" / arm / "seed0"
+    wd.mkdir(parents=True)
+    with open(wd / "metrics.jsonl", "w") as f:
+      for step in range(1, 21):
+        stage = 2.0 if chain else float(step % 2 == 0)
+        row = {"step": step, "loss": 1.0, "rl/stage": stage,
+               "rl/reward": 1.0 + step / 100, "rl/v": step / 100}
+        if stage:
+          row["rl/stop_rate"] = 0.25 if chain else 0.5
+        f.write(json.dumps(row) + "\n")
+    dirs[arm] = [str(wd)]
+  section = report._rl_section(str(tmp_path), dirs)
+  head = next(l for l in section if l.startswith("| arm"))
+  assert head == ("| arm | steps | root reward | root v | branch reward | "
+                  "branch v | branch stop_rate | chain reward | chain v | "
+                  "chain stop_rate |")
+  rows = [l for l in section if l.startswith("| `")]
+  assert rows == [
+      "| `r3_rl` | 1-20 | 1.100 | 0.100 | 1.110 | 0.110 | 0.500 | - | - | - |",
+      "| `r3_rl_chain` | 1-20 | - | - | - | - | - | 1.105 | 0.105 | 0.250 |"]
+  assert any("chain steps (rl.mode chain)" in l for l in section)
+
+
 def test_stage_section_pairs_the_loops_stages_with_the_reference():
   """Arms with R3 scores minus the reference, paired over seeds, Holm over
   the section's comparisons; an arm without R3 scores has no row."""
@@ -879,3 +908,24 @@ def test_rl_reward_is_paired_with_the_rate_0_arm_seed_by_seed(tmp_path):
   assert report._rl_baseline_section({"r3_rl": dirs["r3_rl"]},
                                      "r3_rl_lr0") == []
   assert report._rl_baseline_section(dirs, None) == []
+  # A chain arm is paired with the chain arm at rate 0 only: a tree arm and
+  # a chain arm log no stage in common.
+  for arm in ("r3_rl_chain", "r3_rl_chain_lr0"):
+    for seed, up in lift.items():
+      wd = tmp_path / arm / f"seed{seed}"
+      wd.mkdir(parents=True)
+      with open(wd / "metrics.jsonl", "w") as f:
+        for step in range(1, 9):
+          reward = 1.0 + (up if arm == "r3_rl_chain" and step > 4 else 0.0)
+          f.write(json.dumps({"step": step, "loss": 1.0, "rl/stage": 2.0,
+                              "rl/reward": reward, "rl/v": 0.5}) + "\n")
+      dirs.setdefault(arm, []).append(str(wd))
+  text = "\n".join(report._rl_baseline_section(
+      dirs, ("r3_rl_lr0", "r3_rl_chain_lr0")))
+  assert "these 6 comparisons" in text
+  rows = [l for l in text.splitlines() if l.startswith("| `")]
+  assert [r.split("|")[1:3] for r in rows if "chain" in r] == [
+      [" `r3_rl_chain` ", " chain reward, steps 1-4 "],
+      [" `r3_rl_chain` ", " chain reward, steps 5-8 "]]
+  row = next(l for l in rows if "chain reward, steps 5-8" in l)
+  assert row.split("|")[3].strip() == cells[2]  # the same lifts as above

@@ -306,7 +306,7 @@ register(Study(
     arms=[_run("start", "r3_sft", 1, {**_EASY_R3, "optim.lr": 0.0,
                                       "optim.warmup_steps": 0})] +
          [_run(n, n, _R3_STEPS, _EASY_R3) for n in ("joint", "r3_sft")] +
-         [Arm(n, f"configs/r3_rl.py:seed={{seed}}", {**EASY_WORLD,
+         [Arm(n, "configs/r3_rl.py:seed={seed}", {**EASY_WORLD,
               "world.number_words": 3, **lr}, after="r3_sft")
           for n, lr in (("r3_rl", {}), ("r3_rl_lr0", {"optim.lr": 0.0}))],
     rl_baseline="r3_rl_lr0",

@@ -877,19 +877,23 @@ def test_rl_reward_is_paired_with_the_rate_0_arm_seed_by_seed(tmp_path):
   from scipy import stats
   lift = {0: 0.10, 1: 0.30, 2: 0.20}  # root reward above rate 0, 2nd half
   dirs = {}
-  for arm in ("r3_rl", "r3_rl_lr0"):
+
+  def write(arm, stage, reward):  # 8 steps of each seed: stage(step), ...
     for seed, up in lift.items():
       wd = tmp_path / arm / f"seed{seed}"
       wd.mkdir(parents=True)
       with open(wd / "metrics.jsonl", "w") as f:
         for step in range(1, 9):
-          root = step % 2 == 1
-          reward = 1.0 + seed / 10 + (up if (arm == "r3_rl" and root and
-                                               step > 4) else 0.0)
           f.write(json.dumps({"step": step, "loss": 1.0,
-                              "rl/stage": 0.0 if root else 1.0,
-                              "rl/reward": reward, "rl/v": 0.5}) + "\n")
+                              "rl/stage": stage(step),
+                              "rl/reward": reward(seed, up, step),
+                              "rl/v": 0.5}) + "\n")
       dirs.setdefault(arm, []).append(str(wd))
+
+  for arm in ("r3_rl", "r3_rl_lr0"):
+    write(arm, lambda step: float(step % 2 == 0),
+          lambda seed, up, step, arm=arm: 1.0 + seed / 10 + (
+              up if arm == "r3_rl" and step % 2 and step > 4 else 0.0))
   text = "\n".join(report._rl_baseline_section(dirs, "r3_rl_lr0"))
   assert "4 comparisons" in text
   d = np.array(list(lift.values()))
@@ -911,15 +915,9 @@ def test_rl_reward_is_paired_with_the_rate_0_arm_seed_by_seed(tmp_path):
   # A chain arm is paired with the chain arm at rate 0 only: a tree arm and
   # a chain arm log no stage in common.
   for arm in ("r3_rl_chain", "r3_rl_chain_lr0"):
-    for seed, up in lift.items():
-      wd = tmp_path / arm / f"seed{seed}"
-      wd.mkdir(parents=True)
-      with open(wd / "metrics.jsonl", "w") as f:
-        for step in range(1, 9):
-          reward = 1.0 + (up if arm == "r3_rl_chain" and step > 4 else 0.0)
-          f.write(json.dumps({"step": step, "loss": 1.0, "rl/stage": 2.0,
-                              "rl/reward": reward, "rl/v": 0.5}) + "\n")
-      dirs.setdefault(arm, []).append(str(wd))
+    write(arm, lambda step: 2.0,
+          lambda seed, up, step, arm=arm: 1.0 + (
+              up if arm == "r3_rl_chain" and step > 4 else 0.0))
   text = "\n".join(report._rl_baseline_section(
       dirs, ("r3_rl_lr0", "r3_rl_chain_lr0")))
   assert "these 6 comparisons" in text

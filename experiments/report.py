@@ -360,10 +360,14 @@ def _rl_baseline_section(dirs: Mapping[str, list[str]],
             m[f"{name} reward, steps {lo}-{hi}"] = float(reward[at].mean())
       seed = int(os.path.basename(os.path.normpath(wd))[len("seed"):])
       results.append({"arm": arm, "seed": seed, "metrics": m})
-  found = {}
+  found, owner = {}, {}
   for base in bases:
     keys = list(dict.fromkeys(k for r in results if r["arm"] == base
                               for k in r["metrics"]))
+    for k in keys:
+      if owner.setdefault(k, base) != base:
+        raise ValueError(f"rate-0 arms {owner[k]!r} and {base!r} both log "
+                         f"{k!r}: one baseline per RL mode")
     found.update({(a, k): paired(results, a, base, k) for a in dirs
                   if a not in bases for k in keys})
   found = {c: v for c, v in found.items() if v is not None}

@@ -140,7 +140,8 @@ SMALL = {"model.enc_overrides": {"width": 64, "depth": 2, "heads": 4,
          "tasks.caption.batch_size": 16, "tasks.vqa.batch_size": 16,
          "tasks.ita.batch_size": 8, "tasks.reflect.batch_size": 8,
          "tasks.refine.batch_size": 8, "tasks.refine_direct.batch_size": 8}
-# The easy world: one object per image (no relations, every count one).
+# The easy world: one object per image (no relations; a caption's counts are
+# all one).
 EASY_WORLD = {"world.min_objects": 1, "world.max_objects": 1}
 _DILEMMA_STEPS = 1000  # the base, and each continuation
 
@@ -289,16 +290,17 @@ register(Study(
                             METRICS[-1]),
 ))
 
-# The same question on the easy world (one object per image): the R3-testable
-# start continues there, with the default world's number words so that its
+# The same question on the easy world (one object per image): the r3_testable
+# study's start continues there, with the default world's number words so its
 # vocabulary, and so its parameters, carry over (WorldConfig.number_words).
 # `start` is that start scored on the easy world (one step at rate 0): its
 # gate table there, and the point every arm's change is measured from.
-_EASY_R3 = {**_FROM_START, **EASY_WORLD, "world.number_words": 3}
+_EASY = {**EASY_WORLD, "world.number_words": 3}
+_EASY_R3 = {**_FROM_START, **_EASY}
 
 register(Study(
     name="r3_testable_easy",
-    doc="From the R3-testable start, on the easy world (one object per "
+    doc="From the r3_testable study's start, on the easy world (one object per "
         "image, so no relations): the start scored there (`start`, "
         "one step at rate 0); joint training and R3-SFT for equal steps; "
         "R3-RL, and R3-RL at rate 0 as its reward baseline, from the R3-SFT "
@@ -306,8 +308,8 @@ register(Study(
     arms=[_run("start", "r3_sft", 1, {**_EASY_R3, "optim.lr": 0.0,
                                       "optim.warmup_steps": 0})] +
          [_run(n, n, _R3_STEPS, _EASY_R3) for n in ("joint", "r3_sft")] +
-         [Arm(n, "configs/r3_rl.py:seed={seed}", {**EASY_WORLD,
-              "world.number_words": 3, **lr}, after="r3_sft")
+         [Arm(n, "configs/r3_rl.py:seed={seed}", {**_EASY, **lr},
+              after="r3_sft")
           for n, lr in (("r3_rl", {}), ("r3_rl_lr0", {"optim.lr": 0.0}))],
     rl_baseline="r3_rl_lr0",
     reference="r3_sft",

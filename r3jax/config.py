@@ -25,6 +25,7 @@ from r3jax.interference import groups as interference_groups
 from r3jax.model import ModelConfig
 from r3jax.train import nonfinite as nonfinite_lib
 from r3jax.r3 import variants as r3_variants
+from r3jax.world.config import NUMBERS
 from r3jax.world.corrupt import CORRUPTIONS
 
 
@@ -463,6 +464,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ("caption_positions", config.data.caption_positions),
       ("caption_trace", config.data.caption_trace)) if on]
   w = config.world
+  if w.number_words and not w.max_objects <= w.number_words < len(NUMBERS):
+    raise ValueError(f"config.world.number_words={w.number_words} must be 0 "
+                     f"(max_objects) or in [max_objects={w.max_objects}, "
+                     f"{len(NUMBERS) - 1}]")
   grid = w.grid or max(3, w.max_objects)  # WorldConfig's defaults
   numbers = w.number_words or w.max_objects
   if writers and grid > numbers + 1:

@@ -927,3 +927,6 @@ def test_rl_reward_is_paired_with_the_rate_0_arm_seed_by_seed(tmp_path):
       [" `r3_rl_chain` ", " chain reward, steps 5-8 "]]
   row = next(l for l in rows if "chain reward, steps 5-8" in l)
   assert row.split("|")[3].strip() == cells[2]  # the same lifts as above
+  with pytest.raises(ValueError, match="rate-0 arms 'r3_rl_lr0' and 'r3_rl' "
+                     "both log 'root reward, steps 1-4'"):
+    report._rl_baseline_section(dirs, ("r3_rl_lr0", "r3_rl"))

@@ -449,6 +449,10 @@ def test_relation_answers_are_checked_by_the_config(tiny):
     config_lib.validate(c)
   c.world.number_words = 4
   config_lib.validate(c)
+  c.world.number_words = 2
+  with pytest.raises(ValueError, match=r"number_words=2 must be 0 "
+                     r"\(max_objects\) or in \[max_objects=3, 10\]"):
+    config_lib.validate(c)
   c = tiny()
   c.data.position_questions = 1.5
   with pytest.raises(ValueError, match=r"position_questions must be in "

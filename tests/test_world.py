@@ -330,6 +330,16 @@ def test_number_words_keep_a_larger_worlds_vocabulary():
   assert world.WorldConfig(number_words=3) == default
   for k in range(20):
     assert world.generate_example(kept, 0, k)["scene"]["num_objects"] == 1
+  # A count the vocabulary states but the world cannot hold is a false
+  # fact that the editor corrects, not an unparsed caption.
+  scene = world.Scene((world.Object("square", "yellow", "large", 0.5, 0.5),))
+  two = "there are two objects : two large yellow squares"
+  score = world.verify(two, scene, kept)
+  assert score.parsed and score.hallucination == 1.0 and not score.v_strict
+  assert not world.verify(two, scene, easy).parsed
+  from r3jax.world import edit
+  assert edit.correct(two, scene, kept)[0] == (
+      "there is one object : a large yellow square")
 
 
 @CONFIGS

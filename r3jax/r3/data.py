@@ -129,14 +129,14 @@ def _answers(kind: str, cfg: WorldConfig) -> list[list[str]]:
   """The words that state each answer of one kind of slot."""
   if kind == "count":
     return [["a", "an", "one"] if n == 1 else [NUMBERS[n]]
-            for n in range(1, cfg.max_objects + 1)]
+            for n in range(1, cfg.numbers + 1)]
   if kind == "shape":
     return [[s, plural(s)] for s in cfg.shapes]
   return [[v] for v in (cfg.colors if kind == "color" else cfg.sizes)]
 
 
 def num_answers(cfg: WorldConfig) -> int:
-  return max(cfg.max_objects, len(cfg.colors), len(cfg.shapes), len(cfg.sizes))
+  return max(cfg.numbers, len(cfg.colors), len(cfg.shapes), len(cfg.sizes))
 
 
 def reflection(questions, instruction: str) -> str:

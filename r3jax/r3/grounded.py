@@ -95,14 +95,14 @@ class Slot:
 
 
 def num_answers(cfg: WorldConfig) -> int:
-  return max(cfg.max_objects + 1, len(cfg.colors), len(cfg.shapes),
+  return max(cfg.numbers + 1, len(cfg.colors), len(cfg.shapes),
              len(cfg.sizes), 2)
 
 
 def _counts(cfg: WorldConfig) -> tuple[tuple, tuple]:
-  """Count answers 1..max_objects and "zero" (the teacher's only: no caption
-  word states it)."""
-  ns = range(1, cfg.max_objects + 1)
+  """Count answers 1..cfg.numbers (every count the vocabulary states) and
+  "zero" (the teacher's only: no caption word states it)."""
+  ns = range(1, cfg.numbers + 1)
   return (tuple((NUMBERS[n],) for n in ns) + (("zero",),),
           tuple(("a", "an", "one") if n == 1 else (NUMBERS[n],) for n in ns)
           + ((),))

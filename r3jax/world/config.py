@@ -41,8 +41,10 @@ class WorldConfig:
   number_words: the vocabulary holds the number words "zero" up to this one
   (None: up to max_objects). A world with fewer objects that keeps a larger
   world's number words has that world's vocabulary, so a model trained there
-  continues here (the easy world from the default world's parameters). The
-  verifier still reads counts above max_objects as unparsed.
+  continues here (the easy world from the default world's parameters).
+  The verifier reads every count the vocabulary states (a count above
+  max_objects is a false fact, not an unparsed caption), and the
+  consistency losses offer every such count as an answer.
   """
   image_size: int = 64
   min_objects: int = 1

@@ -53,7 +53,7 @@ def _split(tokens: list[str], sep: str) -> list[list[str]]:
 
 
 def _number(word: str, cfg: WorldConfig) -> int | None:
-  words = NUMBERS[1:cfg.max_objects + 1]
+  words = NUMBERS[1:cfg.numbers + 1]  # every count the vocabulary states
   return NUMBERS.index(word) if word in words else None
 
 

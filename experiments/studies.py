@@ -261,7 +261,8 @@ register(Study(
         "take (joint_eqtime); R3-RL tree and chain, and tree with half its "
         "branch drafts drawn right (perfect_ratio 0.5, against 0.15), from "
         "the R3-SFT run of the same seed; R3-RL tree and chain at rate 0 as "
-        "their reward baselines, and tree at rates 2e-4 and 5e-4 (the RL "
+        "their reward baselines; tree with the root stage's gradient "
+        "alone (r3_rl_rootonly); tree at rates 2e-4 and 5e-4 (the RL "
         "rate sweep).",
     arms=[_run(n, n, _R3_STEPS, _FROM_START) for n in (
         "joint", "r3_sft", "r3_sft_no_reflect", "r3_sft_no_consistency",
@@ -275,6 +276,15 @@ register(Study(
          # paired step by step.
          [Arm(f"{n}_lr0", f"configs/{n}.py:seed={{seed}}", {"optim.lr": 0.0},
               after="r3_sft") for n in ("r3_rl", "r3_rl_chain")] +
+         # Root-stage RL alone: no reflection or refine gradient and no
+         # supervised VQA / ITA term, so that the drafts' GRPO signal is all
+         # of the update (and of Adam's moments); does the root reward rise
+         # then? Its images and sampling keys are R3-RL's, so r3_rl_lr0
+         # stays its baseline.
+         [Arm("r3_rl_rootonly", "configs/r3_rl.py:seed={seed}",
+              {"rl.train_reflection": False, "rl.refine_weight": 0.0,
+               "rl.supervised_weight": 0.0, "rl.interference": False},
+              after="r3_sft")] +
          # The RL rate sweep (the reference's 5e-6 is for a 7B model): R3-RL
          # at 4 and 10 times configs/r3_rl.py's 5e-5.
          [Arm(f"r3_rl_lr{lr}", "configs/r3_rl.py:seed={seed}",

@@ -251,6 +251,9 @@ _FROM_START = {"optim.lr": 2.5e-4, "optim.warmup_steps": 100,
                "tasks.ita.per_image": 4,
                "tasks.vqa.type_weights": {"relation": 4}}
 _R3_STEPS = 1000
+# R3-RL with the root stage's gradient alone.
+_ROOT_ONLY = {"rl.train_reflection": False, "rl.refine_weight": 0.0,
+              "rl.supervised_weight": 0.0, "rl.interference": False}
 
 register(Study(
     name="r3_testable",
@@ -262,8 +265,8 @@ register(Study(
         "branch drafts drawn right (perfect_ratio 0.5, against 0.15), from "
         "the R3-SFT run of the same seed; R3-RL tree and chain at rate 0 as "
         "their reward baselines; tree with the root stage's gradient "
-        "alone (r3_rl_rootonly); tree at rates 2e-4 and 5e-4 (the RL "
-        "rate sweep).",
+        "alone (r3_rl_rootonly), and so for 1,000 steps with its own rate-0 "
+        "run; tree at rates 2e-4 and 5e-4 (the RL rate sweep).",
     arms=[_run(n, n, _R3_STEPS, _FROM_START) for n in (
         "joint", "r3_sft", "r3_sft_no_reflect", "r3_sft_no_consistency",
         "r3_sft_grounded")] +
@@ -281,16 +284,20 @@ register(Study(
          # of the update (and of Adam's moments); does the root reward rise
          # then? Its images and sampling keys are R3-RL's, so r3_rl_lr0
          # stays its baseline.
-         [Arm("r3_rl_rootonly", "configs/r3_rl.py:seed={seed}",
-              {"rl.train_reflection": False, "rl.refine_weight": 0.0,
-               "rl.supervised_weight": 0.0, "rl.interference": False},
+         [Arm("r3_rl_rootonly", "configs/r3_rl.py:seed={seed}", _ROOT_ONLY,
               after="r3_sft")] +
+         # The same over the reference's 1,000 steps, with its own rate-0
+         # run (one seed; at rate 0 the overrides only spare the unused
+         # supervised batches).
+         [Arm(n, "configs/r3_rl.py:seed={seed},steps=1000", o, after="r3_sft")
+          for n, o in (("r3_rl_rootonly_1k", _ROOT_ONLY),
+                       ("r3_rl_lr0_1k", {**_ROOT_ONLY, "optim.lr": 0.0}))] +
          # The RL rate sweep (the reference's 5e-6 is for a 7B model): R3-RL
          # at 4 and 10 times configs/r3_rl.py's 5e-5.
          [Arm(f"r3_rl_lr{lr}", "configs/r3_rl.py:seed={seed}",
               {"optim.lr": float(lr)}, after="r3_sft")
           for lr in ("2e-4", "5e-4")],
-    rl_baseline=("r3_rl_lr0", "r3_rl_chain_lr0"),
+    rl_baseline=("r3_rl_lr0", "r3_rl_chain_lr0", "r3_rl_lr0_1k"),
     reference="r3_sft",
     base=R3_LOOP,
     seeds=5,

@@ -720,6 +720,28 @@ def test_series_round_trips_exactly(tmp_path):
   assert interference.has_interference(wd)
 
 
+def test_rl_series_keep_each_stage_apart():
+  """Beyond SERIES_ROWS, an R3-RL run's series keeps an even subsample of
+  each stage's steps, first and last included: every 6th of 1,000
+  alternating steps would have kept root steps only."""
+  steps = np.arange(1, 1001)
+  df = pd.DataFrame({"rl/stage": (steps % 2 == 0).astype(float),
+                     "rl/reward": steps / 1000.0},
+                    index=pd.Index(steps, name="step"))
+  made = interference.series_of(df)
+  assert len(made) <= interference.SERIES_ROWS
+  for code, first, last in ((0.0, 1, 999), (1.0, 2, 1000)):
+    kept = made.index[made["rl/stage"] == code]
+    own = steps[(steps % 2 == 0) == bool(code)]
+    assert list(kept) == list(own[interference.subsample(
+        500, interference.SERIES_ROWS // 2)])
+    assert (kept[0], kept[-1]) == (first, last)
+    assert len(set(np.diff(kept[:-1]))) == 1  # even, but for the last
+  assert list(made["rl/reward"]) == list(made.index / 1000.0)
+  short = df.iloc[:150]  # up to SERIES_ROWS: every row
+  assert list(interference.series_of(short).index) == list(short.index)
+
+
 def test_mark_unrebuildable_notes_sections_made_from_logs_git_lacks(tmp_path):
   root = str(tmp_path)
   for s in range(2):

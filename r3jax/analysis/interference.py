@@ -11,7 +11,8 @@ Keys written by the instrumented step (r3jax/interference/step.py):
 
 A run's series (`series`): the keys the study report reads (and the applied
 task weights) of its training rows, every row up to SERIES_ROWS rows, else an
-even subsample that keeps the first and last. The runner writes it to
+even subsample that keeps the first and last (of each R3-RL stage apart, so
+that alternating root and branch steps both stay). The runner writes it to
 <workdir>/series.csv, which git keeps where it does not keep metrics.jsonl;
 the across-arm functions below (compare_arms, arm_summary, arm_series, ...)
 read the series, from metrics.jsonl when it is there and from series.csv
@@ -73,11 +74,25 @@ def subsample(n: int, rows: int | None = None) -> list[int]:
   return kept if not n or kept[-1] == n - 1 else kept + [n - 1]
 
 
+def _kept_rows(df: pd.DataFrame) -> np.ndarray:
+  """`subsample`'s positions; in an R3-RL run (rl/stage), of each stage's
+  rows apart, an equal share of SERIES_ROWS each: every k-th of alternating
+  root and branch steps would keep one stage only when k is even."""
+  if "rl/stage" not in df:
+    return np.asarray(subsample(len(df)), int)
+  stage = df["rl/stage"].fillna(-1.0).to_numpy(float)
+  codes = np.unique(stage)
+  share = max(SERIES_ROWS // len(codes), 2)
+  at = [np.flatnonzero(stage == c)[subsample(int((stage == c).sum()), share)]
+        for c in codes]
+  return np.sort(np.concatenate(at))
+
+
 def series_of(df: pd.DataFrame) -> pd.DataFrame:
   """The series of a run's training rows (`load`): its global interference
   keys and task weights in logged order, then the per-group cosines in the
   run's group order (so that `groups` reads that order off the columns),
-  subsampled (`subsample`). No attrs: series.csv has none."""
+  subsampled (`_kept_rows`). No attrs: series.csv has none."""
   keys = [k for k in df if _SERIES_KEY.match(k)]
   cos = {}
   for k in df:
@@ -85,7 +100,7 @@ def series_of(df: pd.DataFrame) -> pd.DataFrame:
     if m and m.group(2) == "cos":
       cos.setdefault(m.group(1), []).append(k)
   keys += [k for g in groups(df) for k in cos[g]]
-  at = subsample(len(df))
+  at = _kept_rows(df)
   return pd.DataFrame({k: df[k].to_numpy(float)[at] for k in keys},
                       index=pd.Index(df.index.to_numpy()[at], name="step"))
 

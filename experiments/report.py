@@ -299,7 +299,7 @@ def _rl_section(out_dir, dirs: Mapping[str, list[str]]) -> list[str]:
     x = (c.index.to_numpy() + 1) * RL_CHUNK
     for ax, (key, label) in zip(axes, (("reward", "reward"), ("v", "V_strict"),
                                        ("stop_rate", "stop rate"))):
-      for name, style in (("root", "-"), ("branch", "--"), ("chain", ":")):
+      for (_, name), style in zip(RL_STAGES, ("-", "--", ":")):
         col = f"{name} {key}"
         if col in c and c[col].notna().any():
           ax.plot(x, c[col], style, label=f"{arm} {name}")

@@ -27,6 +27,11 @@ METRICS = (
     ("train_seconds", "train s"),
 )
 
+# The R3 studies' metrics: the loop's refined captions beside the drafts'.
+R3_METRICS = METRICS[:-1] + (("r3/round3/f1", "refined F1"),
+                             ("r3/round3/v_strict", "refined V_strict"),
+                             METRICS[-1])
+
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
@@ -228,9 +233,7 @@ register(Study(
     reference="r3_sft",
     start="base",
     scale={"total_steps": 200},
-    metrics=METRICS[:-1] + (("r3/round3/f1", "refined F1"),
-                            ("r3/round3/v_strict", "refined V_strict"),
-                            METRICS[-1]),
+    metrics=R3_METRICS,
 ))
 
 # R3 where it can be tested: from a start whose understanding passes its
@@ -302,9 +305,7 @@ register(Study(
     base=R3_LOOP,
     seeds=5,
     scale={"total_steps": 20},
-    metrics=METRICS[:-1] + (("r3/round3/f1", "refined F1"),
-                            ("r3/round3/v_strict", "refined V_strict"),
-                            METRICS[-1]),
+    metrics=R3_METRICS,
 ))
 
 # The same question on the easy world (one object per image): the r3_testable
@@ -333,9 +334,7 @@ register(Study(
     start="start",
     base=R3_LOOP,
     scale={"total_steps": 20},
-    metrics=METRICS[:-1] + (("r3/round3/f1", "refined F1"),
-                            ("r3/round3/v_strict", "refined V_strict"),
-                            METRICS[-1]),
+    metrics=R3_METRICS,
 ))
 
 # `make demo`: from the shipped R3 start, short equal-length runs of joint

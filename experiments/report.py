@@ -33,6 +33,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 import matplotlib
+import ml_collections
 import numpy as np
 import pandas as pd
 
@@ -43,6 +44,7 @@ from experiments import studies as studies_lib  # noqa: E402
 from r3jax.analysis import competence  # noqa: E402
 from r3jax.analysis import interference  # noqa: E402
 from r3jax.analysis import rounds as rounds_lib  # noqa: E402
+from r3jax.run import world_setup  # noqa: E402
 from r3jax.analysis.study import (  # noqa: E402
     arms as arm_order, cell, changes, differs, holm, load, paired,
     pareto_front, plot_pareto, summarize, wall_seconds, workdirs)
@@ -113,6 +115,101 @@ def _paired_section(family, reference, metrics) -> list[str]:
           f"study; * marks adjusted p < {ALPHA}.", "",
           *_table(["arm", "minus", "metric", "mean difference [95% CI]",
                    "seeds", "p", "Holm p"], rows), ""]
+
+
+def _last_round(results, arm: str) -> int | None:
+  """The last round of the loop every run of `arm` scored (r3/round<k>/*)."""
+  found = [{int(k.split("/")[1][5:]) for k in r["metrics"]
+            if k.startswith("r3/round") and k.endswith("/v_strict")}
+           for r in results if r["arm"] == arm]
+  common = set.intersection(*found) if found else set()
+  return max(common) if common and max(common) > 0 else None
+
+
+def _loop_section(results, loops: Mapping[str, Sequence[str]]) -> list[str]:
+  """Does the loop raise its captions: each loop arm's captions after its
+  last round minus its own drafts, and minus the captions of each arm it is
+  set against (Study.loops), on V_strict and F1, paired over seeds; Holm
+  over this section's comparisons."""
+  found, rounds = {}, set()
+  for arm, against in loops.items():
+    if (k := _last_round(results, arm)) is None:
+      continue
+    rounds.add(k)
+    for key, name in (("v_strict", "V_strict"), ("f1", "F1")):
+      for other, ref in ((arm, f"r3/round0/{key}"),
+                         *((o, f"caption/{key}") for o in against)):
+        v = paired(results, arm, other, f"r3/round{k}/{key}", ref)
+        if v is not None:
+          what = "its drafts" if other == arm else f"`{other}`"
+          found[arm, f"{name}: after the loop minus {what}"] = v
+  if not found:
+    return []
+  return ["## The loop against its drafts and against training without it",
+          "",
+          "Each loop arm's test captions after its last round "
+          f"(round {', '.join(map(str, sorted(rounds)))}) minus its own "
+          "drafts (round 0, the greedy captions the caption metrics score), "
+          "and minus the captions of the arms without the loop it is set "
+          "against, seed by seed: mean difference, t-based 95% interval, "
+          "the paired t-test's p and Holm's adjusted p over these "
+          f"{len(found)} comparisons (apart from the study's family above); "
+          f"* marks adjusted p < {ALPHA}.", "",
+          *_holm_table(found), ""]
+
+
+# Understanding, against the exported start (Study.base).
+UNDERSTANDING = (
+    *((f"vqa/qtype/{q}/accuracy", f"VQA {q}") for q in (
+        "color", "size", "shape", "count", "existence", "relation")),
+    ("ita/accuracy", "ITA accuracy"), ("ita/yes_rate", "ITA yes"))
+BASE = "<start>"  # the exported start's results, under every seed
+
+
+def _understanding_section(results, arms: Sequence[str], base: str
+                           ) -> list[str]:
+  """Does understanding rise or fall: each arm minus the exported start on
+  VQA by question type and ITA (UNDERSTANDING), over seeds: the start is
+  one model scored once on the same test split, so this is a one-sample t
+  over the arm's seeds (study.paired against the start's value under every
+  seed); Holm over this section's comparisons."""
+  exported, _ = exported_start(base)
+
+  def world(d):  # the world a run's config.json describes, normalised
+    with open(os.path.join(d, "config.json")) as f:
+      return world_setup.world_config(
+          ml_collections.ConfigDict({"world": json.load(f)["world"]}))
+  # Only arms scored on the start's world (not, say, the easy world's) and
+  # on as many questions and pairs (not a slice of the test split).
+  home = world(os.path.join(studies_lib.ROOT, base))
+  counts = ("vqa/count", "ita/count")
+
+  def same(r):
+    return (world(r["workdir"]) == home and
+            all(r["metrics"].get(k) == exported["metrics"].get(k)
+                for k in counts))
+  arms = [a for a in arms if all(same(r) for r in results if r["arm"] == a)]
+  seeds = {r["seed"] for r in results}
+  pseudo = [{"arm": BASE, "seed": s, "metrics": exported["metrics"]}
+            for s in seeds]
+  labels = dict(UNDERSTANDING)
+  found = {(a, k): v for a in arms for k in labels
+           if (v := paired([*results, *pseudo], a, BASE, k)) is not None}
+  if not found:
+    return []
+  start = [f"{labels[k]} {exported['metrics'][k]:.4f}" for k in labels
+           if k in exported["metrics"]]
+  return ["## Understanding against the start", "",
+          f"Each arm minus the start `{base}` on VQA accuracy by question "
+          "type and ITA, on the same test split (the start: "
+          f"{', '.join(start)}). The start is one model scored once, so each "
+          "row is a one-sample t over the arm's seeds: mean difference, "
+          "t-based 95% interval, p, and Holm's adjusted p over these "
+          f"{len(found)} comparisons (apart from the families above); where "
+          "the difference is the same in every seed, p is the sign test's "
+          "(study.paired); "
+          f"* marks adjusted p < {ALPHA}.", "",
+          *_holm_table(found, labels.get), ""]
 
 
 def _holm_table(found: Mapping[tuple[str, str], tuple], label=str
@@ -574,6 +671,11 @@ def _statistics(results, known) -> tuple[list[str], dict, list[str], list]:
     lines += _competence_section(results, start)
     lines += _change_section(results, start, arms, metrics, family)
   lines += _paired_section(family, reference, metrics)
+  if known and known.loops:
+    lines += _loop_section(results, known.loops)
+  if known and known.base:
+    lines += _understanding_section(results, _compared(arms, known),
+                                    known.base)
   detail = summarize(results, [k for k, _ in DETAIL])
   rows = [[f"`{a}`"] + [cell(detail[a].get(k), 3) for k, _ in DETAIL]
           for a in arms if detail.get(a)]

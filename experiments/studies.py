@@ -66,6 +66,10 @@ class Study:
   # report pairs every RL arm's reward with the baseline that logs the same
   # stages, seed by seed.
   rl_baseline: str | tuple[str, ...] | None = None
+  # Arms with the R3 loop -> arms without it: the report pairs each loop's
+  # captions after its last round with its own drafts and with those arms'
+  # captions, seed by seed (its "The loop against its drafts" family).
+  loops: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
 
   @property
   def rl_baselines(self) -> tuple[str, ...]:
@@ -117,6 +121,9 @@ def register(study: Study) -> Study:
     study.arm(study.start)
   for b in study.rl_baselines:
     study.arm(b)
+  for a, against in study.loops.items():
+    for x in (a, *against):
+      study.arm(x)
   for a in study.arms:
     if a.after:
       study.arm(a.after)
@@ -301,6 +308,13 @@ register(Study(
               {"optim.lr": float(lr)}, after="r3_sft")
           for lr in ("2e-4", "5e-4")],
     rl_baseline=("r3_rl_lr0", "r3_rl_chain_lr0", "r3_rl_lr0_1k"),
+    # Every loop against its drafts; R3-SFT and R3-RL, tree and chain, also
+    # against joint training for equal steps and for R3-SFT's time.
+    loops={**{a: ("joint", "joint_eqtime")
+              for a in ("r3_sft", "r3_rl", "r3_rl_chain")},
+           **{a: () for a in ("r3_sft_no_reflect", "r3_sft_no_consistency",
+                              "r3_sft_grounded", "r3_rl_perfect05",
+                              "r3_rl_rootonly", "r3_rl_lr2e-4")}},
     reference="r3_sft",
     base=R3_LOOP,
     seeds=5,

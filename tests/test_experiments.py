@@ -311,7 +311,8 @@ def test_the_easy_r3_study_keeps_its_starts_vocabulary():
 def test_a_study_names_arms_it_has():
   arm = studies.Arm("a", "configs/joint.py:seed={seed}")
   for field, value in (("reference", "b"), ("start", "b"),
-                       ("rl_baseline", "b"), ("rl_baseline", ("a", "b"))):
+                       ("rl_baseline", "b"), ("rl_baseline", ("a", "b")),
+                       ("loops", {"b": ()}), ("loops", {"a": ("b",)})):
     kw = {"reference": "a", field: value}
     with pytest.raises(ValueError, match="study 'x' has no arm 'b'"):
       studies.register(studies.Study("x", "", [arm], **kw))
@@ -891,6 +892,79 @@ def test_stage_section_pairs_the_loops_stages_with_the_reference():
   assert len(rows) == 2 and "+0.0000 [+0.0000, +0.0000]" in row
   assert row.rstrip(" |").endswith("1")  # Holm p of a zero difference
   assert report._stage_section(results, ["joint"], "r3_sft") == []
+
+
+def test_loop_section_pairs_the_last_round_with_drafts_and_other_arms():
+  """Each loop arm's captions after its last round minus its own drafts and
+  minus the captions of the arms set against it, seed by seed; Holm over
+  the section; an arm without the loop's scores is left out."""
+  from scipy import stats
+  gain = np.array([0.02, 0.05, 0.03])
+  results = [{"arm": "joint", "seed": s,
+              "metrics": {"caption/v_strict": 0.61, "caption/f1": 0.85}}
+             for s in range(3)]
+  results += [{"arm": "r3_sft", "seed": s, "metrics": {
+      "caption/v_strict": 0.6, "caption/f1": 0.8,
+      "r3/round0/v_strict": 0.6, "r3/round0/f1": 0.8,
+      "r3/round1/v_strict": 0.0, "r3/round1/f1": 0.0,
+      "r3/round2/v_strict": 0.6 + gain[s], "r3/round2/f1": 0.8}}
+              for s in range(3)]
+  text = "\n".join(report._loop_section(
+      results, {"r3_sft": ("joint",), "joint": ()}))
+  assert "(round 2)" in text and "these 4 comparisons" in text
+  rows = {tuple(c.strip() for c in l.strip("|").split("|")[:2]):
+          [c.strip() for c in l.strip("|").split("|")[2:]]
+          for l in text.splitlines() if l.startswith("| `")}
+  assert set(rows) == {("`r3_sft`", f"{m}: after the loop minus {o}")
+                       for m in ("V_strict", "F1")
+                       for o in ("its drafts", "`joint`")}
+  p = stats.ttest_1samp(gain, 0.0).pvalue
+  got = rows["`r3_sft`", "V_strict: after the loop minus its drafts"]
+  assert got[0].startswith(f"{gain.mean():+.4f} [") and got[1] == "3"
+  assert got[2] == f"{p:.3g}"
+  got = rows["`r3_sft`", "V_strict: after the loop minus `joint`"]
+  assert got[0].startswith(f"{gain.mean() - 0.01:+.4f} [")
+  # F1 after the loop equals the drafts' in every seed: p 1.
+  assert rows["`r3_sft`", "F1: after the loop minus its drafts"][2] == "1"
+  assert report._loop_section(results, {"joint": ("r3_sft",)}) == []
+
+
+def test_understanding_section_is_each_arm_minus_the_exported_start(tmp_path):
+  """VQA by type and ITA, each arm minus the start's one score under every
+  seed (a one-sample t over seeds); arms on another world or scored on
+  fewer questions are left out."""
+  from scipy import stats
+  world = config_lib.defaults().world.to_dict()
+  base = tmp_path / "start"
+  base.mkdir()
+  start = {**{k: 0.9 for k, _ in report.UNDERSTANDING},
+           "vqa/count": 600.0, "ita/count": 400.0}
+  (base / "result.json").write_text(json.dumps(
+      {"metrics": start, "max_objects": world["max_objects"],
+       "run": "r", "step": 1}))
+  (base / "config.json").write_text(json.dumps({"world": world}))
+  lift = np.array([0.01, 0.03, 0.02])
+  results = []
+  for arm, w, n in (("a", world, 600.0),
+                    ("far", {**world, "image_size": 32}, 600.0),
+                    ("slice", world, 60.0)):
+    for s in range(3):
+      wd = tmp_path / arm / str(s)
+      wd.mkdir(parents=True)
+      (wd / "config.json").write_text(json.dumps({"world": w}))
+      results.append({"arm": arm, "seed": s, "workdir": str(wd), "metrics": {
+          **start, "vqa/qtype/relation/accuracy": 0.9 + lift[s],
+          "vqa/count": n}})
+  text = "\n".join(report._understanding_section(
+      results, ["a", "far", "slice"], str(base)))
+  rows = [[c.strip() for c in l.strip("|").split("|")]
+          for l in text.splitlines() if l.startswith("| `")]
+  assert {r[0] for r in rows} == {"`a`"} and len(rows) == 8
+  assert "these 8 comparisons" in text and "VQA relation 0.9000" in text
+  rel = next(r for r in rows if r[1] == "VQA relation")
+  assert rel[2].startswith(f"{lift.mean():+.4f} [")
+  assert rel[4] == f"{stats.ttest_1samp(lift, 0.0).pvalue:.3g}"
+  assert all(r[4] == "1" for r in rows if r is not rel)
 
 
 def test_rl_reward_is_paired_with_the_rate_0_arm_seed_by_seed(tmp_path):

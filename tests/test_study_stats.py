@@ -31,9 +31,27 @@ def test_paired_needs_two_shared_seeds_and_handles_constant_differences():
   assert study.paired(r, "x", "ref", "f1") is None
   r = _results({"x": [0.5, 0.6, 0.7], "ref": [0.4, 0.5, 0.6]})
   mean, lo, hi, p, n = study.paired(r, "x", "ref", "f1")
-  assert mean == pytest.approx(0.1) and p == 0.0 and n == 3
+  # The same difference in every seed: no t, the exact sign test's p.
+  assert mean == pytest.approx(0.1) and (lo, hi) == (mean, mean) and n == 3
+  assert p == pytest.approx(stats.binomtest(3, 3, 0.5).pvalue) == 0.25
   r = _results({"x": [0.5, 0.6], "ref": [0.5, 0.6]})
   assert study.paired(r, "x", "ref", "f1")[3] == 1.0
+
+
+def test_paired_compares_two_keys_of_one_arm_or_of_two():
+  # The loop's captions against its own drafts: one arm, two keys.
+  rounds = [{"arm": "x", "seed": s, "metrics": {"round0": d, "round3": f}}
+            for s, (d, f) in enumerate([(0.60, 0.62), (0.58, 0.61),
+                                        (0.63, 0.63)])]
+  mean, _, _, p, n = study.paired(rounds, "x", "x", "round3", "round0")
+  assert n == 3 and mean == pytest.approx(0.05 / 3)
+  assert p == pytest.approx(stats.ttest_rel([0.62, 0.61, 0.63],
+                                            [0.60, 0.58, 0.63]).pvalue)
+  # Against another arm's key; seeds without it are left out.
+  rounds += [{"arm": "j", "seed": s, "metrics": {"caption": v}}
+             for s, v in enumerate([0.61, 0.60])]
+  mean, _, _, _, n = study.paired(rounds, "x", "j", "round3", "caption")
+  assert n == 2 and mean == pytest.approx(0.01)
 
 
 def test_holm_by_hand():

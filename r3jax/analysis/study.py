@@ -92,24 +92,30 @@ def changes(results: Sequence[Mapping], start: str, keys: Sequence[str]
 Paired = tuple[float, float, float, float, int]  # mean, lo, hi, p, n
 
 
-def paired(results: Sequence[Mapping], arm: str, ref: str, key: str
-           ) -> Paired | None:
-  """`arm` - `ref` on `key` over the seeds both ran (arms of one seed share
-  its start): the mean paired difference, its t-based 95% interval and the
-  two-sided p-value of the paired t-test (df = n - 1); None with fewer than
-  2 shared seeds. A zero-variance difference has p 0 (nonzero mean) or 1."""
+def paired(results: Sequence[Mapping], arm: str, ref: str, key: str,
+           ref_key: str | None = None) -> Paired | None:
+  """`arm`'s `key` - `ref`'s `ref_key` (default `key`) over the seeds both
+  ran (arms of one seed share its start; `ref` may be `arm` itself, e.g.
+  the loop's captions against its own drafts): the mean paired difference,
+  its t-based 95% interval and the two-sided p-value of the paired t-test
+  (df = n - 1); None with fewer than 2 shared seeds. Where the difference
+  is the same in every seed the t statistic is undefined: p is then 1 for
+  no difference, else the exact two-sided sign test's 2 / 2^n (all n
+  differences of one sign), and the interval is the point."""
   from scipy import stats  # noqa: PLC0415
+  ref_key = ref_key or key
   a = {r["seed"]: r["metrics"][key] for r in results
        if r["arm"] == arm and key in r["metrics"]}
-  b = {r["seed"]: r["metrics"][key] for r in results
-       if r["arm"] == ref and key in r["metrics"]}
+  b = {r["seed"]: r["metrics"][ref_key] for r in results
+       if r["arm"] == ref and ref_key in r["metrics"]}
   d = np.array([a[s] - b[s] for s in sorted(set(a) & set(b))], float)
   n = len(d)
   if n < 2:
     return None
   mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(n))
   if se == 0.0:
-    return mean, mean, mean, float(mean == 0.0), n
+    p = 1.0 if mean == 0.0 else min(1.0, 2.0 ** (1 - n))
+    return mean, mean, mean, p, n
   half = float(stats.t.ppf(0.975, n - 1)) * se
   p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
   return mean, mean - half, mean + half, p, n

@@ -189,6 +189,10 @@ def defaults() -> ml_collections.ConfigDict:
       reward="v_strict",    # verifier score V: "v_strict" or "v_frac"
       perfect_ratio=0.15,   # branch drafts drawn from the V = 1 pool
       train_reflection=True,  # False: only the refined caption is trained
+      # True: the generated text's end (eos) is trained with its advantage,
+      # so RL also decides where a caption ends; False: as the reference
+      # code, whose policy loss leaves out its end token (docs/r3.md).
+      train_eos=True,
       clip=0.2, kl=0.001,   # PPO clip; k3 KL weight to the starting policy
       # Refined captions are a stream of their own (tree mode): advantage
       # V_new - group mean, normalised over their tokens, this weight.

@@ -217,6 +217,17 @@ def test_branch_masks_and_perfect_ratio(monkeypatch):
               if m] for i in range(2)]
   assert " ".join(trained[0]) == edit.STOP + " <eos>"
   assert " ".join(trained[1]) == RIGHT + " <eos>"
+  # As the reference code: the end token untrained, the rest as before.
+  c.rl.train_eos = False
+  b2 = rl._sequences([prompt, prompt], [stop, fix], [0, cut + 1], 144,
+                     [len(stop[0]) + 1, None])
+  trained = [[tok.tokens[t] for t, m in zip(b2["targets"][i],
+                                            b2["loss_mask"][i]) if m]
+             for i in range(2)]
+  assert " ".join(trained[0]) == edit.STOP
+  assert " ".join(trained[1]) == RIGHT
+  np.testing.assert_array_equal(b2["loss_mask"] > 0, (b["loss_mask"] > 0) & (
+      b["targets"] != tok.eos_id))
 
 
 def _branch_with(rl, tok, texts, monkeypatch):

@@ -137,7 +137,8 @@ class TreeRL:
 
   def _sequences(self, prompts, outs, train_from, max_len, train_to=None):
     """Training arrays: prompt + generated (+ eos); loss on the generated
-    tokens [train_from[i], train_to[i]) (default: to the end, eos included)."""
+    tokens [train_from[i], train_to[i]) (default: to the end, eos included
+    unless rl.train_eos is False)."""
     n = len(prompts)
     tokens = np.full((n, max_len), self.tok.pad_id, np.int32)
     targets = np.full((n, max_len), self.tok.pad_id, np.int32)
@@ -151,6 +152,8 @@ class TreeRL:
       end = k if train_to is None or train_to[i] is None else min(
           k, len(p) - 1 + train_to[i])
       mask[i, start:end] = 1.0
+    if not self.rl.train_eos:  # eos is only ever a generated text's end
+      mask[targets == self.tok.eos_id] = 0.0
     return {"tokens": tokens, "targets": targets, "loss_mask": mask}
 
   def _images(self, rows: Sequence[int]) -> np.ndarray:

@@ -114,14 +114,15 @@ def _paired_section(family, reference, metrics) -> list[str]:
           f"and Holm's adjusted p over all {len(family)} comparisons of this "
           f"study; * marks adjusted p < {ALPHA}.", "",
           *_table(["arm", "minus", "metric", "mean difference [95% CI]",
-                   "seeds", "p", "Holm p"], rows), ""]
+                   "seeds", "p", "Holm p"], rows),
+          *_constant_note(family.values()), ""]
 
 
 def _last_round(results, arm: str) -> int | None:
   """The last round of the loop every run of `arm` scored (r3/round<k>/*)."""
-  found = [{int(k.split("/")[1][5:]) for k in r["metrics"]
-            if k.startswith("r3/round") and k.endswith("/v_strict")}
-           for r in results if r["arm"] == arm]
+  found = [got for r in results if r["arm"] == arm
+           if (got := {int(k.split("/")[1][5:]) for k in r["metrics"]
+                       if k.startswith("r3/round") and k.endswith("/v_strict")})]
   common = set.intersection(*found) if found else set()
   return max(common) if common and max(common) > 0 else None
 
@@ -164,6 +165,8 @@ UNDERSTANDING = (
         "color", "size", "shape", "count", "existence", "relation")),
     ("ita/accuracy", "ITA accuracy"), ("ita/yes_rate", "ITA yes"))
 BASE = "<start>"  # the exported start's results, under every seed
+UNDERSTANDING_DATA = ("source", "seed", "relation_answers",
+                      "relation_questions")
 
 
 def _understanding_section(results, arms: Sequence[str], base: str
@@ -175,18 +178,21 @@ def _understanding_section(results, arms: Sequence[str], base: str
   seed); Holm over this section's comparisons."""
   exported, _ = exported_start(base)
 
-  def world(d):  # the world a run's config.json describes, normalised
+  def test_set(d):  # what a run's test items and their scoring depend on
     with open(os.path.join(d, "config.json")) as f:
-      return world_setup.world_config(
-          ml_collections.ConfigDict({"world": json.load(f)["world"]}))
-  # Only arms scored on the start's world (not, say, the easy world's) and
-  # on as many questions and pairs (not a slice of the test split).
-  home = world(os.path.join(studies_lib.ROOT, base))
-  counts = ("vqa/count", "ita/count")
+      c = json.load(f)
+    data = {k: c["data"].get(k) for k in UNDERSTANDING_DATA}
+    return (world_setup.world_config(ml_collections.ConfigDict(
+        {"world": c["world"]})), data, c["data"]["split_sizes"]["test"],
+            c["final_eval"]["split"], c["final_eval"]["max_examples"])
+  # Only arms scored on the start's test set: its world (not, say, the easy
+  # world's), its data and its evaluation, with as many items of each kind.
+  home = test_set(os.path.join(studies_lib.ROOT, base))
+  counts = [k for k in exported["metrics"] if k.endswith("count")]
 
   def same(r):
-    return (world(r["workdir"]) == home and
-            all(r["metrics"].get(k) == exported["metrics"].get(k)
+    return (test_set(r["workdir"]) == home and
+            all(r["metrics"].get(k) == exported["metrics"][k]
                 for k in counts))
   arms = [a for a in arms if all(same(r) for r in results if r["arm"] == a)]
   seeds = {r["seed"] for r in results}
@@ -205,11 +211,21 @@ def _understanding_section(results, arms: Sequence[str], base: str
           f"{', '.join(start)}). The start is one model scored once, so each "
           "row is a one-sample t over the arm's seeds: mean difference, "
           "t-based 95% interval, p, and Holm's adjusted p over these "
-          f"{len(found)} comparisons (apart from the families above); where "
-          "the difference is the same in every seed, p is the sign test's "
-          "(study.paired); "
+          f"{len(found)} comparisons (apart from the families above); "
           f"* marks adjusted p < {ALPHA}.", "",
           *_holm_table(found, labels.get), ""]
+
+
+CONSTANT = ("A difference equal in every seed (interval a point) has no t "
+            "statistic: its p is the exact two-sided sign test's, 2 / 2^n "
+            "for n seeds (1 for no difference; study.paired).")
+
+
+def _constant_note(values) -> list[str]:
+  """CONSTANT under a table with a row of study.paired's constant case."""
+  if any(v[1] == v[2] and v[0] != 0.0 for v in values):
+    return ["", CONSTANT]
+  return []
 
 
 def _holm_table(found: Mapping[tuple[str, str], tuple], label=str
@@ -221,7 +237,7 @@ def _holm_table(found: Mapping[tuple[str, str], tuple], label=str
            f"{p:.3g}", f"{q:.3g}" + (" *" if q < ALPHA else "")]
           for ((a, k), (m, lo, hi, p, n)), q in zip(found.items(), adjusted)]
   return _table(["arm", "measure", "mean difference [95% CI]", "seeds", "p",
-                 "Holm p"], rows)
+                 "Holm p"], rows) + _constant_note(found.values())
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

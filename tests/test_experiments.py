@@ -634,6 +634,20 @@ def _rebuilt_from_git(root: str, study: str) -> str:
       return f.read()
 
 
+def _recollected_from_git(root: str, study: str) -> str:
+  """The RESULTS.md that recollect_statistics makes of the committed one
+  from the files of <root>/<study> that git keeps, in a scratch copy."""
+  import tempfile  # noqa: PLC0415
+  src = os.path.join(root, study)
+  ignored = set(_git_ignored(root, study))
+  with tempfile.TemporaryDirectory() as scratch:
+    shutil.copytree(src, os.path.join(scratch, study),
+                    ignore=lambda d, fs: [f for f in fs
+                                          if os.path.join(d, f) in ignored])
+    with open(report.recollect_statistics(scratch, study)) as f:
+      return f.read()
+
+
 def test_report_from_what_git_keeps_is_the_report_from_the_logs(
     tiny_study, tmp_path, monkeypatch):
   """The tiny study (a copy of its root: this test removes files): its
@@ -772,8 +786,9 @@ def test_mark_unrebuildable_notes_sections_made_from_logs_git_lacks(tmp_path):
 def test_committed_reports_are_rebuilt_from_git_or_say_they_cannot_be():
   """Every study's RESULTS.md in experiments/: where each run has its
   series.csv, collect on the files git keeps writes it again exactly; where
-  some run has not (studies whose logs are gone), each section made from
-  the logs says that git cannot rebuild it."""
+  some run has not (studies whose logs are gone), the sections made from
+  result.json are written again exactly (recollect_statistics) and each
+  section made from the logs says that git cannot rebuild it."""
   experiments = os.path.join(run.ROOT, "experiments")
   checked = []
   for name in sorted(studies.STUDIES):
@@ -788,6 +803,7 @@ def test_committed_reports_are_rebuilt_from_git_or_say_they_cannot_be():
       checked.append((name, "rebuilt"))
       assert _rebuilt_from_git(experiments, name) == text, name
       continue
+    assert _recollected_from_git(experiments, name) == text, name
     for head in report.LOG_SECTIONS:
       if head + "\n" in text:
         section = text.split(head + "\n")[1].split("\n## ")[0]
@@ -934,7 +950,8 @@ def test_understanding_section_is_each_arm_minus_the_exported_start(tmp_path):
   seed (a one-sample t over seeds); arms on another world or scored on
   fewer questions are left out."""
   from scipy import stats
-  world = config_lib.defaults().world.to_dict()
+  c = config_lib.defaults().to_dict()
+  world = c["world"]
   base = tmp_path / "start"
   base.mkdir()
   start = {**{k: 0.9 for k, _ in report.UNDERSTANDING},
@@ -942,21 +959,24 @@ def test_understanding_section_is_each_arm_minus_the_exported_start(tmp_path):
   (base / "result.json").write_text(json.dumps(
       {"metrics": start, "max_objects": world["max_objects"],
        "run": "r", "step": 1}))
-  (base / "config.json").write_text(json.dumps({"world": world}))
+  (base / "config.json").write_text(json.dumps(c))
   lift = np.array([0.01, 0.03, 0.02])
   results = []
-  for arm, w, n in (("a", world, 600.0),
-                    ("far", {**world, "image_size": 32}, 600.0),
-                    ("slice", world, 60.0)):
+  for arm, w, data, n in (
+      ("a", world, c["data"], 600.0),
+      ("far", {**world, "image_size": 32}, c["data"], 600.0),
+      ("seed", world, {**c["data"], "seed": 1}, 600.0),
+      ("slice", world, c["data"], 60.0)):
     for s in range(3):
       wd = tmp_path / arm / str(s)
       wd.mkdir(parents=True)
-      (wd / "config.json").write_text(json.dumps({"world": w}))
+      (wd / "config.json").write_text(json.dumps({**c, "world": w,
+                                                  "data": data}))
       results.append({"arm": arm, "seed": s, "workdir": str(wd), "metrics": {
           **start, "vqa/qtype/relation/accuracy": 0.9 + lift[s],
           "vqa/count": n}})
   text = "\n".join(report._understanding_section(
-      results, ["a", "far", "slice"], str(base)))
+      results, ["a", "far", "seed", "slice"], str(base)))
   rows = [[c.strip() for c in l.strip("|").split("|")]
           for l in text.splitlines() if l.startswith("| `")]
   assert {r[0] for r in rows} == {"`a`"} and len(rows) == 8
@@ -965,6 +985,13 @@ def test_understanding_section_is_each_arm_minus_the_exported_start(tmp_path):
   assert rel[2].startswith(f"{lift.mean():+.4f} [")
   assert rel[4] == f"{stats.ttest_1samp(lift, 0.0).pvalue:.3g}"
   assert all(r[4] == "1" for r in rows if r is not rel)
+  assert report.CONSTANT not in text  # no row constant but for zero
+  # ITA one question up in every seed: the sign test's p, and the note.
+  for r in results:
+    r["metrics"]["ita/accuracy"] = 0.9025
+  text = "\n".join(report._understanding_section(results, ["a"], str(base)))
+  assert "| `a` | ITA accuracy | +0.0025 [+0.0025, +0.0025] | 3 | 0.25 |" in text
+  assert report.CONSTANT in text
 
 
 def test_rl_reward_is_paired_with_the_rate_0_arm_seed_by_seed(tmp_path):

@@ -36,6 +36,11 @@ def test_paired_needs_two_shared_seeds_and_handles_constant_differences():
   assert p == pytest.approx(stats.binomtest(3, 3, 0.5).pvalue) == 0.25
   r = _results({"x": [0.5, 0.6], "ref": [0.5, 0.6]})
   assert study.paired(r, "x", "ref", "f1")[3] == 1.0
+  # Equal but for float rounding is equal: the sign test, 2 / 2^5.
+  r = _results({"x": [0.3, 0.7, 0.9, 0.4, 0.5],
+                "ref": [0.2, 0.6, 0.8, 0.3, 0.4]})
+  mean, lo, hi, p, n = study.paired(r, "x", "ref", "f1")
+  assert lo == hi == mean and p == 0.0625 and n == 5
 
 
 def test_paired_compares_two_keys_of_one_arm_or_of_two():

@@ -101,7 +101,7 @@ def paired(results: Sequence[Mapping], arm: str, ref: str, key: str,
   (df = n - 1); None with fewer than 2 shared seeds. Where the difference
   is the same in every seed the t statistic is undefined: p is then 1 for
   no difference, else the exact two-sided sign test's 2 / 2^n (all n
-  differences of one sign), and the interval is the point."""
+  differences of one sign), and the interval is the point (lo == hi)."""
   from scipy import stats  # noqa: PLC0415
   ref_key = ref_key or key
   a = {r["seed"]: r["metrics"][key] for r in results
@@ -113,7 +113,7 @@ def paired(results: Sequence[Mapping], arm: str, ref: str, key: str,
   if n < 2:
     return None
   mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(n))
-  if se == 0.0:
+  if np.ptp(d) <= 1e-12 * max(1.0, abs(mean)):  # equal but for rounding
     p = 1.0 if mean == 0.0 else min(1.0, 2.0 ** (1 - n))
     return mean, mean, mean, p, n
   half = float(stats.t.ppf(0.975, n - 1)) * se

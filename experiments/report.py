@@ -504,6 +504,7 @@ STAGE_METRICS = (
     ("r3/false_stop", "false stop"),
     ("r3/over_edit", "over-edit"),
     ("r3/reflect_right", "reflect right"),
+    ("r3/reflect_helpful", "reflect helpful"),
     ("r3/refine_right", "refine right"),
     ("r3/refine_given_edit", "refine given the verifier's edit"))
 
@@ -522,7 +523,9 @@ def _stage_section(results, arms: Sequence[str], reference: str
           "(test split, r3jax/r3/loop.py): round 1's improved and worse "
           "captions (V_frac, of all), false stops (per stop), over-edits "
           "(edits of a V_strict draft, per such reflection), reflect right "
-          "(the verifier's instruction or stop), refine right (wrote the "
+          "(the verifier's instruction or stop), reflect helpful (a stop on "
+          "a V_strict draft, or an edit that raises the verifier's V_frac "
+          "when applied as named), refine right (wrote the "
           "named edit, where it was right) and refine given the verifier's "
           "edit. Paired over the seeds both ran: mean difference, t-based "
           "95% interval, the paired t-test's p and Holm's adjusted p over "

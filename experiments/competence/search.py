@@ -7,7 +7,7 @@
 
 A variant trains the whole schedule of a candidate base (validation every
 500 steps), so the search's winner is continued, not trained again. A run
-stopped at any point (kill, SIGTERM, a session's end) resumes from its last
+stopped at any point (kill, SIGTERM, a shutdown) resumes from its last
 checkpoint when the same command runs again; each stretch of training
 appends its wall and CPU seconds (user + system, this process's children, from
 os.wait4) to <workdir>/cpu.jsonl, and the learning-curve table

@@ -44,10 +44,10 @@ from experiments import studies as studies_lib  # noqa: E402
 from r3jax.analysis import competence  # noqa: E402
 from r3jax.analysis import interference  # noqa: E402
 from r3jax.analysis import rounds as rounds_lib  # noqa: E402
-from r3jax.run import world_setup  # noqa: E402
 from r3jax.analysis.study import (  # noqa: E402
     arms as arm_order, cell, changes, differs, holm, load, paired,
     pareto_front, plot_pareto, summarize, wall_seconds, workdirs)
+from r3jax.run import world_setup  # noqa: E402
 
 __all__ = ["collect", "differs", "load", "mark_unrebuildable", "pareto_front",
            "plot", "recollect_statistics", "summarize"]
@@ -120,9 +120,11 @@ def _paired_section(family, reference, metrics) -> list[str]:
 
 def _last_round(results, arm: str) -> int | None:
   """The last round of the loop every run of `arm` scored (r3/round<k>/*)."""
+  def rounds(metrics):
+    return {int(k.split("/")[1][5:]) for k in metrics
+            if k.startswith("r3/round") and k.endswith("/v_strict")}
   found = [got for r in results if r["arm"] == arm
-           if (got := {int(k.split("/")[1][5:]) for k in r["metrics"]
-                       if k.startswith("r3/round") and k.endswith("/v_strict")})]
+           if (got := rounds(r["metrics"]))]
   common = set.intersection(*found) if found else set()
   return max(common) if common and max(common) > 0 else None
 

@@ -990,7 +990,8 @@ def test_understanding_section_is_each_arm_minus_the_exported_start(tmp_path):
   for r in results:
     r["metrics"]["ita/accuracy"] = 0.9025
   text = "\n".join(report._understanding_section(results, ["a"], str(base)))
-  assert "| `a` | ITA accuracy | +0.0025 [+0.0025, +0.0025] | 3 | 0.25 |" in text
+  assert ("| `a` | ITA accuracy | +0.0025 [+0.0025, +0.0025] | 3 | 0.25 |"
+          in text)
   assert report.CONSTANT in text
 
 

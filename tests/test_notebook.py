@@ -204,8 +204,13 @@ def test_report_has_changes_cosines_rounds_and_cost(study_root):
   row = next(l for l in paired if l.startswith("| `base` | `joint` | caption F1"))
   assert "| -0.0600 [-0.1871, +0.0671] | 2 | 0.105 |" in row
   row = next(l for l in changes if l.startswith("| `gen_only`"))
-  # The same fall on both seeds: p = 0, marked.
-  assert "| -0.1000 ± 0.0000 * |" in row  # VQA accuracy
+  # The same fall on both seeds: no t; the sign test's p = 2 / 2^2 = 0.5,
+  # not marked, and the note under the paired table says so.
+  assert "| -0.1000 ± 0.0000 |" in row  # VQA accuracy
+  row = next(l for l in paired
+             if l.startswith("| `gen_only` | `base` | VQA accuracy"))
+  assert "| -0.1000 [-0.1000, -0.1000] | 2 | 0.5 |" in row
+  assert report.CONSTANT in text
   for png in ("pareto.png", "cosine_groups.png", "rounds.png"):
     assert f"]({png})" in text
     assert os.path.getsize(os.path.join(study_root, "dilemma", png)) > 1000

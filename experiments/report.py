@@ -505,6 +505,7 @@ STAGE_METRICS = (
     ("r3/round1/worse", "round 1 worse"),
     ("r3/false_stop", "false stop"),
     ("r3/over_edit", "over-edit"),
+    ("r3/under_edit", "under-edit"),
     ("r3/reflect_right", "reflect right"),
     ("r3/reflect_helpful", "reflect helpful"),
     ("r3/refine_right", "refine right"),
@@ -524,7 +525,9 @@ def _stage_section(results, arms: Sequence[str], reference: str
           f"Each arm minus `{reference}` on the loop's statistics by stage "
           "(test split, r3jax/r3/loop.py): round 1's improved and worse "
           "captions (V_frac, of all), false stops (per stop), over-edits "
-          "(edits of a V_strict draft, per such reflection), reflect right "
+          "(edits of a V_strict draft, per such reflection), under-edits "
+          "(stops on a draft that is not V_strict, per such reflection; "
+          "runs scored before it was logged have none), reflect right "
           "(the verifier's instruction or stop), reflect helpful (a stop on "
           "a V_strict draft, or an edit that raises the verifier's V_frac "
           "when applied as named), refine right (wrote the "

@@ -100,6 +100,10 @@ def test_oracle_loop_exits_early_and_accounts_rounds(built, monkeypatch):
   assert s["r3/false_stop"] == pytest.approx(
       1 / sum(t.stopped for t in trajs))
   assert s["r3/over_edit"] == 0.0
+  # Reflections on wrong captions: row 0's one, then min(k, 3) of a row
+  # needing k edits (its last, stopping reflection meets a right caption).
+  wrong = 1 + sum(min(needs[i], 3) for i in range(1, n))
+  assert s["r3/under_edit"] == pytest.approx(1 / wrong)
   assert s["r3/round3/v_strict"] == pytest.approx(
       sum(1 <= needs[i] <= 3 for i in range(1, n)) / n)
   assert s["r3/mean_rounds"] == pytest.approx(

@@ -25,7 +25,8 @@ r >= 1: improved / worse / unchanged fractions (V_frac against round r-1, over
 all examples), stop_rate (stops among the examples that entered the round);
 over the run: mean_rounds (reflect rounds run per example), stopped_frac,
 false_stop (stopped while the draft was not V_strict, per stop), over_edit
-(edited a V_strict draft, per such reflection), reflect_right and
+(edited a V_strict draft, per such reflection), under_edit (stopped on a
+draft that is not V_strict, per such reflection), reflect_right and
 refine_right (which stage fails, `Scorer._stage_scores`), tokens_per_example
 (generated tokens, all stages), seconds_per_example; and outside the loop,
 refine given the verifier's own instruction on each draft
@@ -523,8 +524,10 @@ class Scorer:
         false_stop += stopped_here and not was_right
         correct_drafts += was_right
         over_edit += was_right and not stopped_here
+    calls = sum(len(t.reflections) for t in trajs)
     out["r3/false_stop"] = false_stop / max(stops, 1)
     out["r3/over_edit"] = over_edit / max(correct_drafts, 1)
+    out["r3/under_edit"] = false_stop / max(calls - correct_drafts, 1)
     out.update(self._stage_scores(trajs, scenes))
     out["r3/tokens_per_example"] = float(np.mean([t.tokens for t in trajs]))
     out["r3/seconds_per_example"] = seconds / max(n, 1)

@@ -33,7 +33,6 @@ import os
 from collections.abc import Mapping, Sequence
 
 import matplotlib
-import ml_collections
 import numpy as np
 import pandas as pd
 
@@ -41,6 +40,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import studies as studies_lib  # noqa: E402
+from r3jax import config as config_lib  # noqa: E402
 from r3jax.analysis import competence  # noqa: E402
 from r3jax.analysis import interference  # noqa: E402
 from r3jax.analysis import rounds as rounds_lib  # noqa: E402
@@ -120,11 +120,9 @@ def _paired_section(family, reference, metrics) -> list[str]:
 
 def _last_round(results, arm: str) -> int | None:
   """The last round of the loop every run of `arm` scored (r3/round<k>/*)."""
-  def rounds(metrics):
-    return {int(k.split("/")[1][5:]) for k in metrics
-            if k.startswith("r3/round") and k.endswith("/v_strict")}
-  found = [got for r in results if r["arm"] == arm
-           if (got := rounds(r["metrics"]))]
+  found = [set(rounds_lib.scores(r["metrics"])["v_strict"].dropna().index)
+           for r in results
+           if r["arm"] == arm and rounds_lib.has_rounds(r["metrics"])]
   common = set.intersection(*found) if found else set()
   return max(common) if common and max(common) > 0 else None
 
@@ -181,12 +179,11 @@ def _understanding_section(results, arms: Sequence[str], base: str
   exported, _ = exported_start(base)
 
   def test_set(d):  # what a run's test items and their scoring depend on
-    with open(os.path.join(d, "config.json")) as f:
-      c = json.load(f)
-    data = {k: c["data"].get(k) for k in UNDERSTANDING_DATA}
-    return (world_setup.world_config(ml_collections.ConfigDict(
-        {"world": c["world"]})), data, c["data"]["split_sizes"]["test"],
-            c["final_eval"]["split"], c["final_eval"]["max_examples"])
+    c = config_lib.load_saved(os.path.join(d, "config.json"))
+    return (world_setup.world_config(c),
+            tuple(c.data[k] for k in UNDERSTANDING_DATA),
+            c.data.split_sizes["test"], c.final_eval.split,
+            c.final_eval.max_examples)
   # Only arms scored on the start's test set: its world (not, say, the easy
   # world's), its data and its evaluation, with as many items of each kind.
   home = test_set(os.path.join(studies_lib.ROOT, base))
